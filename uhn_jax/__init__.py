@@ -1,0 +1,1 @@
+"""Universal hypernetworks in JAX."""

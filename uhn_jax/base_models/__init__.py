@@ -1,0 +1,14 @@
+"""Base (target) models: functional networks whose every parameter a UHN can generate.
+
+A base model is a frozen, hashable dataclass with
+
+* ``init(key) -> params``: a params pytree ``{layer_name: {tensor: array}}`` drawn from the
+  same (mean, std) targets the UHN initialisation stage matches;
+* ``apply(params, x, *, train=False, rng=None) -> outputs``: a pure function;
+* ``layers() -> tuple[LayerSpec, ...]`` and ``global_fields() -> dict``: what the descriptors
+  need.
+"""
+
+from uhn_jax.base_models.mlp import MLP
+
+__all__ = ["MLP"]

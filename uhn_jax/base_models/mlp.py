@@ -1,0 +1,138 @@
+"""The reference MLP family (spec §4.1): Linear, residual Linear blocks, head."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from uhn_jax import descriptors as D
+
+
+def layer_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Non-affine LayerNorm over the last axis."""
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    """Inverted dropout; identity when ``rate == 0`` or ``rng is None``."""
+    if rate == 0.0 or rng is None:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class MLP:
+    """Reshape -> Linear -> residual Linear blocks -> head, as in the reference.
+
+    Layer 0 is ``Linear(in -> widths[0])`` with no activation or norm. Each further hidden layer
+    ``i`` is ``x + Linear(LN(leaky_relu(x)))`` (activation *before* a non-affine LayerNorm; the
+    identity skip is used when the widths match). The head is
+    ``Linear(LN(leaky_relu(x)))`` with no skip. ``widths=(128, 128)`` on 28x28 inputs is the
+    reference MNIST MLP (``hidden_num=2``): 118,282 parameters.
+
+    Attributes:
+      input_shape: shape of one example (flattened on entry).
+      num_classes: output width.
+      widths: hidden widths; ``len(widths)`` is the reference ``hidden_num``.
+      slope: LeakyReLU negative slope.
+      dropout_rate: dropout after each Linear, in training only.
+      dataset_type: :class:`~uhn_jax.descriptors.DatasetType` for the global descriptor.
+    """
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    widths: tuple[int, ...] = (128, 128)
+    slope: float = 0.1
+    dropout_rate: float = 0.0
+    dataset_type: int = int(D.DatasetType.MNIST)
+
+    def __post_init__(self):
+        if not self.widths or any(int(w) < 1 for w in self.widths):
+            raise ValueError(
+                f"MLP widths must be a non-empty tuple of positive ints, got {self.widths}"
+            )
+        if self.num_classes < 1:
+            raise ValueError(f"MLP num_classes must be positive, got {self.num_classes}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"MLP dropout_rate must be in [0, 1), got {self.dropout_rate}")
+
+    @property
+    def sizes(self) -> tuple[tuple[int, int], ...]:
+        """``(in, out)`` of every Linear layer."""
+        dims = (math.prod(self.input_shape), *self.widths, self.num_classes)
+        return tuple(zip(dims[:-1], dims[1:], strict=True))
+
+    @staticmethod
+    def name(i: int) -> str:
+        return f"layer_{i:03d}"
+
+    def _has_skip(self, i: int) -> bool:
+        n_in, n_out = self.sizes[i]
+        return 0 < i < len(self.sizes) - 1 and n_in == n_out
+
+    def layers(self) -> tuple[D.LayerSpec, ...]:
+        specs = []
+        for i, (n_in, n_out) in enumerate(self.sizes):
+            first = i == 0
+            fields = {
+                "bias_type": 1,
+                "norm_type": 0 if first else 1,
+                "shortcut_type": int(self._has_skip(i)),
+                "output_size": n_out,
+                "input_size": n_in,
+                "activation_type": int(
+                    D.ActivationType.NONE if first else D.ActivationType.LEAKY_RELU
+                ),
+                "activation_param": 0.0 if first else self.slope,
+                "dropout_rate": self.dropout_rate,
+                "input_pooling_reshape_type": int(
+                    D.InputPoolingReshapeType.RESHAPE_TO_2D
+                    if first
+                    else D.InputPoolingReshapeType.NONE
+                ),
+                "initialization_type": int(D.InitializationType.DEFAULT),
+            }
+            specs.append(D.LayerSpec(self.name(i), D.LayerType.LINEAR, tuple(fields.items())))
+        return tuple(specs)
+
+    def global_fields(self) -> dict[str, float]:
+        # The reference's MNIST "MLP" is a CNN with zero conv stages, and says so.
+        return {
+            "model_type": int(D.ModelType.CNN),
+            "task_type": int(D.TaskType.IMAGE_CLS),
+            "dataset_type": self.dataset_type,
+            "cnn_stage_num": 0,
+        }
+
+    def init(self, key: jax.Array) -> dict:
+        """PyTorch-default init: kernel and bias ``U(+-1/sqrt(fan_in))``."""
+        params = {}
+        for i, (n_in, n_out) in enumerate(self.sizes):
+            k_w, k_b = jax.random.split(jax.random.fold_in(key, i))
+            bound = 1.0 / math.sqrt(n_in)
+            params[self.name(i)] = {
+                "kernel": jax.random.uniform(k_w, (n_in, n_out), jnp.float32, -bound, bound),
+                "bias": jax.random.uniform(k_b, (n_out,), jnp.float32, -bound, bound),
+            }
+        return params
+
+    def apply(self, params: dict, x: jax.Array, *, train: bool = False, rng=None) -> jax.Array:
+        """Logits ``(B, num_classes)`` for inputs ``(B, *input_shape)``."""
+        h = x.reshape(x.shape[0], -1)
+        for i in range(len(self.sizes)):
+            p = params[self.name(i)]
+            y = h if i == 0 else layer_norm(jax.nn.leaky_relu(h, self.slope))
+            y = y @ p["kernel"] + p["bias"]
+            y = dropout(
+                y,
+                self.dropout_rate,
+                jax.random.fold_in(rng, i) if train and rng is not None else None,
+            )
+            h = h + y if self._has_skip(i) else y
+        return h

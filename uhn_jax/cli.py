@@ -1,0 +1,68 @@
+"""The ``uhn-jax`` command line: ``train``, ``compare`` and ``export``.
+
+Examples::
+
+  uhn-jax train   --config configs/digits_mlp.py --workdir runs/digits --config.mode=direct
+  uhn-jax compare --config configs/digits_mlp.py --workdir runs/demo --seeds 3
+  uhn-jax export  --workdir runs/digits
+
+Any config field can be overridden with ``--config.<group>.<field>=value``. Rerunning a command
+with the same ``--workdir`` resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+COMMANDS = ("train", "compare", "export")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; reused to resume).")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "compare: number of seeds (seed, seed+1, ...).")
+_OUT = flags.DEFINE_string("out", None, "export: output directory (default WORKDIR/export).")
+_PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+
+
+def _run(command: str) -> None:
+    from uhn_jax import config as config_lib
+    from uhn_jax import experiments, train
+
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    if _WORKDIR.value is None:
+        raise app.UsageError("--workdir is required")
+    if command == "export":
+        path = experiments.export(_WORKDIR.value, _OUT.value)
+        print(f"exported generated params to {path}")
+        return
+    if _CONFIG.value is None:
+        raise app.UsageError("--config is required, e.g. --config configs/digits_mlp.py")
+    try:
+        exp = config_lib.from_config_dict(_CONFIG.value)
+    except ValueError as e:
+        raise app.UsageError(f"bad config: {e}") from e
+    if command == "train":
+        results = train.run(exp, _WORKDIR.value, progress=_PROGRESS.value)
+        print(experiments.format_results(results))
+    else:
+        table = experiments.compare(exp, _WORKDIR.value, _SEEDS.value, progress=_PROGRESS.value)
+        print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``uhn-jax`` script."""
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] not in COMMANDS:
+        print(
+            f"usage: uhn-jax {{{','.join(COMMANDS)}}} --config FILE --workdir DIR [...]\n{__doc__}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    command = argv.pop(1)
+    app.run(lambda _: _run(command), argv=argv)
+
+
+if __name__ == "__main__":
+    main()

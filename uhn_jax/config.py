@@ -1,0 +1,217 @@
+"""Frozen, validated experiment configuration; built from an ``ml_collections.ConfigDict``.
+
+Library code sees only these dataclasses. :func:`from_config_dict` is the boundary: it rejects
+unknown fields and bad values with a ``ValueError`` naming the field, the value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+MODES = ("uhn", "direct")
+DATASETS = ("digits", "mnist", "fashion_mnist")
+MODEL_FAMILIES = ("mlp",)
+ENCODINGS = ("fourier", "positional", "raw")
+OUT_OF_RANGE = ("error", "clip")
+MNIST_TRAIN = ("mlxtend5k", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, and where its files are."""
+
+    name: str = "digits"
+    data_dir: str = ""  # needed by mnist / fashion_mnist; digits ships with scikit-learn
+    mnist_train: str = "mlxtend5k"  # "mlxtend5k" (real 5k subset) or "full" (idx files)
+
+    def validate(self):
+        _choice("data.name", self.name, DATASETS)
+        _choice("data.mnist_train", self.mnist_train, MNIST_TRAIN)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The base (target) model."""
+
+    family: str = "mlp"
+    widths: tuple[int, ...] = (128, 128)
+    slope: float = 0.1
+    dropout_rate: float = 0.0
+
+    def validate(self):
+        _choice("model.family", self.family, MODEL_FAMILIES)
+        if not self.widths or any(not isinstance(w, int) or w < 1 for w in self.widths):
+            raise ValueError(
+                f"model.widths must be a non-empty tuple of positive ints, got {self.widths!r}"
+            )
+        _in_range("model.dropout_rate", self.dropout_rate, 0.0, 1.0, hi_open=True)
+        _in_range("model.slope", self.slope, 0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorConfig:
+    """The UHN generator (spec §2.1); defaults are the reference MNIST sizes."""
+
+    hidden: int = 64
+    num_blocks: int = 2
+    n_freqs: int = 1024
+    sigma: float = 100.0
+    encoding: str = "fourier"
+    structure: bool = False
+    structure_freqs: int = 32
+    structure_heads: int = 4
+    out_of_range: str = "error"
+    # Rows generated per chunk; bounds the memory of the (chunk, 2 * n_freqs) features. 0 = one
+    # chunk for the whole model.
+    chunk_size: int = 16384
+
+    def validate(self):
+        for name in ("hidden", "n_freqs", "structure_freqs", "structure_heads"):
+            _positive_int(f"generator.{name}", getattr(self, name))
+        if not isinstance(self.num_blocks, int) or self.num_blocks < 0:
+            raise ValueError(f"generator.num_blocks must be an int >= 0, got {self.num_blocks!r}")
+        if not isinstance(self.chunk_size, int) or self.chunk_size < 0:
+            raise ValueError(
+                "generator.chunk_size must be an int >= 0 (0 = no chunking), "
+                f"got {self.chunk_size!r}"
+            )
+        _in_range("generator.sigma", self.sigma, 0.0, float("inf"), lo_open=True)
+        _choice("generator.encoding", self.encoding, ENCODINGS)
+        _choice("generator.out_of_range", self.out_of_range, OUT_OF_RANGE)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, evaluation and checkpointing."""
+
+    steps: int = 1000  # task-training steps (after the initialisation stage)
+    batch_size: int = 256
+    lr: float = 2e-4
+    warmup_steps: int = 0  # linear warm-up, then cosine decay to 0
+    grad_clip: float = 0.0  # global-norm clipping; 0 = off
+    init_steps: int = 100  # UHN moment-matching stage (ignored in direct mode)
+    init_lr: float = 2e-4
+    eval_every: int = 0  # 0 = only at the end
+    eval_batch_size: int = 1000
+    log_every: int = 50
+    checkpoint_every: int = 500
+
+    def validate(self):
+        _positive_int("train.steps", self.steps)
+        _positive_int("train.batch_size", self.batch_size)
+        _positive_int("train.eval_batch_size", self.eval_batch_size)
+        _positive_int("train.log_every", self.log_every)
+        _positive_int("train.checkpoint_every", self.checkpoint_every)
+        for name in ("warmup_steps", "init_steps", "eval_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be an int >= 0, got {getattr(self, name)!r}")
+        if self.warmup_steps >= self.steps:
+            raise ValueError(
+                f"train.warmup_steps ({self.warmup_steps}) must be smaller than train.steps "
+                f"({self.steps})"
+            )
+        _in_range("train.lr", self.lr, 0.0, 1.0, lo_open=True)
+        _in_range("train.init_lr", self.init_lr, 0.0, 1.0)
+        _in_range("train.grad_clip", self.grad_clip, 0.0, float("inf"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A whole run."""
+
+    mode: str = "uhn"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+    train: TrainConfig = TrainConfig()
+
+    def validate(self) -> Experiment:
+        _choice("mode", self.mode, MODES)
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
+        for part in (self.data, self.model, self.generator, self.train):
+            part.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def from_config_dict(cfg: Mapping[str, Any]) -> Experiment:
+    """Converts a (nested) mapping, e.g. an ``ml_collections.ConfigDict``, to an Experiment.
+
+    Raises:
+      ValueError: for unknown fields or invalid values, naming the field.
+    """
+    if hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
+    return _build(Experiment, dict(cfg), prefix="").validate()
+
+
+def _build(cls, values: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(
+            f"unknown config field(s) {', '.join(prefix + u for u in unknown)}; "
+            f"known fields here: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, Mapping):
+                raise ValueError(f"config field {prefix}{name} must be a group, got {value!r}")
+            kwargs[name] = _build(hint, dict(value), prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(f"{prefix}{name}", value, hint)
+    return cls(**kwargs)
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if isinstance(value, int):
+            value = (value,)
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"config field {name} must be a tuple, got {value!r}")
+        return tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ValueError(f"config field {name} must be true or false, got {value!r}")
+    if hint in (int, float, str) and (not isinstance(value, hint) or isinstance(value, bool)):
+        raise ValueError(f"config field {name} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def _choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _in_range(name, value, lo, hi, lo_open=False, hi_open=False) -> None:
+    ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        raise ValueError(
+            f"{name} must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, "
+            f"got {value!r}"
+        )
+
+
+def default_config_dict():
+    """A ConfigDict holding every field at its default; configs start from it."""
+    import ml_collections
+
+    return ml_collections.ConfigDict(Experiment().to_dict())

@@ -1,0 +1,466 @@
+"""Deterministic descriptors of a base model: index (per scalar), structure (per layer), global.
+
+Field orders follow the reference implementation (see ``docs`` and the spec):
+
+* index descriptor, 10 fields per scalar parameter (:data:`INDEX_FIELDS`), default -1;
+* local structure descriptor, 21 fields per layer (:data:`STRUCTURE_FIELDS`), default 0;
+* global/task descriptor, 8 fields per model (:data:`GLOBAL_FIELDS`), default 0.
+
+Index descriptors are kept in **grid form** (:class:`TensorGrid`): per parameter tensor, the
+constant fields plus which index field varies along each tensor axis. The ``(N, 10)`` matrix
+is materialised from it on demand. Adding a layer type means registering one function with
+:func:`register_layer` that names the role of each of the layer's tensors.
+
+Normalisation ("minmax") treats each field as uniform on a declared ``[lo, hi]`` range taken
+from the configuration, never from data. Unlike the reference, a value outside its declared
+range is an error (``out_of_range="error"``, the default) or, when asked for explicitly, is
+clamped to the range (``out_of_range="clip"``). The reference silently multiplied such values
+by about 316 when the range had zero width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from uhn_jax import layouts
+
+INDEX_FIELDS = (
+    "layer_idx",
+    "layer_type",
+    "param_type",
+    "output_idx",
+    "input_idx",
+    "kernel_h_idx",
+    "kernel_w_idx",
+    "embedding_idx",
+    "sequence_idx",
+    "grid_idx",
+)
+STRUCTURE_FIELDS = (
+    "layer_idx",
+    "layer_type",
+    "bias_type",
+    "norm_type",
+    "shortcut_type",
+    "output_size",
+    "input_size",
+    "activation_type",
+    "activation_param",
+    "dropout_rate",
+    "input_pooling_reshape_type",
+    "group_num",
+    "kernel_size",
+    "stage_wise_pooling_type",
+    "num_heads",
+    "head_concat_type",
+    "embedding_num",
+    "max_sequence_length",
+    "grid_size",
+    "spline_order",
+    "initialization_type",
+)
+GLOBAL_FIELDS = (
+    "model_type",
+    "task_type",
+    "dataset_type",
+    "num_layers",
+    "cnn_stage_num",
+    "num_encoders",
+    "num_structure_freqs",
+    "num_index_freqs",
+)
+_IDX = {name: i for i, name in enumerate(INDEX_FIELDS)}
+
+
+class LayerType(enum.IntEnum):
+    LINEAR = 0
+    CONV = 1
+    GCN = 2
+    GAT = 3
+    EMBEDDING = 4
+    MHA = 5
+    KAN = 6
+
+
+class ModelType(enum.IntEnum):
+    MLP = 0
+    CNN = 1
+    GCN = 2
+    GAT = 3
+    TRANSFORMER = 4
+    KAN = 5
+    RECURSIVE = 6
+
+
+class TaskType(enum.IntEnum):
+    IMAGE_CLS = 0
+    GRAPH_NODE_CLS = 1
+    TEXT_CLS = 2
+    FORMULA_REGRESSION = 3
+    RECURSIVE = 4
+
+
+class DatasetType(enum.IntEnum):
+    MNIST = 0
+    CIFAR10 = 1
+    CITESEER = 2
+    CORA = 3
+    PUBMED = 4
+    AG_NEWS = 5
+    IMDB = 6
+    # Values 7..26 are the reference's formula and recursive datasets; ours start at 100 so the
+    # reference numbering stays free for them.
+    DIGITS = 100
+    FASHION_MNIST = 101
+
+
+class ActivationType(enum.IntEnum):
+    NONE = 0
+    LEAKY_RELU = 1
+    ELU = 2
+    SILU = 3
+
+
+class InputPoolingReshapeType(enum.IntEnum):
+    NONE = 0
+    AVG_POOLING = 1
+    MAX_POOLING = 2
+    RESHAPE_TO_2D = 3
+    AVG_SEQUENCE = 4
+    FIRST_TOKEN = 5
+
+
+class InitializationType(enum.IntEnum):
+    DEFAULT = 0
+    ZERO = 1
+
+
+# ----------------------------------------------------------------------------- layer specs
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """One layer of a base model, as the descriptors see it.
+
+    Attributes:
+      name: key of the layer's sub-tree in the params pytree (top level).
+      layer_type: the :class:`LayerType`.
+      fields: structure-descriptor values as ``(name, value)`` pairs (names from
+        :data:`STRUCTURE_FIELDS`; ``layer_idx`` and ``layer_type`` are filled in for you).
+    """
+
+    name: str
+    layer_type: LayerType
+    fields: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self):
+        for key, _ in self.fields:
+            if key not in STRUCTURE_FIELDS:
+                raise ValueError(f"layer {self.name!r}: unknown structure field {key!r}")
+
+    def get(self, key: str, default: float = 0.0) -> float:
+        return dict(self.fields).get(key, default)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRole:
+    """What a layer-type function says about one of its tensors.
+
+    Attributes:
+      param_type: the PARAM_TYPE index-descriptor value.
+      axes: for each tensor axis, the index field (name from :data:`INDEX_FIELDS`) that
+        enumerates it.
+      target: ``(mean, std)`` the initialisation stage matches (spec §3.1).
+    """
+
+    param_type: int
+    axes: tuple[str, ...]
+    target: tuple[float, float]
+
+
+LayerFn = Callable[[LayerSpec], Mapping[str, TensorRole]]
+_LAYER_FNS: dict[LayerType, LayerFn] = {}
+
+
+def register_layer(layer_type: LayerType) -> Callable[[LayerFn], LayerFn]:
+    """Registers the function that names the tensors of ``layer_type``.
+
+    The function takes a :class:`LayerSpec` and returns ``{param_name: TensorRole}`` for the
+    leaves directly under the layer's sub-tree.
+    """
+
+    def decorator(fn: LayerFn) -> LayerFn:
+        _LAYER_FNS[LayerType(layer_type)] = fn
+        return fn
+
+    return decorator
+
+
+def _zero_or(layer: LayerSpec, std: float) -> tuple[float, float]:
+    if layer.get("initialization_type") == InitializationType.ZERO:
+        return (0.0, 0.0)
+    return (0.0, std)
+
+
+@register_layer(LayerType.LINEAR)
+def _linear(layer: LayerSpec) -> Mapping[str, TensorRole]:
+    # Flax convention: kernel is (in, out), so x @ kernel. PyTorch default init is
+    # U(+-1/sqrt(fan_in)) for both tensors, i.e. std 1/sqrt(3 fan_in).
+    target = _zero_or(layer, 1.0 / math.sqrt(3.0 * layer.get("input_size")))
+    return {
+        "kernel": TensorRole(0, ("input_idx", "output_idx"), target),
+        "bias": TensorRole(1, ("output_idx",), target),
+    }
+
+
+# ----------------------------------------------------------------------------- grids
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorGrid:
+    """Index descriptors of one parameter tensor in grid form.
+
+    ``const`` holds all 10 fields (varying fields hold -1 there); ``axes[k]`` is the position
+    in :data:`INDEX_FIELDS` of the field that equals the index along tensor axis ``k``.
+    """
+
+    keys: tuple[str, ...]
+    shape: tuple[int, ...]
+    const: tuple[float, ...]
+    axes: tuple[int, ...]
+    target: tuple[float, float]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def materialize(self) -> np.ndarray:
+        """Returns the ``(size, 10)`` float32 index descriptors in C order."""
+        out = np.tile(np.asarray(self.const, np.float32), (self.size, 1))
+        if self.shape:
+            grid = np.indices(self.shape).reshape(len(self.shape), -1)
+            for k, field in enumerate(self.axes):
+                out[:, field] = grid[k]
+        return out
+
+    def field_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-field (min, max) over this tensor, computed from the grid without materialising."""
+        lo = np.asarray(self.const, np.float64)
+        hi = lo.copy()
+        for field, dim in zip(self.axes, self.shape, strict=True):
+            lo[field], hi[field] = 0.0, float(dim - 1)
+        return lo, hi
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranges:
+    """Declared ``[lo, hi]`` per field, used for min/max normalisation."""
+
+    lo: tuple[float, ...]
+    hi: tuple[float, ...]
+
+    def __post_init__(self):
+        if len(self.lo) != len(self.hi):
+            raise ValueError("Ranges: lo and hi differ in length")
+        for i, (a, b) in enumerate(zip(self.lo, self.hi, strict=True)):
+            if a > b:
+                raise ValueError(f"Ranges: field {i} has lo {a} > hi {b}")
+
+    def union(self, other: Ranges) -> Ranges:
+        """Element-wise union, as used over the tasks and models of one generator."""
+        return Ranges(
+            tuple(map(min, self.lo, other.lo)),
+            tuple(map(max, self.hi, other.hi)),
+        )
+
+
+def union_all(ranges: Sequence[Ranges]) -> Ranges:
+    """Union of several ranges."""
+    return functools.reduce(Ranges.union, ranges)
+
+
+def normalize(x: np.ndarray, ranges: Ranges, names: Sequence[str], out_of_range: str = "error"):
+    """Min/max normalisation of the last axis of ``x`` (numpy or jax).
+
+    Each field is standardised as if uniform on ``[lo, hi]``:
+    ``(x - (lo+hi)/2) / sqrt((hi-lo)^2/12 + 1e-5)``. Fields with ``lo == hi`` map to 0.
+
+    Args:
+      x: array ``(..., F)``.
+      ranges: the declared ranges (F fields).
+      names: field names, for error messages.
+      out_of_range: ``"error"`` raises ValueError for a value outside its range (numpy input
+        only); ``"clip"`` clamps to the range first.
+    """
+    lo = np.asarray(ranges.lo, np.float32)
+    hi = np.asarray(ranges.hi, np.float32)
+    if out_of_range == "error":
+        if isinstance(x, np.ndarray):
+            check_in_range(
+                x.reshape(-1, x.shape[-1]).min(0), x.reshape(-1, x.shape[-1]).max(0), ranges, names
+            )
+    elif out_of_range == "clip":
+        x = x.clip(lo, hi)
+    else:
+        raise ValueError(f"out_of_range must be 'error' or 'clip', got {out_of_range!r}")
+    mean = (lo + hi) / 2
+    std = np.sqrt((hi - lo) ** 2 / 12.0 + 1e-5)
+    return (x - mean) / std
+
+
+def check_in_range(xmin, xmax, ranges: Ranges, names: Sequence[str]) -> None:
+    """Raises ValueError naming the first field whose values leave the declared range."""
+    for i, name in enumerate(names):
+        lo, hi = ranges.lo[i], ranges.hi[i]
+        if xmin[i] < lo - 1e-6 or xmax[i] > hi + 1e-6:
+            raise ValueError(
+                f"descriptor field {name!r} takes values in [{xmin[i]:g}, {xmax[i]:g}], outside "
+                f"its declared range [{lo:g}, {hi:g}]. Widen the generator's declared ranges "
+                "(train it on a family that covers this architecture) or pass "
+                "out_of_range='clip' to clamp explicitly."
+            )
+
+
+# ----------------------------------------------------------------------------- model descriptors
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModelDescriptors:
+    """All descriptors of one architecture. Built once by :func:`build` and cached.
+
+    Attributes:
+      layout: the params layout the grids follow (same leaf order).
+      grids: one :class:`TensorGrid` per layout leaf, in layout order.
+      structure: ``(L, 21)`` local structure descriptors.
+      global_: ``(8,)`` global/task descriptor.
+    """
+
+    layout: layouts.Layout
+    grids: tuple[TensorGrid, ...]
+    structure: np.ndarray
+    global_: np.ndarray
+
+    @property
+    def num_params(self) -> int:
+        return self.layout.size
+
+    @functools.cached_property
+    def index(self) -> np.ndarray:
+        """The materialised ``(N, 10)`` float32 index descriptors (layout order)."""
+        return np.concatenate([g.materialize() for g in self.grids])
+
+    @functools.cached_property
+    def structure_input(self) -> np.ndarray:
+        """``(L, 29)`` = ``concat(global, local)`` per layer: the structure encoder's input."""
+        g = np.broadcast_to(self.global_, (self.structure.shape[0], len(GLOBAL_FIELDS)))
+        return np.concatenate([g, self.structure], axis=1).astype(np.float32)
+
+    @functools.cached_property
+    def segment_ids(self) -> np.ndarray:
+        """``(N,)`` int32 tensor id of every scalar (position in :attr:`grids`)."""
+        return np.repeat(np.arange(len(self.grids), dtype=np.int32), [g.size for g in self.grids])
+
+    @functools.cached_property
+    def targets(self) -> np.ndarray:
+        """``(T, 2)`` float32 init-stage (mean, std) targets, one row per tensor."""
+        return np.asarray([g.target for g in self.grids], np.float32)
+
+    def index_ranges(self) -> Ranges:
+        """Per-field bounds of the index descriptors, from the grids (no data involved)."""
+        bounds = [g.field_bounds() for g in self.grids]
+        lo = np.min([b[0] for b in bounds], axis=0)
+        hi = np.max([b[1] for b in bounds], axis=0)
+        return Ranges(tuple(lo.tolist()), tuple(hi.tolist()))
+
+    def structure_ranges(self) -> Ranges:
+        """Per-field bounds of the 29-dim structure input of this one architecture."""
+        s = self.structure_input
+        return Ranges(tuple(s.min(0).tolist()), tuple(s.max(0).tolist()))
+
+
+def build(
+    layout: layouts.Layout,
+    layers: Sequence[LayerSpec],
+    global_fields: Mapping[str, float],
+) -> ModelDescriptors:
+    """Builds (and caches) the descriptors of one architecture.
+
+    Args:
+      layout: layout of the base model's params; every leaf must belong to one layer.
+      layers: the base model's layers in order; ``layers[i].name`` is the top-level key of
+        layer i's params.
+      global_fields: values for :data:`GLOBAL_FIELDS` (missing ones are 0; ``num_layers`` is
+        filled in).
+
+    Returns:
+      The :class:`ModelDescriptors`.
+    """
+    return _build_cached(
+        layout, tuple(layers), tuple(sorted((k, float(v)) for k, v in global_fields.items()))
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _build_cached(layout, layers, global_items) -> ModelDescriptors:
+    by_name = {}
+    for i, layer in enumerate(layers):
+        if layer.layer_type not in _LAYER_FNS:
+            raise ValueError(
+                f"layer {layer.name!r}: no descriptor function for {layer.layer_type!r}"
+            )
+        if layer.name in by_name:
+            raise ValueError(f"duplicate layer name {layer.name!r}")
+        by_name[layer.name] = (i, layer, _LAYER_FNS[layer.layer_type](layer))
+
+    grids = []
+    for leaf in layout.leaves:
+        if len(leaf.keys) != 2 or leaf.keys[0] not in by_name:
+            raise ValueError(
+                f"params leaf {leaf.path} is not a tensor of a declared layer; expected "
+                f"params[<layer name>][<tensor>] with layer names {list(by_name)}"
+            )
+        i, layer, roles = by_name[leaf.keys[0]]
+        if leaf.keys[1] not in roles:
+            raise ValueError(
+                f"params leaf {leaf.path}: layer type {layer.layer_type.name} has tensors "
+                f"{list(roles)}, not {leaf.keys[1]!r}"
+            )
+        role = roles[leaf.keys[1]]
+        if len(role.axes) != len(leaf.shape):
+            raise ValueError(
+                f"params leaf {leaf.path} has shape {leaf.shape} but its role names "
+                f"{len(role.axes)} axes {role.axes}"
+            )
+        const = [-1.0] * len(INDEX_FIELDS)
+        const[_IDX["layer_idx"]] = float(i)
+        const[_IDX["layer_type"]] = float(layer.layer_type)
+        const[_IDX["param_type"]] = float(role.param_type)
+        grids.append(
+            TensorGrid(
+                keys=leaf.keys,
+                shape=leaf.shape,
+                const=tuple(const),
+                axes=tuple(_IDX[a] for a in role.axes),
+                target=tuple(float(t) for t in role.target),
+            )
+        )
+
+    structure = np.zeros((len(layers), len(STRUCTURE_FIELDS)), np.float32)
+    for i, layer in enumerate(layers):
+        values = dict(layer.fields, layer_idx=i, layer_type=int(layer.layer_type))
+        for key, value in values.items():
+            structure[i, STRUCTURE_FIELDS.index(key)] = value
+
+    global_values = dict(global_items)
+    global_values["num_layers"] = float(len(layers))
+    unknown = set(global_values) - set(GLOBAL_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown global descriptor fields {sorted(unknown)}")
+    global_ = np.asarray([global_values.get(k, 0.0) for k in GLOBAL_FIELDS], np.float32)
+    return ModelDescriptors(layout, tuple(grids), structure, global_)

@@ -1,0 +1,103 @@
+"""Multi-run orchestration: UHN-vs-direct comparisons over seeds, and weight export."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from uhn_jax import checkpoint, train
+from uhn_jax import config as config_lib
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """One line summarising a ``results.json``."""
+    return (
+        f"{results['mode']:>6} {results['dataset']} {results['model']} seed {results['seed']}: "
+        f"test {results['metric_name']} {results['test_metric']:.4f} "
+        f"({results['num_target_params']:,} target params, {results['wall_s']:.1f} s)"
+    )
+
+
+def compare(
+    exp: config_lib.Experiment, workdir: str | Path, seeds: int = 3, *, progress: bool = True
+) -> str:
+    """Runs direct and UHN training for ``seeds`` seeds and returns a markdown table.
+
+    Runs go to ``workdir/{mode}_seed{seed}`` (each resumable); the table is also written to
+    ``workdir/compare.md`` and the per-run results to ``workdir/compare.json``.
+    """
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    workdir = Path(workdir)
+    dataset = train.load_dataset(exp)
+    rows = []
+    for mode in ("direct", "uhn"):
+        for seed in range(exp.seed, exp.seed + seeds):
+            run_exp = dataclasses.replace(exp, mode=mode, seed=seed)
+            results = train.run(
+                run_exp, workdir / f"{mode}_seed{seed}", dataset=dataset, progress=progress
+            )
+            print(format_results(results), flush=True)
+            rows.append(results)
+    table = comparison_table(rows)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "compare.md").write_text(table + "\n")
+    (workdir / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return table
+
+
+def comparison_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of mean ± std test metric per mode, with the UHN - direct gap."""
+    lines = [
+        "| mode | dataset | model | target params | generator params | seeds | steps "
+        "| test metric (mean ± std) | wall s / run |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    means = {}
+    for mode in ("direct", "uhn"):
+        rs = [r for r in rows if r["mode"] == mode]
+        if not rs:
+            continue
+        vals = np.array([r["test_metric"] for r in rs])
+        means[mode] = vals.mean()
+        r0 = rs[0]
+        steps = f"{r0['init_steps']}+{r0['steps']}" if r0["init_steps"] else f"{r0['steps']}"
+        lines.append(
+            f"| {mode} | {r0['dataset']} | {r0['model']} | {r0['num_target_params']:,} "
+            f"| {r0['num_generator_params']:,} | {len(rs)} | {steps} "
+            f"| {100 * vals.mean():.2f} ± {100 * vals.std():.2f} % "
+            f"| {np.mean([r['wall_s'] for r in rs]):.1f} |"
+        )
+    if len(means) == 2:
+        lines.append("")
+        lines.append(f"UHN - direct: {100 * (means['uhn'] - means['direct']):+.2f} pp")
+    return "\n".join(lines)
+
+
+def export(workdir: str | Path, out: str | Path | None = None) -> Path:
+    """Writes the base-model params of a run as a plain orbax checkpoint.
+
+    For a UHN run the weights are generated once from the latest checkpoint; the export then
+    loads with :func:`uhn_jax.checkpoint.load_params` alone, without the generator.
+    """
+    workdir = Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found: is {workdir} a uhn-jax run directory?")
+    exp = config_lib.from_config_dict(json.loads(config_path.read_text()))
+    setup, desc = train.make_setup(exp, train.load_dataset(exp))
+    mngr = checkpoint.manager(workdir / "checkpoints")
+    state, step = checkpoint.restore_latest(
+        mngr, train.init_state(setup, jax.random.key_data(jax.random.key(0)))
+    )
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
+    params = train.materialize_params(
+        setup, state["params"], state["constants"], train.desc_arrays(desc)
+    )
+    return checkpoint.save_params(Path(out) if out else workdir / "export", params)

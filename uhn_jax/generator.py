@@ -1,0 +1,259 @@
+"""The UHN generator (spec §2.1) as a Flax Linen module, and chunked weight generation.
+
+``Generator`` maps raw index descriptors ``(n, 10)`` to one scalar weight each. Inside, the
+descriptors are min/max-normalised with the generator's declared ranges, encoded (Fourier by
+default), sent through ``Linear(enc -> h)`` and ``num_blocks`` pre-activation residual blocks
+``x + fc2(LN(relu(fc1(LN(relu(x))))))``; optionally a per-model structure vector is added; then
+``relu -> Linear(h -> 1)``.
+
+The structure path (``structure=True``) encodes the ``(L, 29)`` structure input with Fourier
+features, one post-LN transformer encoder layer, mean pooling over layers and
+``Linear -> relu -> Linear`` whose last Linear is zero-initialised, so it starts as a no-op.
+
+Variables: trainable weights live in ``params``; the frozen Fourier matrices live in
+``constants`` and are never updated by the optimiser.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from uhn_jax import descriptors, encodings
+
+
+def _torch_uniform(fan_in: int):
+    """PyTorch's default Linear init, U(+-1/sqrt(fan_in)), for kernels and biases alike."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _dense(features: int, fan_in: int, zero: bool = False, name: str | None = None) -> nn.Dense:
+    if zero:
+        return nn.Dense(features, kernel_init=nn.initializers.zeros, name=name)
+    return nn.Dense(
+        features, kernel_init=_torch_uniform(fan_in), bias_init=_torch_uniform(fan_in), name=name
+    )
+
+
+class ResidualBlock(nn.Module):
+    """``x + fc2(LN(relu(fc1(LN(relu(x))))))`` with affine LayerNorms."""
+
+    hidden: int
+
+    @nn.compact
+    def __call__(self, x):
+        y = nn.LayerNorm(epsilon=1e-5)(nn.relu(x))
+        y = _dense(self.hidden, self.hidden)(y)
+        y = nn.LayerNorm(epsilon=1e-5)(nn.relu(y))
+        y = _dense(self.hidden, self.hidden)(y)
+        return x + y
+
+
+class StructureEncoder(nn.Module):
+    """One post-LN transformer encoder layer over layer tokens, mean-pooled to one vector."""
+
+    d_model: int
+    num_heads: int
+    hidden: int
+
+    @nn.compact
+    def __call__(self, tokens_LD):
+        d = self.d_model
+        attn = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, qkv_features=d, out_features=d, name="attention"
+        )(tokens_LD, tokens_LD)
+        x = nn.LayerNorm(epsilon=1e-5)(tokens_LD + attn)
+        ff = _dense(d, d)(nn.relu(_dense(d, d)(x)))
+        x = nn.LayerNorm(epsilon=1e-5)(x + ff)
+        pooled = x.mean(axis=0)
+        y = nn.relu(_dense(self.hidden, d)(pooled))
+        return _dense(self.hidden, self.hidden, zero=True, name="zero_out")(y)
+
+
+class Generator(nn.Module):
+    """UHN generator. Defaults are the reference MNIST sizes (148,353 params, no structure).
+
+    Attributes:
+      index_ranges: declared ranges of the 10 index fields (min/max normalisation).
+      structure_ranges: declared ranges of the 29 structure-input fields (structure path only).
+      hidden: width h.
+      num_blocks: number of residual blocks.
+      n_freqs: index Fourier frequencies (features are 2 * n_freqs wide).
+      sigma: Fourier scale.
+      encoding: "fourier", "positional" or "raw".
+      structure: whether the structure path is on.
+      structure_freqs: Fourier frequencies of the structure encoder (d_model = 2 * this).
+      structure_heads: attention heads of the structure encoder.
+      out_of_range: "error" (descriptors are checked on the host, see :func:`check`) or
+        "clip" (values are clamped to the declared ranges in-graph).
+    """
+
+    index_ranges: descriptors.Ranges
+    structure_ranges: descriptors.Ranges | None = None
+    hidden: int = 64
+    num_blocks: int = 2
+    n_freqs: int = 1024
+    sigma: float = 100.0
+    encoding: str = "fourier"
+    structure: bool = False
+    structure_freqs: int = 32
+    structure_heads: int = 4
+    out_of_range: str = "error"
+
+    def setup(self):
+        if self.encoding not in encodings.ENCODINGS:
+            raise ValueError(
+                f"encoding must be one of {encodings.ENCODINGS}, got {self.encoding!r}"
+            )
+        n_in = len(descriptors.INDEX_FIELDS)
+        self.index_b = self.variable(
+            "constants",
+            "index_B",
+            lambda: encodings.gaussian_matrix(
+                self.make_rng("params"), n_in, self.n_freqs, self.sigma
+            ),
+        )
+        enc_dim = encodings.output_dim(self.encoding, n_in, self.n_freqs)
+        self.input_layer = _dense(self.hidden, enc_dim)
+        self.blocks = [ResidualBlock(self.hidden) for _ in range(self.num_blocks)]
+        self.output_layer = _dense(1, self.hidden)
+        if self.structure:
+            if self.structure_ranges is None:
+                raise ValueError("structure=True needs structure_ranges")
+            n_s = len(descriptors.GLOBAL_FIELDS) + len(descriptors.STRUCTURE_FIELDS)
+            self.structure_b = self.variable(
+                "constants",
+                "structure_B",
+                lambda: encodings.gaussian_matrix(
+                    self.make_rng("params"), n_s, self.structure_freqs, self.sigma
+                ),
+            )
+            self.structure_encoder = StructureEncoder(
+                2 * self.structure_freqs, self.structure_heads, self.hidden
+            )
+
+    def _normalize(self, x, ranges):
+        # Range errors are raised on the host (see check); in-graph we can only clamp.
+        lo = jnp.asarray(ranges.lo, jnp.float32)
+        hi = jnp.asarray(ranges.hi, jnp.float32)
+        if self.out_of_range == "clip":
+            x = jnp.clip(x, lo, hi)
+        return (x - (lo + hi) / 2) / jnp.sqrt((hi - lo) ** 2 / 12.0 + 1e-5)
+
+    def structure_vector(self, structure_L29):
+        """Per-model vector ``(h,)`` added to every hidden state (zeros without structure)."""
+        if not self.structure:
+            return jnp.zeros((self.hidden,), jnp.float32)
+        x = self._normalize(structure_L29, self.structure_ranges)
+        return self.structure_encoder(encodings.fourier(x, self.structure_b.value))
+
+    def from_index(self, index_n10, structure_h):
+        """Weights ``(n,)`` for raw index descriptors ``(n, 10)`` and a structure vector."""
+        x = self._normalize(index_n10, self.index_ranges)
+        if self.encoding == "fourier":
+            feats = encodings.fourier(x, self.index_b.value)
+        elif self.encoding == "positional":
+            feats = encodings.positional(x, sigma=self.sigma)
+        else:
+            feats = x
+        h = self.input_layer(feats)
+        for block in self.blocks:
+            h = block(h)
+        h = h + structure_h
+        return self.output_layer(nn.relu(h))[..., 0]
+
+    def __call__(self, index_n10, structure_L29=None):
+        if structure_L29 is None:
+            structure_L29 = jnp.zeros((1, 29), jnp.float32)
+        return self.from_index(index_n10, self.structure_vector(structure_L29))
+
+
+def check(gen: Generator, desc: descriptors.ModelDescriptors) -> None:
+    """Raises ValueError if ``desc`` leaves ``gen``'s declared ranges (unless it clips)."""
+    if gen.out_of_range == "clip":
+        return
+    own = desc.index_ranges()
+    descriptors.check_in_range(own.lo, own.hi, gen.index_ranges, descriptors.INDEX_FIELDS)
+    if gen.structure:
+        own = desc.structure_ranges()
+        names = descriptors.GLOBAL_FIELDS + descriptors.STRUCTURE_FIELDS
+        descriptors.check_in_range(own.lo, own.hi, gen.structure_ranges, names)
+
+
+def init(gen: Generator, key: jax.Array) -> dict:
+    """Initialises ``{"params": ..., "constants": ...}`` of a generator."""
+    structure = jnp.zeros((1, 29), jnp.float32) if gen.structure else None
+    return gen.init(key, jnp.zeros((1, len(descriptors.INDEX_FIELDS)), jnp.float32), structure)
+
+
+def generate(
+    gen: Generator,
+    variables: dict,
+    index_N10: jax.Array,
+    structure_L29: jax.Array | None = None,
+    chunk_size: int | None = None,
+) -> jax.Array:
+    """Generates the flat weight vector ``w[N]`` for raw index descriptors ``(N, 10)``.
+
+    With ``chunk_size`` the N rows are processed ``chunk_size`` at a time under ``lax.map`` with
+    ``jax.checkpoint``: the backward pass keeps only each chunk's descriptors and recomputes the
+    ``(chunk, 2 * n_freqs)`` features, so peak memory is set by the chunk, not by N.
+
+    Args:
+      gen: the generator module.
+      variables: its variables (``params`` and ``constants``).
+      index_N10: raw (un-normalised) index descriptors.
+      structure_L29: the model's structure input, needed when ``gen.structure``.
+      chunk_size: rows per chunk; ``None`` or ``>= N`` generates in one piece.
+
+    Returns:
+      float32 ``(N,)``.
+    """
+    if gen.structure and structure_L29 is None:
+        raise ValueError("this generator has a structure path; pass structure_L29")
+    s_h = gen.apply(
+        variables,
+        structure_L29 if structure_L29 is not None else jnp.zeros((1, 29)),
+        method=Generator.structure_vector,
+    )
+
+    def run(rows):
+        return gen.apply(variables, rows, s_h, method=Generator.from_index)
+
+    n = index_N10.shape[0]
+    if chunk_size is None or chunk_size >= n:
+        return run(index_N10)
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    num_chunks = -(-n // chunk_size)
+    padded = jnp.pad(index_N10, ((0, num_chunks * chunk_size - n), (0, 0)), mode="edge")
+    chunks = padded.reshape(num_chunks, chunk_size, index_N10.shape[1])
+    w = jax.lax.map(jax.checkpoint(run), chunks)
+    return w.reshape(-1)[:n]
+
+
+def num_params(variables: dict) -> int:
+    """Trainable parameter count (the ``params`` collection only)."""
+    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(variables["params"])))
+
+
+def from_config(cfg, index_ranges, structure_ranges=None) -> Generator:
+    """Builds a :class:`Generator` from a config object with the generator's fields."""
+    fields = {f.name for f in dataclasses.fields(Generator)} - {
+        "index_ranges",
+        "structure_ranges",
+        "parent",
+        "name",
+    }
+    kwargs = {k: getattr(cfg, k) for k in fields if hasattr(cfg, k)}
+    return Generator(index_ranges=index_ranges, structure_ranges=structure_ranges, **kwargs)

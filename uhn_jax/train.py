@@ -1,0 +1,515 @@
+"""One training loop for both modes: ``uhn`` (train a generator) and ``direct`` (train the model).
+
+The static part of a run (:class:`Setup`: base model, layout, generator module, optimiser
+settings) is hashable and seed-free, so the jitted step compiles once and is reused across seeds.
+The train state is a plain pytree ``{step, params, opt_state, constants}``; ``constants`` holds
+the generator's frozen Fourier matrices (empty in direct mode).
+
+A UHN run has two stages that share the step counter: ``init_steps`` of moment matching
+(spec §3.1; each tensor's generated mean and std are pulled to the base model's init targets),
+then ``steps`` of task training with a fresh optimiser. Per-step randomness is
+``fold_in(key, step)`` and batches come from a per-epoch permutation, so a resumed run is
+bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from uhn_jax import base_models, checkpoint, descriptors, generator, layouts
+from uhn_jax import config as config_lib
+from uhn_jax import data as data_lib
+
+RESULTS_SCHEMA_VERSION = 1
+_DATASET_TYPES = {
+    "digits": descriptors.DatasetType.DIGITS,
+    "mnist": descriptors.DatasetType.MNIST,
+    "fashion_mnist": descriptors.DatasetType.FASHION_MNIST,
+}
+
+
+class DescArrays(NamedTuple):
+    """Device copies of the descriptor arrays a step needs."""
+
+    index: jax.Array  # (N, 10) raw index descriptors
+    structure: jax.Array  # (L, 29) structure input
+    segment_ids: jax.Array  # (N,) tensor id of every scalar
+    targets: jax.Array  # (T, 2) init-stage (mean, std) per tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Static, hashable, seed-free description of a run (a jit static argument)."""
+
+    mode: str
+    model: Any  # a base model dataclass
+    layout: layouts.Layout
+    gen: generator.Generator | None
+    chunk_size: int | None
+    train: config_lib.TrainConfig
+
+    @property
+    def init_steps(self) -> int:
+        t = self.train
+        return t.init_steps if self.mode == "uhn" and t.init_lr > 0 else 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.init_steps + self.train.steps
+
+
+def load_dataset(exp: config_lib.Experiment) -> data_lib.ArrayDataset:
+    """Loads the dataset named by ``exp.data``."""
+    kwargs = {"train": exp.data.mnist_train} if exp.data.name == "mnist" else {}
+    return data_lib.load(exp.data.name, exp.data.data_dir, **kwargs)
+
+
+def build_model(exp: config_lib.Experiment, dataset: data_lib.ArrayDataset):
+    """The base model of ``exp`` for ``dataset``."""
+    m = exp.model
+    if m.family == "mlp":
+        return base_models.MLP(
+            input_shape=dataset.input_shape,
+            num_classes=dataset.num_classes,
+            widths=m.widths,
+            slope=m.slope,
+            dropout_rate=m.dropout_rate,
+            dataset_type=int(_DATASET_TYPES[exp.data.name]),
+        )
+    raise ValueError(f"unknown model.family {m.family!r}")
+
+
+def make_setup(
+    exp: config_lib.Experiment, dataset: data_lib.ArrayDataset
+) -> tuple[Setup, descriptors.ModelDescriptors]:
+    """Builds the static setup and the (cached) descriptors of a run."""
+    if exp.train.batch_size > dataset.x_train.shape[0]:
+        raise ValueError(
+            f"train.batch_size ({exp.train.batch_size}) exceeds the {dataset.x_train.shape[0]} "
+            f"training examples of {dataset.name}"
+        )
+    model = build_model(exp, dataset)
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    layout = layouts.from_params(shapes)
+    desc = descriptors.build(layout, model.layers(), model.global_fields())
+    gen = None
+    if exp.mode == "uhn":
+        structure_ranges = desc.structure_ranges() if exp.generator.structure else None
+        gen = generator.from_config(exp.generator, desc.index_ranges(), structure_ranges)
+        generator.check(gen, desc)
+    chunk = exp.generator.chunk_size or None
+    return Setup(exp.mode, model, layout, gen, chunk, exp.train), desc
+
+
+def desc_arrays(desc: descriptors.ModelDescriptors) -> DescArrays:
+    return DescArrays(
+        jnp.asarray(desc.index),
+        jnp.asarray(desc.structure_input),
+        jnp.asarray(desc.segment_ids),
+        jnp.asarray(desc.targets),
+    )
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def base_params(setup: Setup, params, constants, arrays: DescArrays):
+    """The base model's params: generated (uhn) or the trained params themselves (direct)."""
+    if setup.mode == "direct":
+        return params
+    w_N = generator.generate(
+        setup.gen,
+        {"params": params, "constants": constants},
+        arrays.index,
+        arrays.structure if setup.gen.structure else None,
+        chunk_size=setup.chunk_size,
+    )
+    return layouts.unflatten(w_N, setup.layout)
+
+
+#: ``base_params`` compiled: materialises a run's base-model params once (export, analysis).
+materialize_params = jax.jit(base_params, static_argnums=0)
+
+
+def tensor_stats(w_N: jax.Array, segment_ids: jax.Array, num_tensors: int):
+    """Per-tensor mean and population std of a flat vector, ``(T,)`` each."""
+    count = jax.ops.segment_sum(jnp.ones_like(w_N), segment_ids, num_tensors)
+    mean = jax.ops.segment_sum(w_N, segment_ids, num_tensors) / count
+    var = jax.ops.segment_sum((w_N - mean[segment_ids]) ** 2, segment_ids, num_tensors) / count
+    # The epsilon keeps the gradient finite for tensors whose target std is 0.
+    return mean, jnp.sqrt(var + 1e-12)
+
+
+def init_loss(setup: Setup, params, constants, arrays: DescArrays):
+    """Moment-matching loss: mean over tensors and {mean, std} of (stat - target)^2."""
+    w_N = layouts.flatten(base_params(setup, params, constants, arrays), setup.layout)
+    mean, std = tensor_stats(w_N, arrays.segment_ids, arrays.targets.shape[0])
+    loss = jnp.mean((jnp.stack([mean, std], axis=1) - arrays.targets) ** 2)
+    return loss, {"init_loss": loss}
+
+
+def task_loss(setup: Setup, params, constants, arrays: DescArrays, x, y, rng):
+    """Cross-entropy of the base model on one batch, plus batch accuracy."""
+    logits = setup.model.apply(
+        base_params(setup, params, constants, arrays), x, train=True, rng=rng
+    )
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return loss, {"loss": loss, "accuracy": (logits.argmax(-1) == y).mean()}
+
+
+def make_optimizer(setup: Setup, stage: str) -> optax.GradientTransformation:
+    """AdamW (wd 0) with optional global-norm clipping.
+
+    ``init`` stage: cosine decay from ``init_lr`` over ``init_steps``, no warm-up.
+    ``task`` stage: linear warm-up over ``warmup_steps`` starting at ``lr / (warmup + 1)``
+    (as the reference's LambdaLR), then cosine decay to 0 at ``steps``.
+    """
+    t = setup.train
+    if stage == "init":
+        schedule = optax.cosine_decay_schedule(t.init_lr, max(setup.init_steps, 1))
+    else:
+        cosine = optax.cosine_decay_schedule(t.lr, t.steps - t.warmup_steps)
+        if t.warmup_steps:
+            warm = optax.linear_schedule(t.lr / (t.warmup_steps + 1), t.lr, t.warmup_steps)
+            schedule = optax.join_schedules([warm, cosine], [t.warmup_steps])
+        else:
+            schedule = cosine
+    clip = optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity()
+    return optax.chain(clip, optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=0.0))
+
+
+def sample_batch(x, y, step, key, batch_size: int):
+    """The ``step``-th batch of a per-epoch random permutation (stateless, resumable)."""
+    n = x.shape[0]
+    steps_per_epoch = n // batch_size
+    perm = jax.random.permutation(jax.random.fold_in(key, step // steps_per_epoch), n)
+    idx = jax.lax.dynamic_slice_in_dim(perm, (step % steps_per_epoch) * batch_size, batch_size)
+    return x[idx], y[idx]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2,))
+def train_step(setup: Setup, stage: str, state: dict, arrays: DescArrays, data, key):
+    """One optimisation step of ``stage`` ("init" or "task"); pure and jitted.
+
+    Args:
+      setup: static run description.
+      stage: "init" (moment matching) or "task".
+      state: ``{step, params, opt_state, constants}``; donated.
+      arrays: descriptor arrays.
+      data: ``(x_train, y_train)`` on device.
+      key: the run's base PRNG key; the step's keys are ``fold_in(key, step)``.
+
+    Returns:
+      ``(new_state, metrics)``.
+    """
+    step_key = jax.random.fold_in(jax.random.fold_in(key, 0), state["step"])
+    if stage == "init":
+        loss_fn = functools.partial(init_loss, setup)
+        args = (state["constants"], arrays)
+    else:
+        # Batches depend on the step only through the permutation key, not on step_key.
+        x, y = sample_batch(
+            *data, state["step"], jax.random.fold_in(key, 1), setup.train.batch_size
+        )
+        dropout_key = step_key
+        loss_fn = functools.partial(task_loss, setup)
+        args = (state["constants"], arrays, x, y, dropout_key)
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state["params"], *args)
+    tx = make_optimizer(setup, stage)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def evaluate(setup: Setup, params, constants, arrays: DescArrays, data, batch_size: int):
+    """Accuracy and mean loss on ``data``; the weights are generated once for the whole set."""
+    x, y = data
+    model_params = base_params(setup, params, constants, arrays)
+    n = x.shape[0]
+    num_batches = -(-n // batch_size)
+    pad = num_batches * batch_size - n
+    xb = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(
+        num_batches, batch_size, *x.shape[1:]
+    )
+    yb = jnp.pad(y, (0, pad)).reshape(num_batches, batch_size)
+    mask = (jnp.arange(num_batches * batch_size) < n).reshape(num_batches, batch_size)
+
+    def one(batch):
+        xi, yi, mi = batch
+        logits = setup.model.apply(model_params, xi)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, yi)
+        return jnp.sum((logits.argmax(-1) == yi) * mi), jnp.sum(loss * mi)
+
+    correct, loss = jax.lax.map(one, (xb, yb, mask))
+    return {"accuracy": correct.sum() / n, "loss": loss.sum() / n}
+
+
+def init_state(setup: Setup, key: jax.Array) -> dict:
+    """The step-0 train state of a run."""
+    if setup.mode == "uhn":
+        variables = generator.init(setup.gen, key)
+        params, constants = variables["params"], variables["constants"]
+    else:
+        params, constants = setup.model.init(key), {}
+    stage = "init" if setup.init_steps else "task"
+    opt_state = make_optimizer(setup, stage).init(params)
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": opt_state,
+        "constants": constants,
+    }
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+def _describe_model(exp: config_lib.Experiment) -> str:
+    return f"{exp.model.family}-" + "x".join(str(w) for w in exp.model.widths)
+
+
+class _MetricsLog:
+    """Appends JSON lines (and TensorBoard scalars, when tensorboardX is present)."""
+
+    def __init__(self, workdir: Path, resume_step: int):
+        self.path = workdir / "metrics.jsonl"
+        if self.path.exists():
+            # Drop lines a killed run wrote after its last checkpoint; they are recomputed.
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        self.file = self.path.open("a")
+        try:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(workdir / "tensorboard"))
+        except ImportError:  # pragma: no cover - tensorboardX is a declared dependency
+            self.tb = None
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        self.file.write(json.dumps({"step": step, **values}) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, int | float):
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _check_workdir_config(workdir: Path, exp: config_lib.Experiment) -> None:
+    path = workdir / "config.json"
+    current = exp.to_dict()
+    if path.exists():
+        saved = json.loads(path.read_text())
+        # JSON turns tuples into lists; compare through one JSON round trip.
+        current_json = json.loads(json.dumps(current))
+        if saved != current_json:
+            diffs = sorted(_flat(saved).items() ^ _flat(current_json).items())
+            keys = sorted({k for k, _ in diffs})
+            raise ValueError(
+                f"workdir {workdir} holds a run with a different config (fields differ: "
+                f"{', '.join(keys)}). Use a new --workdir, or delete the old one to start over."
+            )
+    else:
+        workdir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(current, indent=2) + "\n")
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v)
+    return out
+
+
+def run(
+    exp: config_lib.Experiment,
+    workdir: str | Path,
+    *,
+    dataset: data_lib.ArrayDataset | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Trains ``exp`` in ``workdir`` (resuming from its latest checkpoint) and evaluates it.
+
+    Args:
+      exp: the validated experiment.
+      workdir: run directory: ``config.json``, ``checkpoints/``, ``metrics.jsonl``,
+        ``tensorboard/`` and, at the end, ``results.json``.
+      dataset: the loaded dataset (loaded from ``exp.data`` when omitted).
+      progress: show a progress bar.
+      stop_after: stop (after checkpointing) once this many steps are done; for tests and for
+        splitting long runs.
+
+    Returns:
+      The results dict (also written to ``results.json``); ``None`` values for the metric when
+      stopped early.
+    """
+    exp = exp.validate()
+    workdir = Path(workdir)
+    _check_workdir_config(workdir, exp)
+    results_path = workdir / "results.json"
+    if results_path.exists():
+        return json.loads(results_path.read_text())
+    start_time = time.time()
+    if dataset is None:
+        dataset = load_dataset(exp)
+    setup, desc = make_setup(exp, dataset)
+    arrays = desc_arrays(desc)
+    train_data = (jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train))
+    test_data = (jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test))
+    key = jax.random.key_data(jax.random.key(exp.seed))
+    state = init_state(setup, jax.random.fold_in(key, 2))
+
+    mngr = checkpoint.manager(workdir / "checkpoints")
+    state, restored = checkpoint.restore_latest(mngr, state)
+    start = 0 if restored is None else restored
+    log = _MetricsLog(workdir, start)
+    if restored is not None:
+        print(f"[uhn_jax] resuming {workdir} from step {start}")
+    total, t = setup.total_steps, setup.train
+    end = total if stop_after is None else min(total, stop_after)
+    bar = _progress_bar(total, start, progress, desc=f"{exp.mode} seed {exp.seed}")
+    pending = None  # (step, metrics) dispatched but not yet read: read after the next dispatch
+    last_log_time, last_log_step = time.time(), start
+    step = start
+    try:
+        for step in range(start, end):
+            stage = "init" if step < setup.init_steps else "task"
+            if step == setup.init_steps and setup.init_steps:
+                # A fresh optimiser for the task stage, as in the reference.
+                state["opt_state"] = make_optimizer(setup, "task").init(state["params"])
+            state, metrics = train_step(setup, stage, state, arrays, train_data, key)
+            if pending is not None:
+                last_log_time, last_log_step = _emit(
+                    log, bar, pending, last_log_time, last_log_step
+                )
+                pending = None
+            done = step + 1
+            if done % t.log_every == 0 or done == end:
+                pending = (done, stage, metrics)
+            if t.eval_every and done % t.eval_every == 0 and done > setup.init_steps:
+                ev = evaluate(
+                    setup, state["params"], state["constants"], arrays, test_data, t.eval_batch_size
+                )
+                log.write(done, {f"test_{k}": float(v) for k, v in ev.items()})
+            if done % t.checkpoint_every == 0 or done == end:
+                if pending is not None:
+                    last_log_time, last_log_step = _emit(
+                        log, bar, pending, last_log_time, last_log_step
+                    )
+                    pending = None
+                checkpoint_save(mngr, done, state)
+            bar.update(1)
+    except KeyboardInterrupt:
+        # Keep everything done so far; rerunning with the same workdir resumes here.
+        checkpoint_save(mngr, int(state["step"]), state)
+        mngr.wait_until_finished()
+        raise
+    finally:
+        bar.close()
+        log.close()
+    if pending is not None:
+        _emit(log, bar, pending, last_log_time, last_log_step)
+    mngr.wait_until_finished()
+    if end < total:
+        return {"step": end, "test_metric": None}
+
+    ev = evaluate(setup, state["params"], state["constants"], arrays, test_data, t.eval_batch_size)
+    ev_train = evaluate(
+        setup, state["params"], state["constants"], arrays, train_data, t.eval_batch_size
+    )
+    results = {
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "mode": exp.mode,
+        "task": "image_cls",
+        "dataset": exp.data.name,
+        "model": _describe_model(exp),
+        "num_target_params": setup.layout.size,
+        "num_generator_params": (
+            sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state["params"]))
+            if exp.mode == "uhn"
+            else 0
+        ),
+        "metric_name": "accuracy",
+        "test_metric": float(ev["accuracy"]),
+        "train_metric": float(ev_train["accuracy"]),
+        "test_loss": float(ev["loss"]),
+        "seed": exp.seed,
+        "steps": exp.train.steps,
+        "init_steps": setup.init_steps,
+        "wall_s": round(time.time() - start_time, 2),
+    }
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": total, "test_accuracy": results["test_metric"]}) + "\n")
+    results_path.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def checkpoint_save(mngr, step: int, state: dict) -> None:
+    """Saves ``state`` unless its loss went non-finite (then the last good one is kept)."""
+    leaves = jax.tree_util.tree_leaves(state["params"])
+    if not all(bool(jnp.isfinite(x).all()) for x in leaves):
+        raise NonFiniteLossError(
+            f"parameters became NaN/Inf before step {step}; the last good checkpoint "
+            f"(step {mngr.latest_step()}) is kept. Lower train.lr or set train.grad_clip."
+        )
+    checkpoint.save(mngr, step, state)
+
+
+def _emit(log, bar, pending, last_time, last_step):
+    step, stage, metrics = pending
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    loss = values.get("loss", values.get("init_loss"))
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"{stage} loss is {loss} at step {step}; the last good checkpoint is kept. "
+            "Lower train.lr or set train.grad_clip."
+        )
+    now = time.time()
+    values["steps_per_s"] = (step - last_step) / max(now - last_time, 1e-9)
+    values["stage"] = stage
+    log.write(step, values)
+    bar.set_postfix({"stage": stage, "loss": f"{loss:.4f}", "it/s": f"{values['steps_per_s']:.1f}"})
+    return now, step
+
+
+def _progress_bar(total: int, start: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=start,
+        disable=not enabled,
+        desc=desc,
+        mininterval=2.0,
+        dynamic_ncols=True,
+    )
