@@ -67,7 +67,7 @@ class GeneratorConfig:
     out_of_range: str = "error"
     # Rows generated per chunk; bounds the memory of the (chunk, 2 * n_freqs) features. 0 = one
     # chunk for the whole model.
-    chunk_size: int = 16384
+    chunk_size: int = 4096
 
     def validate(self):
         for name in ("hidden", "n_freqs", "structure_freqs", "structure_heads"):
