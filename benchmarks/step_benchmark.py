@@ -4,6 +4,7 @@ Usage (from the repo root, after `make test` or `make demo` created .venv):
 
   .venv/bin/python benchmarks/step_benchmark.py                 # reference MNIST MLP, batch 256
   .venv/bin/python benchmarks/step_benchmark.py --chunk-sizes 4096,16384,0 --json out.json
+  .venv/bin/python benchmarks/step_benchmark.py --paths separable   # skip the slow direct path
 
 Each case runs in its own subprocess so that its peak RSS (``ru_maxrss``) is its own. Printed per
 case: compile time, seconds per step (median of ``--steps`` timed steps after warm-up), generated
@@ -63,6 +64,7 @@ def run_case(args) -> dict:
     cfg.mode = args.mode
     cfg.model.widths = (128, 128)
     cfg.generator.chunk_size = args.chunk_size
+    cfg.generator.separable = bool(args.separable)
     cfg.train.batch_size = args.batch_size
     cfg.train.init_steps = 0
     exp = config_lib.from_config_dict(cfg)
@@ -80,7 +82,7 @@ def run_case(args) -> dict:
         10,
     )
     setup, desc = train.make_setup(exp, ds)
-    arrays = train.desc_arrays(desc)
+    arrays = train.desc_arrays(setup, desc)
     key = jax.random.key_data(jax.random.key(0))
     state = train.init_state(setup, jax.random.fold_in(key, 2))
     batch = (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train))
@@ -99,9 +101,10 @@ def run_case(args) -> dict:
         times.append(time.perf_counter() - t)
     step_s = statistics.median(times)
     num_weights = setup.layout.size
+    path = "separable" if args.separable else "direct-path"
+    chunk = args.chunk_size or "none"
     out = {
-        "case": f"{args.mode}"
-        + (f" chunk={args.chunk_size or 'none'}" if args.mode == "uhn" else ""),
+        "case": "direct" if args.mode == "direct" else f"uhn {path} chunk={chunk}",
         "mode": args.mode,
         "chunk_size": args.chunk_size,
         "num_target_params": num_weights,
@@ -115,16 +118,19 @@ def run_case(args) -> dict:
         g = exp.generator
         fwd_w, train_w = flops_per_weight(g.n_freqs, g.hidden, g.num_blocks)
         out["step_gflop"] = (train_w * num_weights + base_flop) / 1e9
-        gen_fn = jax.jit(
-            lambda p, c, idx: generator.generate(
-                setup.gen, {"params": p, "constants": c}, idx, chunk_size=setup.chunk_size
+
+        def gen_fn(p, c, a):
+            variables = {"params": p, "constants": c}
+            return generator.generate_planned(
+                setup.gen, variables, setup.plan, a, chunk_size=setup.chunk_size
             )
-        )
-        jax.block_until_ready(gen_fn(state["params"], state["constants"], arrays.index))
+
+        gen_fn = jax.jit(gen_fn)
+        jax.block_until_ready(gen_fn(state["params"], state["constants"], arrays.plan))
         gtimes = []
         for _ in range(args.steps):
             t = time.perf_counter()
-            jax.block_until_ready(gen_fn(state["params"], state["constants"], arrays.index))
+            jax.block_until_ready(gen_fn(state["params"], state["constants"], arrays.plan))
             gtimes.append(time.perf_counter() - t)
         out["generate_forward_s"] = statistics.median(gtimes)
         out["generated_weights_per_s"] = num_weights / out["generate_forward_s"]
@@ -140,19 +146,26 @@ def run_case(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunk-sizes", default="4096", help="UHN chunk sizes; 0 = unchunked")
+    parser.add_argument(
+        "--paths", default="separable,direct-path", help="UHN generation paths to compare"
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per case")
     parser.add_argument("--json", default=None, help="also write the figures here")
     parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # internal: one case
     parser.add_argument("--chunk-size", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--separable", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode is not None:
         print(json.dumps(run_case(args)))
         return
 
-    cases = [("direct", 0)] + [("uhn", int(c)) for c in args.chunk_sizes.split(",")]
+    chunks = [int(c) for c in args.chunk_sizes.split(",")]
+    cases = [("direct", 0, 0)] + [
+        ("uhn", c, int(p == "separable")) for p in args.paths.split(",") for c in chunks
+    ]
     rows = []
-    for mode, chunk in cases:
+    for mode, chunk, sep in cases:
         cmd = [
             sys.executable,
             __file__,
@@ -160,6 +173,8 @@ def main() -> None:
             mode,
             "--chunk-size",
             str(chunk),
+            "--separable",
+            str(sep),
             "--batch-size",
             str(args.batch_size),
             "--steps",

@@ -31,7 +31,7 @@ def _prepare(exp):
     key = jax.random.key_data(jax.random.key(exp.seed))
     state = train.init_state(setup, jax.random.fold_in(key, 2))
     data_ = (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train))
-    return setup, desc, train.desc_arrays(desc), state, data_, key
+    return setup, desc, train.desc_arrays(setup, desc), state, data_, key
 
 
 # Golden first-step task losses of configs/test.py (seed 0, init stage skipped). If a change
@@ -253,3 +253,15 @@ def test_comparison_table_reports_mean_std_and_gap():
     table = experiments.comparison_table(rows)
     assert "85.00 ± 5.00 %" in table and "86.00 ± 0.00 %" in table
     assert "UHN - direct: +1.00 pp" in table
+
+
+def test_non_finite_loss_fails_fast_and_keeps_the_last_good_checkpoint(tmp_path):
+    good = data.load_digits()
+    x = good.x_train.copy()
+    poisoned = data.ArrayDataset("digits", x, good.y_train, good.x_test, good.y_test, 10)
+    exp = _exp(mode="direct", train__steps=8, train__checkpoint_every=2, train__log_every=2)
+    train.run(exp, tmp_path, dataset=poisoned, progress=False, stop_after=4)
+    x[:] = np.nan  # the data turns bad after step 4
+    with pytest.raises(train.NonFiniteLossError, match="step 6"):
+        train.run(exp, tmp_path, dataset=poisoned, progress=False)
+    assert checkpoint.manager(tmp_path / "checkpoints").latest_step() == 4

@@ -65,6 +65,8 @@ class GeneratorConfig:
     structure_freqs: int = 32
     structure_heads: int = 4
     out_of_range: str = "error"
+    # Generate large tensors through the separable first layer (same function, much faster).
+    separable: bool = True
     # Rows generated per chunk; bounds the memory of the (chunk, 2 * n_freqs) features. 0 = one
     # chunk for the whole model.
     chunk_size: int = 4096

@@ -219,6 +219,27 @@ def _linear(layer: LayerSpec) -> Mapping[str, TensorRole]:
     }
 
 
+@register_layer(LayerType.CONV)
+def _conv(layer: LayerSpec) -> Mapping[str, TensorRole]:
+    # Flax convention: kernel is HWIO (kh, kw, in, out); the reference's PyTorch kernels are
+    # OIHW. Targets as for Linear with fan_in = in * k * k.
+    k = layer.get("kernel_size")
+    target = _zero_or(layer, 1.0 / math.sqrt(3.0 * layer.get("input_size") * k * k))
+    return {
+        "kernel": TensorRole(
+            0, ("kernel_h_idx", "kernel_w_idx", "input_idx", "output_idx"), target
+        ),
+        "bias": TensorRole(1, ("output_idx",), target),
+    }
+
+
+class StageWisePoolingType(enum.IntEnum):
+    NONE = 0
+    AVG = 1
+    MAX = 2
+    CONV_POOLING = 3
+
+
 # ----------------------------------------------------------------------------- grids
 
 

@@ -98,6 +98,6 @@ def export(workdir: str | Path, out: str | Path | None = None) -> Path:
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
     params = train.materialize_params(
-        setup, state["params"], state["constants"], train.desc_arrays(desc)
+        setup, state["params"], state["constants"], train.desc_arrays(setup, desc)
     )
     return checkpoint.save_params(Path(out) if out else workdir / "export", params)

@@ -166,7 +166,31 @@ class Generator(nn.Module):
             feats = encodings.positional(x, sigma=self.sigma)
         else:
             feats = x
-        h = self.input_layer(feats)
+        return self._from_hidden(self.input_layer(feats), structure_h)
+
+    def from_separable(self, rows_R10, cols_C10, structure_h):
+        """Weights ``(R, C)`` of one tensor whose normalised descriptors are ``rows + cols``.
+
+        The Fourier projection of a sum splits, ``(r + c) B = a_r + b_c``, and by the
+        angle-addition identities the first Linear over ``[cos, sin]`` becomes one matmul of a
+        per-column table ``[cos b_c, sin b_c]`` (C, 2F) with per-row matrices
+        ``[cos a_r W_c + sin a_r W_s ; cos a_r W_s - sin a_r W_c]`` (2F, H). That needs
+        ``(R + C) F`` cos/sin evaluations instead of ``R C F`` and never forms the (R C, 2F)
+        feature matrix. Inputs are already normalised (see :func:`plan`).
+        """
+        if self.encoding != "fourier":
+            raise ValueError("the separable path needs the Fourier encoding")
+        b_DF = self.index_b.value
+        a_RF, b_CF = rows_R10 @ b_DF, cols_C10 @ b_DF
+        layer = self.input_layer.variables["params"]
+        w_c, w_s = jnp.split(layer["kernel"], 2, axis=0)  # (F, H) each
+        cos_a, sin_a = jnp.cos(a_RF)[..., None], jnp.sin(a_RF)[..., None]
+        m_R2FH = jnp.concatenate([cos_a * w_c + sin_a * w_s, cos_a * w_s - sin_a * w_c], axis=1)
+        g_C2F = jnp.concatenate([jnp.cos(b_CF), jnp.sin(b_CF)], axis=1)
+        h_RCH = jnp.einsum("cf,rfh->rch", g_C2F, m_R2FH) + layer["bias"]
+        return self._from_hidden(h_RCH, structure_h)
+
+    def _from_hidden(self, h, structure_h):
         for block in self.blocks:
             h = block(h)
         h = h + structure_h
@@ -230,16 +254,7 @@ def generate(
     def run(rows):
         return gen.apply(variables, rows, s_h, method=Generator.from_index)
 
-    n = index_N10.shape[0]
-    if chunk_size is None or chunk_size >= n:
-        return run(index_N10)
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    num_chunks = -(-n // chunk_size)
-    padded = jnp.pad(index_N10, ((0, num_chunks * chunk_size - n), (0, 0)), mode="edge")
-    chunks = padded.reshape(num_chunks, chunk_size, index_N10.shape[1])
-    w = jax.lax.map(jax.checkpoint(run), chunks)
-    return w.reshape(-1)[:n]
+    return _chunked_rows(run, index_N10, chunk_size)
 
 
 def num_params(variables: dict) -> int:
@@ -257,3 +272,129 @@ def from_config(cfg, index_ranges, structure_ranges=None) -> Generator:
     }
     kwargs = {k: getattr(cfg, k) for k in fields if hasattr(cfg, k)}
     return Generator(index_ranges=index_ranges, structure_ranges=structure_ranges, **kwargs)
+
+
+# ----------------------------------------------------------------------------- planned generation
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Static description of how each tensor of a model is generated.
+
+    Tensors with at least two axes and ``min_separable`` scalars take the separable path
+    (:meth:`Generator.from_separable`): the last axis (the output index for Linear and HWIO conv
+    kernels) enumerates rows, the other axes enumerate columns. All other tensors share one
+    direct, chunked pass over their materialised descriptors.
+    """
+
+    shapes: tuple[tuple[int, ...], ...]
+    separable: tuple[bool, ...]
+
+
+def plan(
+    gen: Generator, desc: descriptors.ModelDescriptors, min_separable: int = 4096
+) -> tuple[Plan, dict]:
+    """Splits a model's tensors between the separable and the direct path.
+
+    Args:
+      gen: the generator (its ranges normalise the separable descriptors on the host).
+      desc: the model's descriptors.
+      min_separable: smallest tensor size sent down the separable path; ``0`` disables it.
+
+    Returns:
+      ``(plan, arrays)``: the static :class:`Plan` and a pytree of numpy arrays
+      ``{"direct": (N_direct, 10) raw descriptors, "rows": [(R, 10)], "cols": [(C, 10)]}``
+      (row/column descriptors normalised, summing to each scalar's normalised descriptor).
+    """
+    use = gen.encoding == "fourier" and min_separable > 0
+    lo = np.asarray(gen.index_ranges.lo, np.float32)
+    hi = np.asarray(gen.index_ranges.hi, np.float32)
+    mean, std = (lo + hi) / 2, np.sqrt((hi - lo) ** 2 / 12.0 + 1e-5)
+    separable, direct, rows, cols = [], [], [], []
+    for g in desc.grids:
+        sep = use and len(g.shape) >= 2 and g.size >= min_separable
+        separable.append(sep)
+        if not sep:
+            direct.append(g.materialize())
+            continue
+        const = np.asarray(g.const, np.float32)
+        if gen.out_of_range == "clip":
+            const = const.clip(lo, hi)
+        base = np.where(np.isin(np.arange(len(const)), g.axes), 0.0, (const - mean) / std)
+        r_field = g.axes[-1]
+        r_vals = np.arange(g.shape[-1], dtype=np.float32)
+        row = np.tile(base, (g.shape[-1], 1))
+        row[:, r_field] = (np.clip(r_vals, lo[r_field], hi[r_field]) - mean[r_field]) / std[r_field]
+        grid = np.indices(g.shape[:-1]).reshape(len(g.shape) - 1, -1).astype(np.float32)
+        col = np.zeros((grid.shape[1], len(const)), np.float32)
+        for k, field in enumerate(g.axes[:-1]):
+            col[:, field] = (np.clip(grid[k], lo[field], hi[field]) - mean[field]) / std[field]
+        rows.append(row.astype(np.float32))
+        cols.append(col)
+    arrays = {
+        "direct": (np.concatenate(direct) if direct else np.zeros((0, 10), np.float32)),
+        "rows": rows,
+        "cols": cols,
+    }
+    return Plan(tuple(g.shape for g in desc.grids), tuple(separable)), arrays
+
+
+def generate_planned(
+    gen: Generator,
+    variables: dict,
+    plan_: Plan,
+    arrays: dict,
+    structure_L29: jax.Array | None = None,
+    chunk_size: int | None = None,
+) -> jax.Array:
+    """Generates ``w[N]`` following a :class:`Plan`; equals :func:`generate` up to rounding.
+
+    ``chunk_size`` bounds the scalars generated at once on both paths (for a separable tensor,
+    ``max(1, chunk_size // C)`` rows at a time under ``lax.map`` + ``jax.checkpoint``).
+    """
+    if gen.structure and structure_L29 is None:
+        raise ValueError("this generator has a structure path; pass structure_L29")
+    s_h = gen.apply(
+        variables,
+        structure_L29 if structure_L29 is not None else jnp.zeros((1, 29)),
+        method=Generator.structure_vector,
+    )
+    direct_w = None
+    if arrays["direct"].shape[0]:
+        direct_w = _chunked_rows(
+            lambda x: gen.apply(variables, x, s_h, method=Generator.from_index),
+            arrays["direct"],
+            chunk_size,
+        )
+    pieces, d_off, s_i = [], 0, 0
+    for shape, sep in zip(plan_.shapes, plan_.separable, strict=True):
+        size = math.prod(shape)
+        if not sep:
+            pieces.append(direct_w[d_off : d_off + size])
+            d_off += size
+            continue
+        cols = arrays["cols"][s_i]
+
+        def run(rows, cols=cols):
+            return gen.apply(variables, rows, cols, s_h, method=Generator.from_separable)
+
+        per_chunk = None if chunk_size is None else max(1, chunk_size // cols.shape[0])
+        w_RC = _chunked_rows(run, arrays["rows"][s_i], per_chunk)
+        # Rows enumerate the last tensor axis: (R, C) -> C order over (*other axes, R).
+        pieces.append(w_RC.T.reshape(-1))
+        s_i += 1
+    return jnp.concatenate(pieces)
+
+
+def _chunked_rows(fn, rows, chunk_size: int | None):
+    """``fn(rows)`` evaluated ``chunk_size`` rows at a time with rematerialisation."""
+    n = rows.shape[0]
+    if chunk_size is None or chunk_size >= n:
+        return fn(rows)
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    num_chunks = -(-n // chunk_size)
+    padded = jnp.pad(rows, ((0, num_chunks * chunk_size - n), (0, 0)), mode="edge")
+    chunks = padded.reshape(num_chunks, chunk_size, rows.shape[1])
+    out = jax.lax.map(jax.checkpoint(fn), chunks)
+    return out.reshape(num_chunks * chunk_size, *out.shape[2:])[:n]

@@ -42,7 +42,7 @@ _DATASET_TYPES = {
 class DescArrays(NamedTuple):
     """Device copies of the descriptor arrays a step needs."""
 
-    index: jax.Array  # (N, 10) raw index descriptors
+    plan: dict  # generator.plan arrays: direct descriptors, separable row/column descriptors
     structure: jax.Array  # (L, 29) structure input
     segment_ids: jax.Array  # (N,) tensor id of every scalar
     targets: jax.Array  # (T, 2) init-stage (mean, std) per tensor
@@ -56,6 +56,7 @@ class Setup:
     model: Any  # a base model dataclass
     layout: layouts.Layout
     gen: generator.Generator | None
+    plan: generator.Plan | None
     chunk_size: int | None
     train: config_lib.TrainConfig
 
@@ -103,18 +104,34 @@ def make_setup(
     shapes = jax.eval_shape(model.init, jax.random.key(0))
     layout = layouts.from_params(shapes)
     desc = descriptors.build(layout, model.layers(), model.global_fields())
-    gen = None
+    gen, plan = None, None
     if exp.mode == "uhn":
         structure_ranges = desc.structure_ranges() if exp.generator.structure else None
         gen = generator.from_config(exp.generator, desc.index_ranges(), structure_ranges)
         generator.check(gen, desc)
+        plan = generator.plan(gen, desc, _min_separable(exp))[0]
     chunk = exp.generator.chunk_size or None
-    return Setup(exp.mode, model, layout, gen, chunk, exp.train), desc
+    return Setup(exp.mode, model, layout, gen, plan, chunk, exp.train), desc
 
 
-def desc_arrays(desc: descriptors.ModelDescriptors) -> DescArrays:
+def _min_separable(exp: config_lib.Experiment) -> int:
+    return SEPARABLE_MIN_SIZE if exp.generator.separable else 0
+
+
+#: Tensors of at least this many scalars (and 2+ axes) take the separable generation path.
+SEPARABLE_MIN_SIZE = 4096
+
+
+def desc_arrays(setup: Setup, desc: descriptors.ModelDescriptors) -> DescArrays:
+    """Device copies of the descriptor arrays ``train_step`` and ``evaluate`` take."""
+    plan_arrays = {}
+    if setup.gen is not None:
+        min_sep = SEPARABLE_MIN_SIZE if any(setup.plan.separable) else 0
+        plan_arrays = jax.tree_util.tree_map(
+            jnp.asarray, generator.plan(setup.gen, desc, min_sep)[1]
+        )
     return DescArrays(
-        jnp.asarray(desc.index),
+        plan_arrays,
         jnp.asarray(desc.structure_input),
         jnp.asarray(desc.segment_ids),
         jnp.asarray(desc.targets),
@@ -128,10 +145,11 @@ def base_params(setup: Setup, params, constants, arrays: DescArrays):
     """The base model's params: generated (uhn) or the trained params themselves (direct)."""
     if setup.mode == "direct":
         return params
-    w_N = generator.generate(
+    w_N = generator.generate_planned(
         setup.gen,
         {"params": params, "constants": constants},
-        arrays.index,
+        setup.plan,
+        arrays.plan,
         arrays.structure if setup.gen.structure else None,
         chunk_size=setup.chunk_size,
     )
@@ -383,7 +401,7 @@ def run(
     if dataset is None:
         dataset = load_dataset(exp)
     setup, desc = make_setup(exp, dataset)
-    arrays = desc_arrays(desc)
+    arrays = desc_arrays(setup, desc)
     train_data = (jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train))
     test_data = (jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test))
     key = jax.random.key_data(jax.random.key(exp.seed))

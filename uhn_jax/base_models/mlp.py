@@ -9,21 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from uhn_jax import descriptors as D
-
-
-def layer_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
-    """Non-affine LayerNorm over the last axis."""
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps)
-
-
-def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
-    """Inverted dropout; identity when ``rate == 0`` or ``rng is None``."""
-    if rate == 0.0 or rng is None:
-        return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0)
+from uhn_jax.base_models.common import dropout, layer_norm
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,32 @@
+"""Functional building blocks shared by the base models (no affine parameters anywhere)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def layer_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Non-affine LayerNorm over the last axis."""
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+def group_norm(x_BHWC: jax.Array, groups: int, eps: float = 1e-5) -> jax.Array:
+    """Non-affine GroupNorm over (H, W, C/groups), as ``F.group_norm`` without weight/bias."""
+    b, h, w, c = x_BHWC.shape
+    if c % groups:
+        raise ValueError(f"GroupNorm: {c} channels are not divisible into {groups} groups")
+    x = x_BHWC.reshape(b, h, w, groups, c // groups)
+    mean = x.mean(axis=(1, 2, 4), keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=(1, 2, 4), keepdims=True)
+    return ((x - mean) * jax.lax.rsqrt(var + eps)).reshape(b, h, w, c)
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    """Inverted dropout; identity when ``rate == 0`` or ``rng is None``."""
+    if rate == 0.0 or rng is None:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
