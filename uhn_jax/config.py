@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 MODES = ("uhn", "direct")
-DATASETS = ("digits", "mnist", "fashion_mnist")
-MODEL_FAMILIES = ("mlp",)
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+MODEL_FAMILIES = ("mlp", "cnn")
+CIFAR_SOURCES = ("auto", "pickle", "jpeg")
 ENCODINGS = ("fourier", "positional", "raw")
 OUT_OF_RANGE = ("error", "clip")
 MNIST_TRAIN = ("mlxtend5k", "full")
@@ -27,27 +28,50 @@ class DataConfig:
     name: str = "digits"
     data_dir: str = ""  # needed by mnist / fashion_mnist; digits ships with scikit-learn
     mnist_train: str = "mlxtend5k"  # "mlxtend5k" (real 5k subset) or "full" (idx files)
+    cifar_source: str = "auto"  # "pickle" batches, "jpeg" tarball, or "auto"
+    cache_dir: str = ""  # where decoded CIFAR JPEGs are cached ("" = no cache)
+    augment: bool = True  # the reference augmentation for datasets that define one (CIFAR)
 
     def validate(self):
         _choice("data.name", self.name, DATASETS)
         _choice("data.mnist_train", self.mnist_train, MNIST_TRAIN)
+        _choice("data.cifar_source", self.cifar_source, CIFAR_SOURCES)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The base (target) model."""
 
-    family: str = "mlp"
-    widths: tuple[int, ...] = (128, 128)
+    family: str = "mlp"  # "mlp" or "cnn"
+    widths: tuple[int, ...] = (128, 128)  # mlp: hidden widths; cnn: channels per stage
+    depths: tuple[int, ...] = (6, 6, 6)  # cnn only: convs per stage
+    kernel_size: int = 3  # cnn only
+    groups: int = 4  # cnn only: GroupNorm groups
     slope: float = 0.1
     dropout_rate: float = 0.0
 
     def validate(self):
         _choice("model.family", self.family, MODEL_FAMILIES)
-        if not self.widths or any(not isinstance(w, int) or w < 1 for w in self.widths):
-            raise ValueError(
-                f"model.widths must be a non-empty tuple of positive ints, got {self.widths!r}"
-            )
+        for name in ("widths", "depths"):
+            value = getattr(self, name)
+            if not value or any(not isinstance(w, int) or w < 1 for w in value):
+                raise ValueError(
+                    f"model.{name} must be a non-empty tuple of positive ints, got {value!r}"
+                )
+        if self.family == "cnn":
+            if len(self.depths) != len(self.widths):
+                raise ValueError(
+                    f"model.depths {self.depths} and model.widths {self.widths} need one entry "
+                    "per stage each"
+                )
+            if any(w % self.groups for w in self.widths):
+                raise ValueError(
+                    f"model.widths {self.widths} must be divisible by model.groups={self.groups}"
+                )
+            if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+                raise ValueError(
+                    f"model.kernel_size must be odd and positive, got {self.kernel_size}"
+                )
         _in_range("model.dropout_rate", self.dropout_rate, 0.0, 1.0, hi_open=True)
         _in_range("model.slope", self.slope, 0.0, 1.0)
 

@@ -292,7 +292,7 @@ class Plan:
 
 
 def plan(
-    gen: Generator, desc: descriptors.ModelDescriptors, min_separable: int = 4096
+    gen: Generator, desc: descriptors.ModelDescriptors, min_separable: int = 1024
 ) -> tuple[Plan, dict]:
     """Splits a model's tensors between the separable and the direct path.
 

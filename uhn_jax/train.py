@@ -36,6 +36,7 @@ _DATASET_TYPES = {
     "digits": descriptors.DatasetType.DIGITS,
     "mnist": descriptors.DatasetType.MNIST,
     "fashion_mnist": descriptors.DatasetType.FASHION_MNIST,
+    "cifar10": descriptors.DatasetType.CIFAR10,
 }
 
 
@@ -54,6 +55,9 @@ class Setup:
 
     mode: str
     model: Any  # a base model dataclass
+    # Per-channel (mean, std) for uint8 datasets, normalised on device; None for float inputs.
+    input_norm: tuple[tuple[float, ...], tuple[float, ...]] | None
+    augment: bool
     layout: layouts.Layout
     gen: generator.Generator | None
     plan: generator.Plan | None
@@ -72,21 +76,30 @@ class Setup:
 
 def load_dataset(exp: config_lib.Experiment) -> data_lib.ArrayDataset:
     """Loads the dataset named by ``exp.data``."""
-    kwargs = {"train": exp.data.mnist_train} if exp.data.name == "mnist" else {}
+    kwargs = {}
+    if exp.data.name == "mnist":
+        kwargs = {"train": exp.data.mnist_train}
+    elif exp.data.name == "cifar10":
+        kwargs = {"source": exp.data.cifar_source, "cache_dir": exp.data.cache_dir or None}
     return data_lib.load(exp.data.name, exp.data.data_dir, **kwargs)
 
 
 def build_model(exp: config_lib.Experiment, dataset: data_lib.ArrayDataset):
     """The base model of ``exp`` for ``dataset``."""
     m = exp.model
+    common = dict(
+        input_shape=dataset.input_shape,
+        num_classes=dataset.num_classes,
+        widths=m.widths,
+        slope=m.slope,
+        dropout_rate=m.dropout_rate,
+        dataset_type=int(_DATASET_TYPES[exp.data.name]),
+    )
     if m.family == "mlp":
-        return base_models.MLP(
-            input_shape=dataset.input_shape,
-            num_classes=dataset.num_classes,
-            widths=m.widths,
-            slope=m.slope,
-            dropout_rate=m.dropout_rate,
-            dataset_type=int(_DATASET_TYPES[exp.data.name]),
+        return base_models.MLP(**common)
+    if m.family == "cnn":
+        return base_models.CNN(
+            **common, depths=m.depths, kernel_size=m.kernel_size, groups=m.groups
         )
     raise ValueError(f"unknown model.family {m.family!r}")
 
@@ -111,7 +124,19 @@ def make_setup(
         generator.check(gen, desc)
         plan = generator.plan(gen, desc, _min_separable(exp))[0]
     chunk = exp.generator.chunk_size or None
-    return Setup(exp.mode, model, layout, gen, plan, chunk, exp.train), desc
+    norm = (tuple(dataset.mean), tuple(dataset.std)) if dataset.mean is not None else None
+    augment = exp.data.augment and exp.data.name == "cifar10"
+    return Setup(exp.mode, model, norm, augment, layout, gen, plan, chunk, exp.train), desc
+
+
+def prepare_inputs(setup: Setup, x, key=None):
+    """Device-side input pipeline: augmentation (training, when on) and normalisation."""
+    if setup.input_norm is None:
+        return x
+    mean, std = setup.input_norm
+    if key is not None and setup.augment:
+        return data_lib.augment_cifar(key, x, mean, std)
+    return data_lib.normalize_images(x, mean, std)
 
 
 def _min_separable(exp: config_lib.Experiment) -> int:
@@ -119,7 +144,7 @@ def _min_separable(exp: config_lib.Experiment) -> int:
 
 
 #: Tensors of at least this many scalars (and 2+ axes) take the separable generation path.
-SEPARABLE_MIN_SIZE = 4096
+SEPARABLE_MIN_SIZE = 1024
 
 
 def desc_arrays(setup: Setup, desc: descriptors.ModelDescriptors) -> DescArrays:
@@ -240,6 +265,7 @@ def train_step(setup: Setup, stage: str, state: dict, arrays: DescArrays, data, 
         x, y = sample_batch(
             *data, state["step"], jax.random.fold_in(key, 1), setup.train.batch_size
         )
+        x = prepare_inputs(setup, x, jax.random.fold_in(step_key, 1))
         dropout_key = step_key
         loss_fn = functools.partial(task_loss, setup)
         args = (state["constants"], arrays, x, y, dropout_key)
@@ -268,7 +294,7 @@ def evaluate(setup: Setup, params, constants, arrays: DescArrays, data, batch_si
 
     def one(batch):
         xi, yi, mi = batch
-        logits = setup.model.apply(model_params, xi)
+        logits = setup.model.apply(model_params, prepare_inputs(setup, xi))
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, yi)
         return jnp.sum((logits.argmax(-1) == yi) * mi), jnp.sum(loss * mi)
 
@@ -301,7 +327,10 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def _describe_model(exp: config_lib.Experiment) -> str:
-    return f"{exp.model.family}-" + "x".join(str(w) for w in exp.model.widths)
+    widths = "x".join(str(w) for w in exp.model.widths)
+    if exp.model.family == "cnn":
+        return f"cnn-d{'-'.join(str(d) for d in exp.model.depths)}-w{widths}"
+    return f"mlp-{widths}"
 
 
 class _MetricsLog:

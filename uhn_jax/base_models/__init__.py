@@ -9,6 +9,7 @@ A base model is a frozen, hashable dataclass with
   need.
 """
 
+from uhn_jax.base_models.cnn import CNN
 from uhn_jax.base_models.mlp import MLP
 
-__all__ = ["MLP"]
+__all__ = ["CNN", "MLP"]

