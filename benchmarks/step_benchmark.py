@@ -1,21 +1,29 @@
-"""Speed and memory of one training step: UHN next to direct training, with a matmul roofline.
+"""Speed and memory of UHN training next to direct training, with an in-run matmul roofline.
 
 Usage (from the repo root, after `make test` or `make demo` created .venv):
 
-  .venv/bin/python benchmarks/step_benchmark.py                 # reference MNIST MLP, batch 256
-  .venv/bin/python benchmarks/step_benchmark.py --chunk-sizes 4096,16384,0 --json out.json
-  .venv/bin/python benchmarks/step_benchmark.py --paths separable   # skip the slow direct path
+  .venv/bin/python benchmarks/step_benchmark.py                       # reference MNIST MLP
+  .venv/bin/python benchmarks/step_benchmark.py --model mnist_cnn
+  .venv/bin/python benchmarks/step_benchmark.py --model resnet20 --chunk-sizes 1024,4096,16384
+  .venv/bin/python benchmarks/step_benchmark.py --paths separable,direct-path --json out.json
 
-Each case runs in its own subprocess so that its peak RSS (``ru_maxrss``) is its own. Printed per
-case: compile time, seconds per step (median of ``--steps`` timed steps after warm-up), generated
+Models: mnist_mlp (118,282 params) and mnist_cnn (74,762) with the h=64 / 1024-frequency
+generator; resnet20 (269,034) and resnet56 (850,986) with the h=128 / 2048-frequency generator;
+batch 256 throughout.
+
+Each case runs in its own subprocess so that its peak RSS (``ru_maxrss``) is its own. Per case:
+compile time, seconds per step (median of ``--steps`` timed steps after two warm-up steps),
 weights per second (training step, and generation forward alone), achieved GFLOP/s under the
-FLOP model below, the in-run 2048x2048 float32 matmul GFLOP/s, and peak RSS.
+FLOP model below, the in-run 2048x2048 float32 matmul GFLOP/s, and peak RSS. ``--kind
+generation`` instead measures one generation forward + backward alone (no base model, no
+optimiser), the figure that bounds memory at large N.
 
 FLOP model per generated weight (F frequencies, hidden H, B residual blocks):
 forward = 2*10*F + 2*2F*H + B*2*2*H^2 + 2H; a training step adds the backward pass without the
 input-gradient of the first Linear (its input is the frozen Fourier features):
 2*2F*H + B*2*2*2*H^2 + 2*2H. For F=1024, H=64, B=2 that is 643,456 FLOP per weight. The base
-model adds 6 FLOP per weight per example (forward + backward of its matmuls).
+model's own FLOPs are counted separately (6 per weight per example for the MLP; for CNNs,
+3x the forward conv FLOPs) and added to the step.
 """
 
 from __future__ import annotations
@@ -28,12 +36,52 @@ import subprocess
 import sys
 import time
 
+PRESETS = {
+    "mnist_mlp": dict(
+        family="mlp", input=(28, 28), widths=(128, 128), depths=(6, 6, 6), hidden=64, n_freqs=1024
+    ),
+    "mnist_cnn": dict(
+        family="cnn", input=(28, 28), widths=(16, 32, 64), depths=(2, 2, 2), hidden=64, n_freqs=1024
+    ),
+    "resnet20": dict(
+        family="cnn",
+        input=(32, 32, 3),
+        widths=(16, 32, 64),
+        depths=(6, 6, 6),
+        hidden=128,
+        n_freqs=2048,
+    ),
+    "resnet56": dict(
+        family="cnn",
+        input=(32, 32, 3),
+        widths=(16, 32, 64),
+        depths=(18, 18, 18),
+        hidden=128,
+        n_freqs=2048,
+    ),
+}
+
 
 def flops_per_weight(f: int, h: int, b: int) -> tuple[int, int]:
     """(forward, training step) FLOP per generated weight under the module's FLOP model."""
     forward = 2 * 10 * f + 2 * 2 * f * h + b * 2 * 2 * h * h + 2 * h
     backward = 2 * 2 * f * h + b * 2 * 2 * 2 * h * h + 2 * 2 * h
     return forward, forward + backward
+
+
+def base_model_flops(model, batch: int) -> float:
+    """Forward + backward FLOPs of the base model's matmuls/convs for one batch."""
+    from uhn_jax import base_models
+
+    if isinstance(model, base_models.MLP):
+        return 6.0 * sum(i * o for i, o in model.sizes) * batch
+    h, w = model.input_shape[:2]
+    total, k = 0.0, model.kernel_size
+    for c_in, c_out, stride, _ in model.convs():
+        h, w = -(-h // stride), -(-w // stride)
+        total += 2.0 * h * w * c_in * c_out * k * k
+    total += 2.0 * model.widths[-1] * model.num_classes
+    return 3.0 * total * batch
 
 
 def _matmul_gflops(n: int = 2048, reps: int = 10) -> float:
@@ -52,91 +100,122 @@ def _matmul_gflops(n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
+def _timed(fn, steps: int) -> float:
+    import jax
+
+    jax.block_until_ready(fn())
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def run_case(args) -> dict:
-    """Runs one (mode, chunk size) case in this process and returns its figures."""
+    """Runs one case in this process and returns its figures."""
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     from uhn_jax import config as config_lib
     from uhn_jax import data, generator, train
 
-    cfg = config_lib.default_config_dict()  # reference MNIST MLP + h=64 / 1024 freqs / 2 blocks
+    preset = PRESETS[args.model]
+    cfg = config_lib.default_config_dict()
     cfg.mode = args.mode
-    cfg.model.widths = (128, 128)
+    cfg.data.name = "cifar10" if len(preset["input"]) == 3 else "mnist"
+    cfg.model.family = preset["family"]
+    cfg.model.widths = preset["widths"]
+    cfg.model.depths = preset["depths"]
+    cfg.generator.hidden = preset["hidden"]
+    cfg.generator.n_freqs = preset["n_freqs"]
     cfg.generator.chunk_size = args.chunk_size
     cfg.generator.separable = bool(args.separable)
     cfg.train.batch_size = args.batch_size
     cfg.train.init_steps = 0
     exp = config_lib.from_config_dict(cfg)
-    # Synthetic MNIST-shaped inputs: the step cost does not depend on pixel values.
-    rng = jax.random.key(0)
-    n = 4 * args.batch_size
-    x = jax.random.normal(rng, (n, 28, 28))
-    y = jax.random.randint(rng, (n,), 0, 10)
-    ds = data.ArrayDataset(
-        "mnist",
-        jax.device_get(x),
-        jax.device_get(y).astype("int32"),
-        jax.device_get(x[:8]),
-        jax.device_get(y[:8]).astype("int32"),
-        10,
-    )
+    # Synthetic inputs of the real shapes and dtypes: step cost does not depend on pixel values.
+    rng = np.random.default_rng(0)
+    n = 2 * args.batch_size
+    y = rng.integers(0, 10, n).astype(np.int32)
+    if cfg.data.name == "cifar10":
+        x = rng.integers(0, 256, (n, *preset["input"]), dtype=np.uint8)
+        ds = data.ArrayDataset(
+            "cifar10", x, y, x[:8], y[:8], 10, data.CIFAR10_MEAN, data.CIFAR10_STD
+        )
+    else:
+        x = rng.standard_normal((n, *preset["input"])).astype(np.float32)
+        ds = data.ArrayDataset("mnist", x, y, x[:8], y[:8], 10)
     setup, desc = train.make_setup(exp, ds)
     arrays = train.desc_arrays(setup, desc)
     key = jax.random.key_data(jax.random.key(0))
     state = train.init_state(setup, jax.random.fold_in(key, 2))
-    batch = (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train))
-
-    t0 = time.perf_counter()
-    compiled = train.train_step.lower(setup, "task", state, arrays, batch, key).compile()
-    compile_s = time.perf_counter() - t0
-    for _ in range(2):
-        state, m = compiled(state, arrays, batch, key)
-    jax.block_until_ready(m)
-    times = []
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        state, m = compiled(state, arrays, batch, key)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t)
-    step_s = statistics.median(times)
     num_weights = setup.layout.size
     path = "separable" if args.separable else "direct-path"
-    chunk = args.chunk_size or "none"
     out = {
-        "case": "direct" if args.mode == "direct" else f"uhn {path} chunk={chunk}",
+        "model": args.model,
+        "case": "direct"
+        if args.mode == "direct"
+        else f"uhn {path} chunk={args.chunk_size or 'none'}",
+        "kind": args.kind,
         "mode": args.mode,
         "chunk_size": args.chunk_size,
         "num_target_params": num_weights,
         "batch_size": args.batch_size,
-        "compile_s": compile_s,
-        "step_s": step_s,
-        "train_weights_per_s": num_weights / step_s,
     }
-    base_flop = 6 * num_weights * args.batch_size
-    if args.mode == "uhn":
-        g = exp.generator
-        fwd_w, train_w = flops_per_weight(g.n_freqs, g.hidden, g.num_blocks)
-        out["step_gflop"] = (train_w * num_weights + base_flop) / 1e9
+    fwd_w, train_w = flops_per_weight(
+        cfg.generator.n_freqs, cfg.generator.hidden, cfg.generator.num_blocks
+    )
 
-        def gen_fn(p, c, a):
-            variables = {"params": p, "constants": c}
-            return generator.generate_planned(
-                setup.gen, variables, setup.plan, a, chunk_size=setup.chunk_size
+    if args.kind == "generation":
+
+        def loss(p):
+            w = generator.generate_planned(
+                setup.gen,
+                {"params": p, "constants": state["constants"]},
+                setup.plan,
+                arrays.plan,
+                chunk_size=setup.chunk_size,
             )
+            return jnp.sum(w**2)
 
-        gen_fn = jax.jit(gen_fn)
-        jax.block_until_ready(gen_fn(state["params"], state["constants"], arrays.plan))
-        gtimes = []
-        for _ in range(args.steps):
-            t = time.perf_counter()
-            jax.block_until_ready(gen_fn(state["params"], state["constants"], arrays.plan))
-            gtimes.append(time.perf_counter() - t)
-        out["generate_forward_s"] = statistics.median(gtimes)
-        out["generated_weights_per_s"] = num_weights / out["generate_forward_s"]
+        t0 = time.perf_counter()
+        grad = jax.jit(jax.grad(loss)).lower(state["params"]).compile()
+        out["compile_s"] = time.perf_counter() - t0
+        out["step_s"] = _timed(lambda: grad(state["params"]), args.steps)
+        out["step_gflop"] = train_w * num_weights / 1e9
     else:
-        out["step_gflop"] = base_flop / 1e9
-    out["achieved_gflops"] = out["step_gflop"] / step_s
+        batch = (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train))
+        t0 = time.perf_counter()
+        compiled = train.train_step.lower(setup, "task", state, arrays, batch, key).compile()
+        out["compile_s"] = time.perf_counter() - t0
+        holder = {"state": state}
+
+        def step():
+            holder["state"], m = compiled(holder["state"], arrays, batch, key)
+            return m
+
+        out["step_s"] = _timed(step, args.steps)
+        base_flop = base_model_flops(setup.model, args.batch_size)
+        out["step_gflop"] = ((train_w * num_weights if args.mode == "uhn" else 0) + base_flop) / 1e9
+        if args.mode == "uhn":
+
+            def gen(p, c, a):
+                variables = {"params": p, "constants": c}
+                return generator.generate_planned(
+                    setup.gen, variables, setup.plan, a, chunk_size=setup.chunk_size
+                )
+
+            gen = jax.jit(gen)
+            st = holder["state"]
+            out["generate_forward_s"] = _timed(
+                lambda: gen(st["params"], st["constants"], arrays.plan), args.steps
+            )
+            out["generated_weights_per_s"] = num_weights / out["generate_forward_s"]
+    out["weights_per_s"] = num_weights / out["step_s"]
+    out["achieved_gflops"] = out["step_gflop"] / out["step_s"]
     out["matmul_2048_gflops"] = _matmul_gflops()
     out["fraction_of_matmul"] = out["achieved_gflops"] / out["matmul_2048_gflops"]
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -145,10 +224,11 @@ def run_case(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mnist_mlp", choices=sorted(PRESETS))
+    parser.add_argument("--kind", default="step", choices=("step", "generation"))
     parser.add_argument("--chunk-sizes", default="4096", help="UHN chunk sizes; 0 = unchunked")
-    parser.add_argument(
-        "--paths", default="separable,direct-path", help="UHN generation paths to compare"
-    )
+    parser.add_argument("--paths", default="separable", help="separable and/or direct-path")
+    parser.add_argument("--no-direct", action="store_true", help="skip the direct-training case")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per case")
     parser.add_argument("--json", default=None, help="also write the figures here")
@@ -161,14 +241,17 @@ def main() -> None:
         return
 
     chunks = [int(c) for c in args.chunk_sizes.split(",")]
-    cases = [("direct", 0, 0)] + [
-        ("uhn", c, int(p == "separable")) for p in args.paths.split(",") for c in chunks
-    ]
+    cases = [] if args.no_direct or args.kind == "generation" else [("direct", 0, 0)]
+    cases += [("uhn", c, int(p == "separable")) for p in args.paths.split(",") for c in chunks]
     rows = []
     for mode, chunk, sep in cases:
         cmd = [
             sys.executable,
             __file__,
+            "--model",
+            args.model,
+            "--kind",
+            args.kind,
             "--mode",
             mode,
             "--chunk-size",
@@ -180,26 +263,36 @@ def main() -> None:
             "--steps",
             str(args.steps),
         ]
-        print(f"running {mode} chunk={chunk} ...", file=sys.stderr, flush=True)
+        print(
+            f"running {args.model} {args.kind} {mode} chunk={chunk} separable={sep} ...",
+            file=sys.stderr,
+            flush=True,
+        )
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"case {mode}/{chunk} failed:\n{proc.stderr[-3000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
 
-    print(
-        "\nReference MNIST MLP (118,282 params), generator h=64 / 1024 freqs / 2 blocks, "
-        f"batch {args.batch_size}, CPU"
+    p = PRESETS[args.model]
+    what = (
+        "generation forward+backward"
+        if args.kind == "generation"
+        else (f"training step, batch {args.batch_size}")
     )
     print(
-        "| case | compile s | s / step | weights/s (train step) | weights/s (generate fwd) "
-        "| GFLOP / step | GFLOP/s | matmul 2048² GFLOP/s | % of matmul | peak RSS MiB |"
+        f"\n{args.model} ({rows[0]['num_target_params']:,} params), generator "
+        f"h={p['hidden']} / {p['n_freqs']} freqs / 2 blocks, {what}, CPU"
+    )
+    print(
+        "| case | compile s | s / step | weights/s | weights/s (generate fwd) | GFLOP / step "
+        "| GFLOP/s | matmul 2048² GFLOP/s | % of matmul | peak RSS MiB |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         gen = f"{r['generated_weights_per_s']:,.0f}" if "generated_weights_per_s" in r else "–"
         print(
             f"| {r['case']} | {r['compile_s']:.1f} | {r['step_s']:.3f} "
-            f"| {r['train_weights_per_s']:,.0f} | {gen} | {r['step_gflop']:.2f} "
+            f"| {r['weights_per_s']:,.0f} | {gen} | {r['step_gflop']:.2f} "
             f"| {r['achieved_gflops']:.1f} | {r['matmul_2048_gflops']:.1f} "
             f"| {100 * r['fraction_of_matmul']:.1f} | {r['peak_rss_mib']:.0f} |"
         )

@@ -75,7 +75,8 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
         )
     if len(means) == 2:
         lines.append("")
-        lines.append(f"UHN - direct: {100 * (means['uhn'] - means['direct']):+.2f} pp")
+        gap = round(100 * (means["uhn"] - means["direct"]), 2) + 0.0  # no "-0.00"
+        lines.append(f"UHN - direct: {gap:+.2f} pp")
     return "\n".join(lines)
 
 
