@@ -306,6 +306,13 @@ def union_all(ranges: Sequence[Ranges]) -> Ranges:
     return functools.reduce(Ranges.union, ranges)
 
 
+def minmax_stats(ranges: Ranges) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(lo, hi, mean, std)`` float32 arrays of the uniform-on-``[lo, hi]`` standardisation."""
+    lo = np.asarray(ranges.lo, np.float32)
+    hi = np.asarray(ranges.hi, np.float32)
+    return lo, hi, (lo + hi) / 2, np.sqrt((hi - lo) ** 2 / 12.0 + 1e-5).astype(np.float32)
+
+
 def normalize(x: np.ndarray, ranges: Ranges, names: Sequence[str], out_of_range: str = "error"):
     """Min/max normalisation of the last axis of ``x`` (numpy or jax).
 
@@ -319,8 +326,7 @@ def normalize(x: np.ndarray, ranges: Ranges, names: Sequence[str], out_of_range:
       out_of_range: ``"error"`` raises ValueError for a value outside its range (numpy input
         only); ``"clip"`` clamps to the range first.
     """
-    lo = np.asarray(ranges.lo, np.float32)
-    hi = np.asarray(ranges.hi, np.float32)
+    lo, hi, mean, std = minmax_stats(ranges)
     if out_of_range == "error":
         if isinstance(x, np.ndarray):
             check_in_range(
@@ -330,8 +336,6 @@ def normalize(x: np.ndarray, ranges: Ranges, names: Sequence[str], out_of_range:
         x = x.clip(lo, hi)
     else:
         raise ValueError(f"out_of_range must be 'error' or 'clip', got {out_of_range!r}")
-    mean = (lo + hi) / 2
-    std = np.sqrt((hi - lo) ** 2 / 12.0 + 1e-5)
     return (x - mean) / std
 
 

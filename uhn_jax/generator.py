@@ -144,11 +144,10 @@ class Generator(nn.Module):
 
     def _normalize(self, x, ranges):
         # Range errors are raised on the host (see check); in-graph we can only clamp.
-        lo = jnp.asarray(ranges.lo, jnp.float32)
-        hi = jnp.asarray(ranges.hi, jnp.float32)
+        lo, hi, mean, std = descriptors.minmax_stats(ranges)
         if self.out_of_range == "clip":
             x = jnp.clip(x, lo, hi)
-        return (x - (lo + hi) / 2) / jnp.sqrt((hi - lo) ** 2 / 12.0 + 1e-5)
+        return (x - mean) / std
 
     def structure_vector(self, structure_L29):
         """Per-model vector ``(h,)`` added to every hidden state (zeros without structure)."""
@@ -243,18 +242,9 @@ def generate(
     Returns:
       float32 ``(N,)``.
     """
-    if gen.structure and structure_L29 is None:
-        raise ValueError("this generator has a structure path; pass structure_L29")
-    s_h = gen.apply(
-        variables,
-        structure_L29 if structure_L29 is not None else jnp.zeros((1, 29)),
-        method=Generator.structure_vector,
-    )
-
-    def run(rows):
-        return gen.apply(variables, rows, s_h, method=Generator.from_index)
-
-    return _chunked_rows(run, index_N10, chunk_size)
+    plan_ = Plan(shapes=((index_N10.shape[0],),), separable=(False,))
+    arrays = {"direct": index_N10, "rows": [], "cols": []}
+    return generate_planned(gen, variables, plan_, arrays, structure_L29, chunk_size)
 
 
 def num_params(variables: dict) -> int:
@@ -307,9 +297,7 @@ def plan(
       (row/column descriptors normalised, summing to each scalar's normalised descriptor).
     """
     use = gen.encoding == "fourier" and min_separable > 0
-    lo = np.asarray(gen.index_ranges.lo, np.float32)
-    hi = np.asarray(gen.index_ranges.hi, np.float32)
-    mean, std = (lo + hi) / 2, np.sqrt((hi - lo) ** 2 / 12.0 + 1e-5)
+    lo, hi, mean, std = descriptors.minmax_stats(gen.index_ranges)
     separable, direct, rows, cols = [], [], [], []
     for g in desc.grids:
         sep = use and len(g.shape) >= 2 and g.size >= min_separable
