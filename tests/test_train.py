@@ -318,3 +318,12 @@ def test_non_finite_loss_fails_fast_and_keeps_the_last_good_checkpoint(tmp_path)
     with pytest.raises(train.NonFiniteLossError, match="step 6"):
         train.run(exp, tmp_path, dataset=poisoned, progress=False)
     assert checkpoint.manager(tmp_path / "checkpoints").latest_step() == 4
+
+
+def test_train_step_compiles_once_across_seeds():
+    sizes = []
+    for seed in (0, 1, 2):
+        setup, _, arrays, state, data_, key = _prepare(_exp(seed=seed, train__init_steps=0))
+        train.train_step(setup, "task", state, arrays, data_, key)
+        sizes.append(train.train_step._cache_size())
+    assert sizes[0] == sizes[1] == sizes[2], sizes
