@@ -131,10 +131,15 @@ def test_chunked_generation_equals_unchunked_at_resnet_shapes():
     v = generator.init(gen, jax.random.key(0))
     plan, arrays = generator.plan(gen, desc, min_separable=256)
     assert any(plan.separable) and not all(plan.separable)
+    # The repeated convs of a stage share their columns and are generated as one group.
+    assert len(plan.groups) < sum(plan.separable)
+    assert max(len(g) for g in plan.groups) >= 5
     run = jax.jit(generator.generate_planned, static_argnums=(0, 2, 5))
     full = run(gen, v, plan, arrays, None, None)
     assert full.shape == (desc.num_params,)
     scale = float(jnp.abs(full).max())
+    direct = generator.generate(gen, v, desc.index)
+    np.testing.assert_allclose(full, direct, atol=5e-4 * scale, rtol=0)
     for chunk in (64, 300):
         np.testing.assert_allclose(run(gen, v, plan, arrays, None, chunk), full, atol=1e-4 * scale)
 

@@ -273,12 +273,15 @@ class Plan:
 
     Tensors with at least two axes and ``min_separable`` scalars take the separable path
     (:meth:`Generator.from_separable`): the last axis (the output index for Linear and HWIO conv
-    kernels) enumerates rows, the other axes enumerate columns. All other tensors share one
+    kernels) enumerates rows, the other axes enumerate columns. Separable tensors whose columns
+    are the same (same leading shape and fields, e.g. the repeated convs of a ResNet stage) form
+    one group and are generated in one call over their stacked rows. All other tensors share one
     direct, chunked pass over their materialised descriptors.
     """
 
     shapes: tuple[tuple[int, ...], ...]
     separable: tuple[bool, ...]
+    groups: tuple[tuple[int, ...], ...] = ()  # tensor indices of each separable group
 
 
 def plan(
@@ -294,12 +297,16 @@ def plan(
     Returns:
       ``(plan, arrays)``: the static :class:`Plan` and a pytree of numpy arrays
       ``{"direct": (N_direct, 10) raw descriptors, "rows": [(R, 10)], "cols": [(C, 10)]}``
-      (row/column descriptors normalised, summing to each scalar's normalised descriptor).
+      with one rows/cols pair per group (rows of its tensors stacked); row and column
+      descriptors are normalised and sum to each scalar's normalised descriptor.
     """
     use = gen.encoding == "fourier" and min_separable > 0
     lo, hi, mean, std = descriptors.minmax_stats(gen.index_ranges)
-    separable, direct, rows, cols = [], [], [], []
-    for g in desc.grids:
+    separable, direct = [], []
+    groups: dict[tuple, list[int]] = {}
+    group_rows: dict[tuple, list[np.ndarray]] = {}
+    group_cols: dict[tuple, np.ndarray] = {}
+    for t, g in enumerate(desc.grids):
         sep = use and len(g.shape) >= 2 and g.size >= min_separable
         separable.append(sep)
         if not sep:
@@ -317,14 +324,21 @@ def plan(
         col = np.zeros((grid.shape[1], len(const)), np.float32)
         for k, field in enumerate(g.axes[:-1]):
             col[:, field] = (np.clip(grid[k], lo[field], hi[field]) - mean[field]) / std[field]
-        rows.append(row.astype(np.float32))
-        cols.append(col)
+        key = (g.shape[:-1], g.axes[:-1])
+        groups.setdefault(key, []).append(t)
+        group_rows.setdefault(key, []).append(row.astype(np.float32))
+        group_cols[key] = col
     arrays = {
         "direct": (np.concatenate(direct) if direct else np.zeros((0, 10), np.float32)),
-        "rows": rows,
-        "cols": cols,
+        "rows": [np.concatenate(group_rows[k]) for k in groups],
+        "cols": [group_cols[k] for k in groups],
     }
-    return Plan(tuple(g.shape for g in desc.grids), tuple(separable)), arrays
+    plan_ = Plan(
+        tuple(g.shape for g in desc.grids),
+        tuple(separable),
+        tuple(tuple(ts) for ts in groups.values()),
+    )
+    return plan_, arrays
 
 
 def generate_planned(
@@ -354,24 +368,27 @@ def generate_planned(
             arrays["direct"],
             chunk_size,
         )
-    pieces, d_off, s_i = [], 0, 0
-    for shape, sep in zip(plan_.shapes, plan_.separable, strict=True):
-        size = math.prod(shape)
-        if not sep:
-            pieces.append(direct_w[d_off : d_off + size])
-            d_off += size
-            continue
-        cols = arrays["cols"][s_i]
+    pieces: dict[int, jax.Array] = {}
+    for group, rows, cols in zip(plan_.groups, arrays["rows"], arrays["cols"], strict=True):
 
         def run(rows, cols=cols):
             return gen.apply(variables, rows, cols, s_h, method=Generator.from_separable)
 
         per_chunk = None if chunk_size is None else max(1, chunk_size // cols.shape[0])
-        w_RC = _chunked_rows(run, arrays["rows"][s_i], per_chunk)
-        # Rows enumerate the last tensor axis: (R, C) -> C order over (*other axes, R).
-        pieces.append(w_RC.T.reshape(-1))
-        s_i += 1
-    return jnp.concatenate(pieces)
+        w_RC = _chunked_rows(run, rows, per_chunk)
+        start = 0
+        for t in group:
+            r = plan_.shapes[t][-1]
+            # Rows enumerate the last tensor axis: (R, C) -> C order over (*other axes, R).
+            pieces[t] = w_RC[start : start + r].T.reshape(-1)
+            start += r
+    d_off = 0
+    for t, (shape, sep) in enumerate(zip(plan_.shapes, plan_.separable, strict=True)):
+        if not sep:
+            size = math.prod(shape)
+            pieces[t] = direct_w[d_off : d_off + size]
+            d_off += size
+    return jnp.concatenate([pieces[t] for t in range(len(plan_.shapes))])
 
 
 def _chunked_rows(fn, rows, chunk_size: int | None):
