@@ -327,3 +327,24 @@ def test_train_step_compiles_once_across_seeds():
         train.train_step(setup, "task", state, arrays, data_, key)
         sizes.append(train.train_step._cache_size())
     assert sizes[0] == sizes[1] == sizes[2], sizes
+
+
+def test_interrupt_saves_a_checkpoint_and_the_run_resumes(tmp_path, monkeypatch):
+    exp = _exp(mode="direct", train__steps=6, train__checkpoint_every=100)
+    real_step = train.train_step
+    calls = []
+
+    def interrupted_step(*args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(train, "train_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(exp, tmp_path, progress=False)
+    assert checkpoint.manager(tmp_path / "checkpoints").latest_step() == 3
+    monkeypatch.setattr(train, "train_step", real_step)
+    resumed = train.run(exp, tmp_path, progress=False)
+    full = train.run(exp, tmp_path / "full", progress=False)
+    assert resumed["test_metric"] == full["test_metric"]

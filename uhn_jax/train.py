@@ -447,7 +447,6 @@ def run(
     bar = _progress_bar(total, start, progress, desc=f"{exp.mode} seed {exp.seed}")
     pending = None  # (step, metrics) dispatched but not yet read: read after the next dispatch
     last_log_time, last_log_step = time.time(), start
-    step = start
     try:
         for step in range(start, end):
             stage = "init" if step < setup.init_steps else "task"
@@ -478,8 +477,13 @@ def run(
             bar.update(1)
     except KeyboardInterrupt:
         # Keep everything done so far; rerunning with the same workdir resumes here.
-        checkpoint_save(mngr, int(state["step"]), state)
-        mngr.wait_until_finished()
+        try:
+            checkpoint_save(mngr, int(state["step"]), state)
+            mngr.wait_until_finished()
+        except (RuntimeError, ValueError, NonFiniteLossError):
+            # Interrupted inside a step whose input buffers were donated: the previous
+            # checkpoint is the resume point.
+            print(f"[uhn_jax] interrupted; resume from step {mngr.latest_step()}")
         raise
     finally:
         bar.close()
