@@ -11,7 +11,8 @@ Command (needs the t10k idx files, e.g. in ../shared/data/mnist):
   uhn-jax compare --config configs/mnist_mlp.py --workdir runs/mnist \
       --config.data.data_dir=../shared/data/mnist --seeds 1
 
-Expected: about 95% test accuracy for both modes, UHN within 1 pp of direct (README).
+Expected (README, "Results"): direct 93.0%, UHN 94.3% test accuracy (seed 0); the UHN run takes
+about 45 minutes on 2 CPU cores.
 """
 
 from uhn_jax import config as config_lib
