@@ -14,22 +14,15 @@ Command (needs the t10k idx files, e.g. in ../shared/data/mnist):
 Expected: see the README results table (UHN within 1 pp of direct).
 """
 
-from uhn_jax import config as config_lib
+from configs import mnist_mlp
 
 
 def get_config():
-    config = config_lib.default_config_dict()
-    config.data.name = "mnist"
-    config.data.data_dir = ""  # directory holding t10k-images-idx3-ubyte[.gz] etc.
+    config = mnist_mlp.get_config()
     config.model.family = "cnn"
     config.model.depths = (2, 2, 2)
     config.model.widths = (16, 32, 64)
-    config.train.batch_size = 256
-    config.train.steps = 2000
     config.train.warmup_steps = 95  # 5 epochs of 19 steps
     config.train.lr = 1e-4
     config.train.init_steps = 200
-    config.train.init_lr = 2e-4
-    config.train.eval_every = 500
-    config.train.checkpoint_every = 500
     return config

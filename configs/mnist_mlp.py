@@ -26,7 +26,7 @@ def get_config():
     config.model.widths = (128, 128)
     config.train.batch_size = 256
     config.train.steps = 2000
-    config.train.warmup_steps = 100  # 5 epochs of 19 steps
+    config.train.warmup_steps = 100  # about 5 epochs
     config.train.lr = 2e-4
     config.train.init_steps = 100
     config.train.init_lr = 2e-4
