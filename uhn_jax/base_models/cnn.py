@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
-import jax.numpy as jnp
 
 from uhn_jax import descriptors as D
-from uhn_jax.base_models.common import dropout, group_norm
+from uhn_jax.base_models.common import dropout, group_norm, torch_default_init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,18 +133,10 @@ class CNN:
 
     def init(self, key: jax.Array) -> dict:
         """PyTorch-default init: kernel and bias ``U(+-1/sqrt(fan_in))``."""
-        params = {}
         k = self.kernel_size
         shapes = [((k, k, c_in, c_out), c_in * k * k) for c_in, c_out, _, _ in self.convs()]
         shapes.append(((self.widths[-1], self.num_classes), self.widths[-1]))
-        for i, (shape, fan_in) in enumerate(shapes):
-            k_w, k_b = jax.random.split(jax.random.fold_in(key, i))
-            bound = 1.0 / math.sqrt(fan_in)
-            params[self.name(i)] = {
-                "kernel": jax.random.uniform(k_w, shape, jnp.float32, -bound, bound),
-                "bias": jax.random.uniform(k_b, (shape[-1],), jnp.float32, -bound, bound),
-            }
-        return params
+        return torch_default_init(key, {self.name(i): s for i, s in enumerate(shapes)})
 
     def apply(self, params: dict, x: jax.Array, *, train: bool = False, rng=None) -> jax.Array:
         """Logits ``(B, num_classes)`` for inputs ``(B, H, W[, C])``."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -30,3 +32,21 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
         return x
     keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+def torch_default_init(key: jax.Array, layers: dict[str, tuple[tuple[int, ...], int]]) -> dict:
+    """``{name: {kernel, bias}}`` with both drawn from ``U(+-1/sqrt(fan_in))`` (PyTorch default).
+
+    Args:
+      key: PRNG key; layer ``i`` (in ``layers`` order) uses ``fold_in(key, i)``.
+      layers: ``{name: (kernel_shape, fan_in)}``; the bias has the kernel's last dimension.
+    """
+    params = {}
+    for i, (name, (shape, fan_in)) in enumerate(layers.items()):
+        k_w, k_b = jax.random.split(jax.random.fold_in(key, i))
+        bound = 1.0 / math.sqrt(fan_in)
+        params[name] = {
+            "kernel": jax.random.uniform(k_w, shape, jnp.float32, -bound, bound),
+            "bias": jax.random.uniform(k_b, (shape[-1],), jnp.float32, -bound, bound),
+        }
+    return params

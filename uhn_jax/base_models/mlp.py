@@ -6,10 +6,9 @@ import dataclasses
 import math
 
 import jax
-import jax.numpy as jnp
 
 from uhn_jax import descriptors as D
-from uhn_jax.base_models.common import dropout, layer_norm
+from uhn_jax.base_models.common import dropout, layer_norm, torch_default_init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,15 +97,8 @@ class MLP:
 
     def init(self, key: jax.Array) -> dict:
         """PyTorch-default init: kernel and bias ``U(+-1/sqrt(fan_in))``."""
-        params = {}
-        for i, (n_in, n_out) in enumerate(self.sizes):
-            k_w, k_b = jax.random.split(jax.random.fold_in(key, i))
-            bound = 1.0 / math.sqrt(n_in)
-            params[self.name(i)] = {
-                "kernel": jax.random.uniform(k_w, (n_in, n_out), jnp.float32, -bound, bound),
-                "bias": jax.random.uniform(k_b, (n_out,), jnp.float32, -bound, bound),
-            }
-        return params
+        layers = {self.name(i): ((n_in, n_out), n_in) for i, (n_in, n_out) in enumerate(self.sizes)}
+        return torch_default_init(key, layers)
 
     def apply(self, params: dict, x: jax.Array, *, train: bool = False, rng=None) -> jax.Array:
         """Logits ``(B, num_classes)`` for inputs ``(B, *input_shape)``."""
