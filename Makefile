@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 PY_SRC := uhn_jax configs tests benchmarks
 
-.PHONY: demo test lint format bench mnist clean
+.PHONY: demo test lint format bench mnist fashion-data clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check $(PY_SRC)
-	UHN_DATA_DIR=$(DATA) $(BIN)/python -m pytest -q
+	UHN_DATA_DIR=$(DATA) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 format: $(BIN)/.installed
 	$(BIN)/ruff format $(PY_SRC)
@@ -31,6 +31,11 @@ format: $(BIN)/.installed
 mnist: $(BIN)/.installed
 	$(BIN)/uhn-jax compare --config configs/mnist_mlp.py --workdir runs/mnist \
 		--config.data.data_dir=$(DATA)/mnist --seeds 1
+
+# Real Fashion-MNIST (60k/10k idx files) from Debian into /usr/share/datasets/fashion-mnist.
+fashion-data:
+	test -d /usr/share/datasets/fashion-mnist || apt-get install -y -q dataset-fashion-mnist \
+		|| (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/step_benchmark.py

@@ -155,8 +155,8 @@ def run_case(args) -> dict:
     cfg.model.family = preset["family"]
     cfg.model.widths = preset["widths"]
     cfg.model.depths = preset["depths"]
-    cfg.generator.hidden = preset["hidden"]
-    cfg.generator.n_freqs = preset["n_freqs"]
+    cfg.generator.hidden = args.hidden or preset["hidden"]
+    cfg.generator.n_freqs = args.n_freqs or preset["n_freqs"]
     cfg.generator.chunk_size = args.chunk_size
     cfg.generator.separable = bool(args.separable)
     cfg.train.batch_size = args.batch_size
@@ -259,6 +259,8 @@ def main() -> None:
     parser.add_argument("--paths", default="separable", help="separable and/or direct-path")
     parser.add_argument("--no-direct", action="store_true", help="skip the direct-training case")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=0, help="generator width (0: the preset's)")
+    parser.add_argument("--n-freqs", type=int, default=0, help="Fourier frequencies (0: preset)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per case")
     parser.add_argument("--json", default=None, help="also write the figures here")
     parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # internal: one case
@@ -289,6 +291,10 @@ def main() -> None:
             str(sep),
             "--batch-size",
             str(args.batch_size),
+            "--hidden",
+            str(args.hidden),
+            "--n-freqs",
+            str(args.n_freqs),
             "--steps",
             str(args.steps),
         ]
@@ -302,7 +308,9 @@ def main() -> None:
             sys.exit(f"case {mode}/{chunk} failed:\n{proc.stderr[-3000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
 
-    p = PRESETS[args.model]
+    p = dict(PRESETS[args.model])
+    p["hidden"] = args.hidden or p["hidden"]
+    p["n_freqs"] = args.n_freqs or p["n_freqs"]
     what = (
         "generation forward+backward"
         if args.kind == "generation"

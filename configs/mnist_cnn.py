@@ -11,13 +11,19 @@ Command (needs the t10k idx files, e.g. in ../shared/data/mnist):
   uhn-jax compare --config configs/mnist_cnn.py --workdir runs/mnist_cnn \
       --config.data.data_dir=../shared/data/mnist --seeds 3
 
+CPU budget (`:runlocal`, the README's table): 300 task steps (15 epochs of the 5k subset), lr
+5e-4 for both modes with 15 warm-up steps, and a 100-step UHN initialisation stage at 2e-4:
+
+  uhn-jax compare --config configs/mnist_cnn.py:runlocal --workdir runs/mnist_cnn_cpu \
+      --config.data.data_dir=../shared/data/mnist --seeds 3
+
 Expected: see the README results table (UHN within 1 pp of direct).
 """
 
 from configs import mnist_mlp
 
 
-def get_config():
+def get_config(arg: str | None = None):
     config = mnist_mlp.get_config()
     config.model.family = "cnn"
     config.model.depths = (2, 2, 2)
@@ -25,4 +31,13 @@ def get_config():
     config.train.warmup_steps = 95  # 5 epochs of 19 steps
     config.train.lr = 1e-4
     config.train.init_steps = 200
+    if arg == "runlocal":
+        config.train.steps = 300
+        config.train.warmup_steps = 15
+        config.train.lr = 5e-4
+        config.train.init_steps = 100
+        config.train.eval_every = 100
+        config.train.checkpoint_every = 100
+    elif arg:
+        raise ValueError(f"unknown mnist_cnn variant {arg!r}; use ':runlocal' or nothing")
     return config

@@ -32,6 +32,10 @@ _REAL_MNIST_DIR = Path(_UHN_DATA_DIR) / "mnist" if _UHN_DATA_DIR else None
 _REAL_CIFAR10_TARBALL = (
     Path(_UHN_DATA_DIR) / "cifar10" / "cifar10-jpeg.tar.gz" if _UHN_DATA_DIR else None
 )
+# Debian's dataset-fashion-mnist package installs here; UHN_FASHION_MNIST_DIR overrides.
+_REAL_FASHION_DIR = Path(
+    os.environ.get("UHN_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
+)
 needs_pil = pytest.mark.skipif(not _HAS_PIL, reason="Pillow not installed")
 
 
@@ -352,6 +356,19 @@ def test_real_mnist_test_set():
     expected = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     np.testing.assert_array_equal(np.bincount(ds.y_test, minlength=10), expected)
     assert ds.x_train.shape == (5000, 28, 28)
+
+
+@pytest.mark.skipif(
+    not any((_REAL_FASHION_DIR / f"train-images-idx3-ubyte{s}").exists() for s in ("", ".gz")),
+    reason="apt-get install dataset-fashion-mnist, or set UHN_FASHION_MNIST_DIR",
+)
+def test_real_fashion_mnist_full_splits():
+    ds = data.load(name="fashion_mnist", data_dir=_REAL_FASHION_DIR)
+    assert ds.x_train.shape == (60_000, 28, 28) and ds.x_test.shape == (10_000, 28, 28)
+    np.testing.assert_array_equal(np.bincount(ds.y_train, minlength=10), np.full(10, 6000))
+    np.testing.assert_array_equal(np.bincount(ds.y_test, minlength=10), np.full(10, 1000))
+    # Standardised with Fashion-MNIST's own statistics (MNIST's would leave the mean at ~0.5).
+    assert abs(float(ds.x_train.mean())) < 0.01 and abs(float(ds.x_train.std()) - 1.0) < 0.01
 
 
 # --- CIFAR-10 --------------------------------------------------------------------------------

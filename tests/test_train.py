@@ -211,9 +211,25 @@ def test_resnet_variants_derive_from_resnet20():
         assert tuple(variant.model.depths) == (n, n, n)
         assert variant.train.lr == base.train.lr and variant.generator.n_freqs == 2048
     local = variants.get_config("56,runlocal")
-    assert local.generator.n_freqs == 1024 and local.train.steps == 2000
+    assert tuple(local.model.depths) == (18, 18, 18)
+    assert local.generator.n_freqs == 256 and local.train.steps == 2000
     with pytest.raises(ValueError, match="depth"):
         variants.get_config("21")
+
+
+def test_cnn_runlocal_variants_derive_and_reject_unknown_names():
+    from configs import fashion_mnist_cnn, mnist_cnn
+
+    full, local = mnist_cnn.get_config(), mnist_cnn.get_config("runlocal")
+    assert (local.train.steps, local.train.init_steps, local.train.lr) == (300, 100, 5e-4)
+    assert local.model == full.model and local.generator == full.generator
+    fashion = fashion_mnist_cnn.get_config("runlocal")
+    assert fashion.data.name == "fashion_mnist" and fashion.train.steps == 468
+    assert fashion.train.lr == local.train.lr and fashion.model == local.model
+    assert fashion_mnist_cnn.get_config().train.steps == 2340
+    for module in (mnist_cnn, fashion_mnist_cnn):
+        with pytest.raises(ValueError, match="runlocal"):
+            module.get_config("fast")
 
 
 def test_cifar_training_augments_and_evaluation_normalises(tmp_path):
