@@ -94,6 +94,20 @@ def test_schedule_warmup_and_cosine():
     assert lrs[4] == pytest.approx(1.0, rel=1e-3) and lrs[-1] < 0.1
 
 
+def test_workdir_refuses_other_config_but_accepts_fields_added_since(tmp_path):
+    exp = _exp(train__steps=4)
+    train.run(exp, tmp_path, progress=False, stop_after=2)
+    with pytest.raises(ValueError, match=r"fields differ: train\.lr"):
+        train.run(_exp(train__steps=4, train__lr=5e-3), tmp_path, progress=False)
+    # A run started before a config field existed: its config.json lacks the field, which
+    # then takes its default, so the run resumes.
+    path = tmp_path / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["train"]["num_devices"]
+    path.write_text(json.dumps(saved))
+    assert train.run(exp, tmp_path, progress=False)["steps"] == 4
+
+
 def test_resume_is_bit_identical(tmp_path):
     exp = _exp(train__steps=6, train__checkpoint_every=2, model__dropout_rate=0.2)
     full = train.run(exp, tmp_path / "full", progress=False)

@@ -24,6 +24,15 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; reused 
 _SEEDS = flags.DEFINE_integer("seeds", 3, "compare: number of seeds (seed, seed+1, ...).")
 _OUT = flags.DEFINE_string("out", None, "export: output directory (default WORKDIR/export).")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+_DISTRIBUTED = flags.DEFINE_boolean(
+    "distributed",
+    False,
+    "Join a multi-host job (jax.distributed.initialize) before training; the coordinator is "
+    "detected on TPU pods and SLURM/Open MPI, or given by the three flags below.",
+)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
 def _run(command: str) -> None:
@@ -31,6 +40,15 @@ def _run(command: str) -> None:
     from uhn_jax import experiments, train
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    if _DISTRIBUTED.value:
+        from uhn_jax import sharding
+
+        given = {
+            "coordinator_address": _COORDINATOR.value,
+            "num_processes": _NUM_PROCESSES.value,
+            "process_id": _PROCESS_ID.value,
+        }
+        sharding.initialize_distributed(**{k: v for k, v in given.items() if v is not None})
     if _WORKDIR.value is None:
         raise app.UsageError("--workdir is required")
     if command == "export":

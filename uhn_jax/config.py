@@ -125,6 +125,8 @@ class TrainConfig:
     eval_batch_size: int = 1000
     log_every: int = 50
     checkpoint_every: int = 500
+    # Devices of the 1-D mesh that splits descriptor rows and batches (0 = all devices).
+    num_devices: int = 0
 
     def validate(self):
         _positive_int("train.steps", self.steps)
@@ -132,7 +134,7 @@ class TrainConfig:
         _positive_int("train.eval_batch_size", self.eval_batch_size)
         _positive_int("train.log_every", self.log_every)
         _positive_int("train.checkpoint_every", self.checkpoint_every)
-        for name in ("warmup_steps", "init_steps", "eval_every"):
+        for name in ("warmup_steps", "init_steps", "eval_every", "num_devices"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be an int >= 0, got {getattr(self, name)!r}")
         if self.warmup_steps >= self.steps:

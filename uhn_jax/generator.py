@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uhn_jax import descriptors, encodings
+from uhn_jax import sharding as sharding_lib
 
 
 def _torch_uniform(fan_in: int):
@@ -225,6 +226,7 @@ def generate(
     index_N10: jax.Array,
     structure_L29: jax.Array | None = None,
     chunk_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> jax.Array:
     """Generates the flat weight vector ``w[N]`` for raw index descriptors ``(N, 10)``.
 
@@ -238,13 +240,15 @@ def generate(
       index_N10: raw (un-normalised) index descriptors.
       structure_L29: the model's structure input, needed when ``gen.structure``.
       chunk_size: rows per chunk; ``None`` or ``>= N`` generates in one piece.
+      mesh: a 1-D device mesh (:func:`uhn_jax.sharding.make_mesh`): every chunk's rows are
+        split over its devices and ``w`` comes back replicated. ``None``: no constraints.
 
     Returns:
       float32 ``(N,)``.
     """
     plan_ = Plan(shapes=((index_N10.shape[0],),), separable=(False,))
     arrays = {"direct": index_N10, "rows": [], "cols": []}
-    return generate_planned(gen, variables, plan_, arrays, structure_L29, chunk_size)
+    return generate_planned(gen, variables, plan_, arrays, structure_L29, chunk_size, mesh)
 
 
 def num_params(variables: dict) -> int:
@@ -348,11 +352,14 @@ def generate_planned(
     arrays: dict,
     structure_L29: jax.Array | None = None,
     chunk_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> jax.Array:
     """Generates ``w[N]`` following a :class:`Plan`; equals :func:`generate` up to rounding.
 
     ``chunk_size`` bounds the scalars generated at once on both paths (for a separable tensor,
-    ``max(1, chunk_size // C)`` rows at a time under ``lax.map`` + ``jax.checkpoint``).
+    ``max(1, chunk_size // C)`` rows at a time under ``lax.map`` + ``jax.checkpoint``). With a
+    ``mesh`` the rows of every chunk are split over its devices (the chunk is rounded up to a
+    multiple of the device count) and the returned ``w`` is replicated.
     """
     if gen.structure and structure_L29 is None:
         raise ValueError("this generator has a structure path; pass structure_L29")
@@ -367,6 +374,7 @@ def generate_planned(
             lambda x: gen.apply(variables, x, s_h, method=Generator.from_index),
             arrays["direct"],
             chunk_size,
+            mesh,
         )
     pieces: dict[int, jax.Array] = {}
     for group, rows, cols in zip(plan_.groups, arrays["rows"], arrays["cols"], strict=True):
@@ -375,7 +383,7 @@ def generate_planned(
             return gen.apply(variables, rows, cols, s_h, method=Generator.from_separable)
 
         per_chunk = None if chunk_size is None else max(1, chunk_size // cols.shape[0])
-        w_RC = _chunked_rows(run, rows, per_chunk)
+        w_RC = _chunked_rows(run, rows, per_chunk, mesh)
         start = 0
         for t in group:
             r = plan_.shapes[t][-1]
@@ -388,18 +396,32 @@ def generate_planned(
             size = math.prod(shape)
             pieces[t] = direct_w[d_off : d_off + size]
             d_off += size
-    return jnp.concatenate([pieces[t] for t in range(len(plan_.shapes))])
+    w = jnp.concatenate([pieces[t] for t in range(len(plan_.shapes))])
+    return sharding_lib.constrain(w, sharding_lib.replicated(mesh))
 
 
-def _chunked_rows(fn, rows, chunk_size: int | None):
-    """``fn(rows)`` evaluated ``chunk_size`` rows at a time with rematerialisation."""
+def _chunked_rows(fn, rows, chunk_size: int | None, mesh=None):
+    """``fn(rows)`` evaluated ``chunk_size`` rows at a time with rematerialisation.
+
+    With a ``mesh``, each chunk's rows are split over the devices: the chunk axis of the
+    ``(num_chunks, chunk, 10)`` stack is sharded, so every ``lax.map`` iteration runs on all
+    devices at once.
+    """
     n = rows.shape[0]
-    if chunk_size is None or chunk_size >= n:
-        return fn(rows)
-    if chunk_size <= 0:
+    if chunk_size is not None and chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    devices = 1 if mesh is None else mesh.size
+    if chunk_size is None or chunk_size >= n:
+        if devices == 1:
+            return fn(rows)
+        chunk_size = n
+    chunk_size = -(-chunk_size // devices) * devices
     num_chunks = -(-n // chunk_size)
     padded = jnp.pad(rows, ((0, num_chunks * chunk_size - n), (0, 0)), mode="edge")
     chunks = padded.reshape(num_chunks, chunk_size, rows.shape[1])
-    out = jax.lax.map(jax.checkpoint(fn), chunks)
+    chunks = sharding_lib.constrain(chunks, sharding_lib.split(mesh, 3, axis=1))
+    if num_chunks == 1:
+        out = fn(chunks[0])[None]
+    else:
+        out = jax.lax.map(jax.checkpoint(fn), chunks)
     return out.reshape(num_chunks * chunk_size, *out.shape[2:])[:n]

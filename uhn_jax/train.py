@@ -30,6 +30,7 @@ import optax
 from uhn_jax import base_models, checkpoint, descriptors, generator, layouts
 from uhn_jax import config as config_lib
 from uhn_jax import data as data_lib
+from uhn_jax import sharding as sharding_lib
 
 RESULTS_SCHEMA_VERSION = 1
 _DATASET_TYPES = {
@@ -63,6 +64,9 @@ class Setup:
     plan: generator.Plan | None
     chunk_size: int | None
     train: config_lib.TrainConfig
+    # 1-D device mesh: descriptor rows and batches split over it, the rest replicated. None on
+    # one device.
+    mesh: jax.sharding.Mesh | None = None
 
     @property
     def init_steps(self) -> int:
@@ -126,7 +130,16 @@ def make_setup(
     chunk = exp.generator.chunk_size or None
     norm = (tuple(dataset.mean), tuple(dataset.std)) if dataset.mean is not None else None
     augment = exp.data.augment and exp.data.name == "cifar10"
-    return Setup(exp.mode, model, norm, augment, layout, gen, plan, chunk, exp.train), desc
+    mesh = sharding_lib.make_mesh(exp.train.num_devices)
+    if mesh is not None:
+        for name in ("batch_size", "eval_batch_size"):
+            if getattr(exp.train, name) % mesh.size:
+                raise ValueError(
+                    f"train.{name} ({getattr(exp.train, name)}) must be divisible by the "
+                    f"{mesh.size} devices of the mesh (train.num_devices={exp.train.num_devices})"
+                )
+    setup = Setup(exp.mode, model, norm, augment, layout, gen, plan, chunk, exp.train, mesh)
+    return setup, desc
 
 
 def prepare_inputs(setup: Setup, x, key=None):
@@ -149,17 +162,34 @@ SEPARABLE_MIN_SIZE = 1024
 
 def desc_arrays(setup: Setup, desc: descriptors.ModelDescriptors) -> DescArrays:
     """Device copies of the descriptor arrays ``train_step`` and ``evaluate`` take."""
+    mesh = setup.mesh
     plan_arrays = {}
     if setup.gen is not None:
         min_sep = SEPARABLE_MIN_SIZE if any(setup.plan.separable) else 0
-        plan_arrays = jax.tree_util.tree_map(
-            jnp.asarray, generator.plan(setup.gen, desc, min_sep)[1]
-        )
+        host = generator.plan(setup.gen, desc, min_sep)[1]
+        # Descriptor rows are split over the mesh (padded with copies of the last row to a
+        # multiple of the device count; generation ignores rows past the plan's sizes); the
+        # small column tables are replicated.
+        n_dev = 1 if mesh is None else mesh.size
+
+        def split_rows(x):
+            x = np.pad(x, ((0, -x.shape[0] % n_dev), (0, 0)), mode="edge") if len(x) else x
+            return sharding_lib.put(jnp.asarray(x), sharding_lib.split(mesh, 2))
+
+        plan_arrays = {
+            "direct": split_rows(host["direct"]),
+            "rows": [split_rows(r) for r in host["rows"]],
+            "cols": [
+                sharding_lib.put(jnp.asarray(c), sharding_lib.replicated(mesh))
+                for c in host["cols"]
+            ],
+        }
+    rep_ = sharding_lib.replicated(mesh)
     return DescArrays(
         plan_arrays,
-        jnp.asarray(desc.structure_input),
-        jnp.asarray(desc.segment_ids),
-        jnp.asarray(desc.targets),
+        sharding_lib.put(jnp.asarray(desc.structure_input), rep_),
+        sharding_lib.put(jnp.asarray(desc.segment_ids), rep_),
+        sharding_lib.put(jnp.asarray(desc.targets), rep_),
     )
 
 
@@ -177,6 +207,7 @@ def base_params(setup: Setup, params, constants, arrays: DescArrays):
         arrays.plan,
         arrays.structure if setup.gen.structure else None,
         chunk_size=setup.chunk_size,
+        mesh=setup.mesh,
     )
     return layouts.unflatten(w_N, setup.layout)
 
@@ -265,6 +296,7 @@ def train_step(setup: Setup, stage: str, state: dict, arrays: DescArrays, data, 
         x, y = sample_batch(
             *data, state["step"], jax.random.fold_in(key, 1), setup.train.batch_size
         )
+        x, y = _split_batch(setup, x), _split_batch(setup, y)
         x = prepare_inputs(setup, x, jax.random.fold_in(step_key, 1))
         dropout_key = step_key
         loss_fn = functools.partial(task_loss, setup)
@@ -293,7 +325,7 @@ def evaluate(setup: Setup, params, constants, arrays: DescArrays, data, batch_si
     mask = (jnp.arange(num_batches * batch_size) < n).reshape(num_batches, batch_size)
 
     def one(batch):
-        xi, yi, mi = batch
+        xi, yi, mi = (_split_batch(setup, b) for b in batch)
         logits = setup.model.apply(model_params, prepare_inputs(setup, xi))
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, yi)
         return jnp.sum((logits.argmax(-1) == yi) * mi), jnp.sum(loss * mi)
@@ -302,8 +334,13 @@ def evaluate(setup: Setup, params, constants, arrays: DescArrays, data, batch_si
     return {"accuracy": correct.sum() / n, "loss": loss.sum() / n}
 
 
+def _split_batch(setup: Setup, x: jax.Array) -> jax.Array:
+    """Splits a batch's examples over the mesh (identity without one)."""
+    return sharding_lib.constrain(x, sharding_lib.split(setup.mesh, x.ndim))
+
+
 def init_state(setup: Setup, key: jax.Array) -> dict:
-    """The step-0 train state of a run."""
+    """The step-0 train state of a run, replicated over the mesh."""
     if setup.mode == "uhn":
         variables = generator.init(setup.gen, key)
         params, constants = variables["params"], variables["constants"]
@@ -311,12 +348,13 @@ def init_state(setup: Setup, key: jax.Array) -> dict:
         params, constants = setup.model.init(key), {}
     stage = "init" if setup.init_steps else "task"
     opt_state = make_optimizer(setup, stage).init(params)
-    return {
+    state = {
         "step": jnp.zeros((), jnp.int32),
         "params": params,
         "opt_state": opt_state,
         "constants": constants,
     }
+    return sharding_lib.put(state, sharding_lib.replicated(setup.mesh))
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -334,10 +372,16 @@ def _describe_model(exp: config_lib.Experiment) -> str:
 
 
 class _MetricsLog:
-    """Appends JSON lines (and TensorBoard scalars, when tensorboardX is present)."""
+    """Appends JSON lines (and TensorBoard scalars, when tensorboardX is present).
+
+    In a multi-host job only process 0 writes; the others' logs are no-ops.
+    """
 
     def __init__(self, workdir: Path, resume_step: int):
         self.path = workdir / "metrics.jsonl"
+        self.file = self.tb = None
+        if jax.process_index() != 0:
+            return
         if self.path.exists():
             # Drop lines a killed run wrote after its last checkpoint; they are recomputed.
             kept = [
@@ -355,6 +399,8 @@ class _MetricsLog:
             self.tb = None
 
     def write(self, step: int, values: dict[str, float]) -> None:
+        if self.file is None:
+            return
         self.file.write(json.dumps({"step": step, **values}) + "\n")
         self.file.flush()
         if self.tb is not None:
@@ -363,7 +409,8 @@ class _MetricsLog:
                     self.tb.add_scalar(k, v, step)
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.tb is not None:
             self.tb.close()
 
@@ -372,7 +419,10 @@ def _check_workdir_config(workdir: Path, exp: config_lib.Experiment) -> None:
     path = workdir / "config.json"
     current = exp.to_dict()
     if path.exists():
-        saved = json.loads(path.read_text())
+        # A field added to the config after the run started takes its default, so older
+        # workdirs stay resumable.
+        defaults = _flat(json.loads(json.dumps(config_lib.Experiment().to_dict())))
+        saved = _unflat({**defaults, **_flat(json.loads(path.read_text()))})
         # JSON turns tuples into lists; compare through one JSON round trip.
         current_json = json.loads(json.dumps(current))
         if saved != current_json:
@@ -382,9 +432,21 @@ def _check_workdir_config(workdir: Path, exp: config_lib.Experiment) -> None:
                 f"workdir {workdir} holds a run with a different config (fields differ: "
                 f"{', '.join(keys)}). Use a new --workdir, or delete the old one to start over."
             )
-    else:
+    elif jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(current, indent=2) + "\n")
+
+
+def _unflat(flat: dict[str, str]) -> dict[str, Any]:
+    """Inverse of :func:`_flat`."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *groups, name = key.split(".")
+        node = out
+        for g in groups:
+            node = node.setdefault(g, {})
+        node[name] = json.loads(value)
+    return out
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -431,8 +493,12 @@ def run(
         dataset = load_dataset(exp)
     setup, desc = make_setup(exp, dataset)
     arrays = desc_arrays(setup, desc)
-    train_data = (jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train))
-    test_data = (jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test))
+    # The dataset is replicated; each step's batch is gathered from it and split over the mesh.
+    rep_ = sharding_lib.replicated(setup.mesh)
+    train_data = sharding_lib.put(
+        (jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)), rep_
+    )
+    test_data = sharding_lib.put((jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)), rep_)
     key = jax.random.key_data(jax.random.key(exp.seed))
     state = init_state(setup, jax.random.fold_in(key, 2))
 
@@ -452,7 +518,10 @@ def run(
             stage = "init" if step < setup.init_steps else "task"
             if step == setup.init_steps and setup.init_steps:
                 # A fresh optimiser for the task stage, as in the reference.
-                state["opt_state"] = make_optimizer(setup, "task").init(state["params"])
+                state["opt_state"] = sharding_lib.put(
+                    make_optimizer(setup, "task").init(state["params"]),
+                    sharding_lib.replicated(setup.mesh),
+                )
             state, metrics = train_step(setup, stage, state, arrays, train_data, key)
             if pending is not None:
                 last_log_time, last_log_step = _emit(
@@ -519,9 +588,10 @@ def run(
         "init_steps": setup.init_steps,
         "wall_s": round(time.time() - start_time, 2),
     }
-    with open(workdir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"step": total, "test_accuracy": results["test_metric"]}) + "\n")
-    results_path.write_text(json.dumps(results, indent=2) + "\n")
+    if jax.process_index() == 0:
+        with open(workdir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": total, "test_accuracy": results["test_metric"]}) + "\n")
+        results_path.write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
