@@ -6,10 +6,12 @@ Usage (from the repo root, after `make test` or `make demo` created .venv):
   .venv/bin/python benchmarks/step_benchmark.py --model mnist_cnn
   .venv/bin/python benchmarks/step_benchmark.py --model resnet20 --chunk-sizes 1024,4096,16384
   .venv/bin/python benchmarks/step_benchmark.py --paths separable,direct-path --json out.json
+  .venv/bin/python benchmarks/step_benchmark.py --model suite --json bench.json   # all four
 
-Models: mnist_mlp (118,282 params) and mnist_cnn (74,762) with the h=64 / 1024-frequency
-generator; resnet20 (269,034) and resnet56 (850,986) with the h=128 / 2048-frequency generator;
-batch 256 throughout.
+Models: mnist_mlp (118,282 params), mnist_cnn (74,762) and mlp10m (10,020,874) with the h=64 /
+1024-frequency generator; resnet20 (269,034) and resnet56 (850,986) with the h=128 /
+2048-frequency generator; batch 256 throughout. ``--model suite`` runs mnist_mlp, mnist_cnn,
+resnet20 and mlp10m; ``--hidden``/``--n-freqs`` override the preset's generator.
 
 Each case runs in its own subprocess so that its peak RSS (``ru_maxrss``) is its own. Per case:
 compile time, seconds per step (median of ``--steps`` timed steps after two warm-up steps),
@@ -61,7 +63,19 @@ PRESETS = {
         hidden=128,
         n_freqs=2048,
     ),
+    # A ~10M-parameter target (10,020,874): 784 -> 2048, two residual 2048 -> 2048, head -> 10.
+    "mlp10m": dict(
+        family="mlp",
+        input=(28, 28),
+        widths=(2048, 2048, 2048),
+        depths=(6, 6, 6),
+        hidden=64,
+        n_freqs=1024,
+        steps=1,  # one UHN step is minutes on 2 CPU cores
+    ),
 }
+#: ``--model suite``: the models issue 4's benchmark table covers.
+SUITE = ("mnist_mlp", "mnist_cnn", "resnet20", "mlp10m")
 
 
 def flops_per_weight(f: int, h: int, b: int) -> tuple[int, int]:
@@ -124,12 +138,13 @@ def _peak_rss_mib() -> float | None:
 
 
 def _timed(fn, steps: int) -> float:
-    """Median seconds per call after two warm-up calls; resets the peak-RSS counter after them,
-    so that VmHWM afterwards is the peak of steady-state execution (compilation excluded)."""
+    """Median seconds per call after warm-up calls (two, or one when ``steps == 1``); resets the
+    peak-RSS counter after them, so that VmHWM afterwards is the peak of steady-state execution
+    (compilation excluded)."""
     import jax
 
-    jax.block_until_ready(fn())
-    jax.block_until_ready(fn())
+    for _ in range(1 if steps == 1 else 2):
+        jax.block_until_ready(fn())
     _reset_peak_rss()
     times = []
     for _ in range(steps):
@@ -253,7 +268,12 @@ def run_case(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="mnist_mlp", choices=sorted(PRESETS))
+    parser.add_argument(
+        "--model",
+        default="mnist_mlp",
+        help=f"one or more (comma-separated) of {', '.join(sorted(PRESETS))}, or 'suite' for "
+        f"{', '.join(SUITE)}",
+    )
     parser.add_argument("--kind", default="step", choices=("step", "generation"))
     parser.add_argument("--chunk-sizes", default="4096", help="UHN chunk sizes; 0 = unchunked")
     parser.add_argument("--paths", default="separable", help="separable and/or direct-path")
@@ -261,7 +281,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=0, help="generator width (0: the preset's)")
     parser.add_argument("--n-freqs", type=int, default=0, help="Fourier frequencies (0: preset)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per case")
+    parser.add_argument(
+        "--steps", type=int, default=0, help="timed steps per case (0: 5, or the preset's)"
+    )
     parser.add_argument("--json", default=None, help="also write the figures here")
     parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # internal: one case
     parser.add_argument("--chunk-size", type=int, default=0, help=argparse.SUPPRESS)
@@ -271,7 +293,24 @@ def main() -> None:
         print(json.dumps(run_case(args)))
         return
 
+    models = list(SUITE) if args.model == "suite" else args.model.split(",")
+    unknown = [m for m in models if m not in PRESETS]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from {sorted(PRESETS)} or 'suite'")
     chunks = [int(c) for c in args.chunk_sizes.split(",")]
+    all_rows = []
+    for model in models:
+        rows = _run_model(args, model, chunks)
+        _print_table(args, model, rows)
+        all_rows += rows
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(all_rows, f, indent=2)
+
+
+def _run_model(args, model: str, chunks: list[int]) -> list[dict]:
+    """Runs every case of one model, each in its own subprocess."""
+    steps = args.steps or PRESETS[model].get("steps", 5)
     cases = [] if args.no_direct or args.kind == "generation" else [("direct", 0, 0)]
     cases += [("uhn", c, int(p == "separable")) for p in args.paths.split(",") for c in chunks]
     rows = []
@@ -280,7 +319,7 @@ def main() -> None:
             sys.executable,
             __file__,
             "--model",
-            args.model,
+            model,
             "--kind",
             args.kind,
             "--mode",
@@ -296,19 +335,22 @@ def main() -> None:
             "--n-freqs",
             str(args.n_freqs),
             "--steps",
-            str(args.steps),
+            str(steps if mode == "uhn" else max(steps, 5)),
         ]
         print(
-            f"running {args.model} {args.kind} {mode} chunk={chunk} separable={sep} ...",
+            f"running {model} {args.kind} {mode} chunk={chunk} separable={sep} ...",
             file=sys.stderr,
             flush=True,
         )
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            sys.exit(f"case {mode}/{chunk} failed:\n{proc.stderr[-3000:]}")
+            sys.exit(f"case {model} {mode}/{chunk} failed:\n{proc.stderr[-3000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return rows
 
-    p = dict(PRESETS[args.model])
+
+def _print_table(args, model: str, rows: list[dict]) -> None:
+    p = dict(PRESETS[model])
     p["hidden"] = args.hidden or p["hidden"]
     p["n_freqs"] = args.n_freqs or p["n_freqs"]
     what = (
@@ -317,7 +359,7 @@ def main() -> None:
         else (f"training step, batch {args.batch_size}")
     )
     print(
-        f"\n{args.model} ({rows[0]['num_target_params']:,} params), generator "
+        f"\n{model} ({rows[0]['num_target_params']:,} params), generator "
         f"h={p['hidden']} / {p['n_freqs']} freqs / 2 blocks, {what}, CPU"
     )
     print(
@@ -334,9 +376,6 @@ def main() -> None:
             f"| {100 * r['fraction_of_matmul']:.1f} | {r['peak_rss_mib']:.0f} / "
             f"{r['exec_peak_rss_mib'] or float('nan'):.0f} |"
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
 
 
 if __name__ == "__main__":
