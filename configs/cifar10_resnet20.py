@@ -35,6 +35,9 @@ def get_config(arg: str | None = None):
     config.model.widths = (16, 32, 64)
     config.generator.hidden = 128
     config.generator.n_freqs = 2048
+    # Generation forward+backward of ResNet-20 with this generator peaks at 947 MiB RSS with
+    # chunks of 2,048 scalars and 1,070 MiB with the library default of 4,096 (README).
+    config.generator.chunk_size = 2048
     config.train.batch_size = 256
     config.train.steps = 800 * STEPS_PER_EPOCH
     config.train.warmup_steps = 5 * STEPS_PER_EPOCH
@@ -47,6 +50,7 @@ def get_config(arg: str | None = None):
     if arg == "runlocal":
         config.generator.hidden = 32
         config.generator.n_freqs = 256
+        config.generator.chunk_size = 4096  # small generator, small chunks: as the README run
         config.train.batch_size = 32
         config.train.steps = 2000
         config.train.warmup_steps = 100
