@@ -18,9 +18,9 @@ compile time, seconds per step (median of ``--steps`` timed steps after two warm
 weights per second (training step, and generation forward alone), achieved GFLOP/s under the
 FLOP model below, the in-run 2048x2048 float32 matmul GFLOP/s, and peak RSS twice: of the whole
 process (imports, data, compilation, execution: the highest ``VmHWM`` seen across resets) and of
-steady-state execution alone (Linux ``VmHWM``, reset once the step is compiled and warmed up). ``--kind
-generation`` instead measures one generation forward + backward alone (no base model, no
-optimiser), the figure that bounds memory at large N.
+steady-state execution alone (Linux ``VmHWM``, reset once the step is compiled and warmed up).
+``--kind generation`` instead measures one generation forward + backward alone (no base model,
+no optimiser), the figure that bounds memory at large N.
 
 FLOP model per generated weight (F frequencies, hidden H, B residual blocks):
 forward = 2*10*F + 2*2F*H + B*2*2*H^2 + 2H; a training step adds the backward pass without the
