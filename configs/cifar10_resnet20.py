@@ -10,8 +10,8 @@ Full reference schedule (an accelerator run; CIFAR in ../shared/data/cifar10 as 
   uhn-jax compare --config configs/cifar10_resnet20.py --workdir runs/cifar_r20 \
       --config.data.data_dir=../shared/data/cifar10 --seeds 3
 
-CPU-sized run (`:runlocal`): on the 2-core CPU one ResNet-20 step at batch 256 takes 5.4 s even
-in direct training and the reference generator adds ~10 s, so this uses a much smaller generator
+CPU-sized run (`:runlocal`): on the 2-core CPU one ResNet-20 step at batch 256 takes 3.0 s even
+in direct training and the reference generator adds ~15 s, so this uses a much smaller generator
 (h=32, 256 frequencies, 20,929 parameters), batch 32, a 100-step initialisation stage at 2e-4
 and 2,000 steps:
 
