@@ -76,6 +76,23 @@ def put(tree, sharding):
     return jax.tree_util.tree_map(one, tree)
 
 
+def replicate(mesh: Mesh | None, tree):
+    """Every leaf of ``tree`` held whole by every device of ``mesh`` (identity without one)."""
+    return put(tree, replicated(mesh))
+
+
+def split_rows(mesh: Mesh | None, x: np.ndarray):
+    """A 2-D host array split over ``mesh`` along its rows, on device.
+
+    Rows are padded with copies of the last one up to a multiple of the device count; callers
+    must ignore rows past the original length (generation does: it slices by the plan's sizes).
+    """
+    x = np.asarray(x)
+    if mesh is not None and len(x):
+        x = np.pad(x, ((0, -len(x) % mesh.size), (0, 0)), mode="edge")
+    return put(jax.numpy.asarray(x), split(mesh, 2))
+
+
 def initialize_distributed(**kwargs) -> None:
     """Joins a multi-host JAX job (``jax.distributed.initialize``); call before any JAX work.
 

@@ -167,29 +167,18 @@ def desc_arrays(setup: Setup, desc: descriptors.ModelDescriptors) -> DescArrays:
     if setup.gen is not None:
         min_sep = SEPARABLE_MIN_SIZE if any(setup.plan.separable) else 0
         host = generator.plan(setup.gen, desc, min_sep)[1]
-        # Descriptor rows are split over the mesh (padded with copies of the last row to a
-        # multiple of the device count; generation ignores rows past the plan's sizes); the
-        # small column tables are replicated.
-        n_dev = 1 if mesh is None else mesh.size
-
-        def split_rows(x):
-            x = np.pad(x, ((0, -x.shape[0] % n_dev), (0, 0)), mode="edge") if len(x) else x
-            return sharding_lib.put(jnp.asarray(x), sharding_lib.split(mesh, 2))
-
+        # Descriptor rows are split over the mesh; the small column tables are replicated.
         plan_arrays = {
-            "direct": split_rows(host["direct"]),
-            "rows": [split_rows(r) for r in host["rows"]],
-            "cols": [
-                sharding_lib.put(jnp.asarray(c), sharding_lib.replicated(mesh))
-                for c in host["cols"]
-            ],
+            "direct": sharding_lib.split_rows(mesh, host["direct"]),
+            "rows": [sharding_lib.split_rows(mesh, r) for r in host["rows"]],
+            "cols": [sharding_lib.replicate(mesh, jnp.asarray(c)) for c in host["cols"]],
         }
-    rep_ = sharding_lib.replicated(mesh)
     return DescArrays(
         plan_arrays,
-        sharding_lib.put(jnp.asarray(desc.structure_input), rep_),
-        sharding_lib.put(jnp.asarray(desc.segment_ids), rep_),
-        sharding_lib.put(jnp.asarray(desc.targets), rep_),
+        *sharding_lib.replicate(
+            mesh,
+            [jnp.asarray(a) for a in (desc.structure_input, desc.segment_ids, desc.targets)],
+        ),
     )
 
 
@@ -354,7 +343,7 @@ def init_state(setup: Setup, key: jax.Array) -> dict:
         "opt_state": opt_state,
         "constants": constants,
     }
-    return sharding_lib.put(state, sharding_lib.replicated(setup.mesh))
+    return sharding_lib.replicate(setup.mesh, state)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -494,11 +483,12 @@ def run(
     setup, desc = make_setup(exp, dataset)
     arrays = desc_arrays(setup, desc)
     # The dataset is replicated; each step's batch is gathered from it and split over the mesh.
-    rep_ = sharding_lib.replicated(setup.mesh)
-    train_data = sharding_lib.put(
-        (jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)), rep_
+    train_data = sharding_lib.replicate(
+        setup.mesh, (jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train))
     )
-    test_data = sharding_lib.put((jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)), rep_)
+    test_data = sharding_lib.replicate(
+        setup.mesh, (jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test))
+    )
     key = jax.random.key_data(jax.random.key(exp.seed))
     state = init_state(setup, jax.random.fold_in(key, 2))
 
@@ -518,9 +508,8 @@ def run(
             stage = "init" if step < setup.init_steps else "task"
             if step == setup.init_steps and setup.init_steps:
                 # A fresh optimiser for the task stage, as in the reference.
-                state["opt_state"] = sharding_lib.put(
-                    make_optimizer(setup, "task").init(state["params"]),
-                    sharding_lib.replicated(setup.mesh),
+                state["opt_state"] = sharding_lib.replicate(
+                    setup.mesh, make_optimizer(setup, "task").init(state["params"])
                 )
             state, metrics = train_step(setup, stage, state, arrays, train_data, key)
             if pending is not None:
