@@ -11,12 +11,16 @@ Usage (from the repo root, after `make test` or `make demo` created .venv):
 Models: mnist_mlp (118,282 params), mnist_cnn (74,762) and mlp10m (10,020,874) with the h=64 /
 1024-frequency generator; resnet20 (269,034) and resnet56 (850,986) with the h=128 /
 2048-frequency generator; batch 256 throughout. ``--model suite`` runs mnist_mlp, mnist_cnn,
-resnet20 and mlp10m; ``--hidden``/``--n-freqs`` override the preset's generator.
+resnet20 and mlp10m; ``--hidden``/``--n-freqs`` override the preset's generator. UHN cases use
+the library defaults unless told otherwise: the chunk size chosen from a 1 GiB budget
+(``--chunk-sizes 0``) and ``generator.matmul_dtype=auto``.
 
 Each case runs in its own subprocess so that its peak RSS (``ru_maxrss``) is its own. Per case:
 compile time, seconds per step (median of ``--steps`` timed steps after two warm-up steps),
 weights per second (training step, and generation forward alone), achieved GFLOP/s under the
-FLOP model below, the in-run 2048x2048 float32 matmul GFLOP/s, and peak RSS twice: of the whole
+FLOP model below, the in-run 2048x2048 matmul GFLOP/s with float32 operands (the roofline the
+"% of matmul" column divides by) and with bfloat16 operands (what ``--matmul-dtype`` bf16
+GEMMs can reach on this machine), and peak RSS twice: of the whole
 process (imports, data, compilation, execution: the highest ``VmHWM`` seen across resets) and of
 steady-state execution alone (Linux ``VmHWM``, reset once the step is compiled and warmed up).
 ``--kind generation`` instead measures one generation forward + backward alone (no base model,
@@ -100,13 +104,14 @@ def base_model_flops(model, batch: int) -> float:
     return 3.0 * total * batch
 
 
-def _matmul_gflops(n: int = 2048, reps: int = 10) -> float:
+def _matmul_gflops(n: int = 2048, reps: int = 10, dtype: str = "float32") -> float:
+    """GFLOP/s of an ``n x n`` matmul with ``dtype`` operands (float32 accumulation)."""
     import jax
     import jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    f = jax.jit(jnp.dot)
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
+    f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
     f(a, b).block_until_ready()
     times = []
     for _ in range(reps):
@@ -181,6 +186,7 @@ def run_case(args) -> dict:
     cfg.generator.n_freqs = args.n_freqs or preset["n_freqs"]
     cfg.generator.chunk_size = args.chunk_size
     cfg.generator.separable = bool(args.separable)
+    cfg.generator.matmul_dtype = args.matmul_dtype
     cfg.train.batch_size = args.batch_size
     cfg.train.init_steps = 0
     exp = config_lib.from_config_dict(cfg)
@@ -202,11 +208,14 @@ def run_case(args) -> dict:
     state = train.init_state(setup, jax.random.fold_in(key, 2))
     num_weights = setup.layout.size
     path = "separable" if args.separable else "direct-path"
+    dtype = generator.resolve_matmul_dtype(args.matmul_dtype).name
+    chunk = setup.chunk_size or "none"
+    if args.chunk_size == 0 and setup.gen is not None:
+        chunk = f"auto={chunk}{'' if setup.remat else ' no-remat'}"
     out = {
         "model": args.model,
-        "case": "direct"
-        if args.mode == "direct"
-        else f"uhn {path} chunk={args.chunk_size or 'none'}",
+        "case": "direct" if args.mode == "direct" else f"uhn {path} {dtype} chunk={chunk}",
+        "matmul_dtype": dtype,
         "kind": args.kind,
         "mode": args.mode,
         "chunk_size": args.chunk_size,
@@ -226,6 +235,7 @@ def run_case(args) -> dict:
                 setup.plan,
                 arrays.plan,
                 chunk_size=setup.chunk_size,
+                remat=setup.remat,
             )
             return jnp.sum(w**2)
 
@@ -254,7 +264,7 @@ def run_case(args) -> dict:
             def gen(p, c, a):
                 variables = {"params": p, "constants": c}
                 return generator.generate_planned(
-                    setup.gen, variables, setup.plan, a, chunk_size=setup.chunk_size
+                    setup.gen, variables, setup.plan, a, setup.chunk_size, remat=setup.remat
                 )
 
             gen = jax.jit(gen)
@@ -269,6 +279,7 @@ def run_case(args) -> dict:
     out["achieved_gflops"] = out["step_gflop"] / out["step_s"]
     out["matmul_2048_gflops"] = _matmul_gflops()
     out["fraction_of_matmul"] = out["achieved_gflops"] / out["matmul_2048_gflops"]
+    out["matmul_2048_bf16_gflops"] = _matmul_gflops(dtype="bfloat16")
     out["peak_rss_mib"] = max(
         _PROCESS_PEAK_MIB,
         _peak_rss_mib() or 0.0,
@@ -286,7 +297,17 @@ def main() -> None:
         f"{', '.join(SUITE)}",
     )
     parser.add_argument("--kind", default="step", choices=("step", "generation"))
-    parser.add_argument("--chunk-sizes", default="4096", help="UHN chunk sizes; 0 = unchunked")
+    parser.add_argument(
+        "--chunk-sizes",
+        default="0",
+        help="UHN chunk sizes; 0 = automatic from generator.memory_mib (the library default)",
+    )
+    parser.add_argument(
+        "--matmul-dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="generator.matmul_dtype (auto: bf16 on AMX-bf16 CPUs and accelerators)",
+    )
     parser.add_argument("--paths", default="separable", help="separable and/or direct-path")
     parser.add_argument("--no-direct", action="store_true", help="skip the direct-training case")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -339,6 +360,8 @@ def _run_model(args, model: str, chunks: list[int]) -> list[dict]:
             str(chunk),
             "--separable",
             str(sep),
+            "--matmul-dtype",
+            args.matmul_dtype,
             "--batch-size",
             str(args.batch_size),
             "--hidden",
@@ -375,7 +398,8 @@ def _print_table(args, model: str, rows: list[dict]) -> None:
     )
     print(
         "| case | compile s | s / step | weights/s | weights/s (generate fwd) | GFLOP / step "
-        "| GFLOP/s | matmul 2048² GFLOP/s | % of matmul | peak RSS MiB process / run |"
+        "| GFLOP/s | matmul 2048² GFLOP/s f32 / bf16 | % of f32 matmul "
+        "| peak RSS MiB process / run |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -383,7 +407,8 @@ def _print_table(args, model: str, rows: list[dict]) -> None:
         print(
             f"| {r['case']} | {r['compile_s']:.1f} | {r['step_s']:.3f} "
             f"| {r['weights_per_s']:,.0f} | {gen} | {r['step_gflop']:.2f} "
-            f"| {r['achieved_gflops']:.1f} | {r['matmul_2048_gflops']:.1f} "
+            f"| {r['achieved_gflops']:.1f} | {r['matmul_2048_gflops']:.0f} / "
+            f"{r['matmul_2048_bf16_gflops']:.0f} "
             f"| {100 * r['fraction_of_matmul']:.1f} | {r['peak_rss_mib']:.0f} / "
             f"{r['exec_peak_rss_mib'] or float('nan'):.0f} |"
         )

@@ -34,6 +34,9 @@ _SCRIPT = textwrap.dedent(
         cfg.model.depths = (1, 1)
         cfg.model.widths = (16, 16)
         cfg.generator.chunk_size = 200  # rounded up to 200 (a multiple of 8): several chunks
+        # float32 matmuls: bf16 rounding would turn the reduction-order noise checked below into
+        # bf16 quanta (bf16 is tested against float32 in test_generator).
+        cfg.generator.matmul_dtype = "float32"
         cfg.train.num_devices = num_devices
         exp = config_lib.from_config_dict(cfg)
         ds = train.load_dataset(exp)
@@ -43,11 +46,18 @@ _SCRIPT = textwrap.dedent(
         data = (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train))
         return setup, train.desc_arrays(setup, desc), state, data, key
 
+    def task_grads(setup, arrays, state, data):
+        x, y = train._split_batch(setup, data[0][:32]), train._split_batch(setup, data[1][:32])
+        fn = jax.jit(jax.grad(train.task_loss, argnums=1, has_aux=True), static_argnums=0)
+        g = fn(setup, state["params"], state["constants"], arrays, x, y, jax.random.key(1))[0]
+        return jax.tree.leaves(g)
+
     out = {"devices": jax.device_count()}
     for mode in ("uhn", "direct"):
-        runs = {}
+        runs, grads = {}, {}
         for n in (1, 8):
             setup, arrays, state, data, key = build(n, mode)
+            grads[n] = task_grads(setup, arrays, state, data)
             stages = ("init", "task") if mode == "uhn" else ("task", "task")
             losses = []
             for stage in stages:
@@ -61,6 +71,9 @@ _SCRIPT = textwrap.dedent(
             "losses_1": l1, "losses_8": l8, "acc_1": a1, "acc_8": a8,
             "max_param_diff": max(float(jnp.abs(a - b).max()) for a, b in zip(p1, p8)),
             "max_param_scale": max(float(jnp.abs(a).max()) for a in p1),
+            "max_grad_rel_diff": max(
+                float(jnp.abs(a - b).max() / jnp.abs(a).max()) for a, b in zip(*grads.values())
+            ),
             "params_replicated": all(x.sharding.is_fully_replicated for x in p8),
             "params_devices": min(len(x.sharding.device_set) for x in p8),
         }
@@ -93,11 +106,19 @@ def eight_devices():
 def test_sharded_step_equals_single_device_step(eight_devices, mode):
     assert eight_devices["devices"] == 8
     r = eight_devices[mode]
-    # Sharded reductions sum in another order: float32 rounding, far below one Adam step
-    # (lr 1e-3), so any real divergence (a dropped shard, a missed all-reduce) fails.
-    np.testing.assert_allclose(r["losses_8"], r["losses_1"], rtol=1e-5)
-    assert r["max_param_diff"] < 1e-5 * max(1.0, r["max_param_scale"]), r
-    assert r["acc_8"] == pytest.approx(r["acc_1"], abs=1e-6)
+    # Sharded reductions and chunk boundaries (rows are aligned to 8 x devices) sum in another
+    # order: float32 rounding, which the σ=100 Fourier phases (~1e3) lift to ~1e-4 of the output
+    # scale (as between chunked and unchunked generation). The gradient at the same params,
+    # relative to each leaf's largest entry, and the first loss match to that; a dropped shard
+    # or a missed all-reduce is off by O(1).
+    assert r["max_grad_rel_diff"] < 2e-3, r
+    np.testing.assert_allclose(r["losses_8"][0], r["losses_1"][0], rtol=1e-5)
+    # After a step, Adam's first update (~lr times the sign of each gradient entry) turns
+    # rounding in near-zero entries into steps of up to 2 lr (lr = 1e-3); still far below a
+    # real divergence, which moves the loss at the percent level.
+    np.testing.assert_allclose(r["losses_8"], r["losses_1"], rtol=1e-3)
+    assert r["max_param_diff"] < 2 * 2 * 1e-3, r
+    assert r["acc_8"] == pytest.approx(r["acc_1"], abs=0.02)
 
 
 @pytest.mark.parametrize("mode", ["uhn", "direct"])

@@ -284,6 +284,10 @@ def test_bad_config_values_raise_clear_errors():
         _exp(model__widths=(0,))
     with pytest.raises(ValueError, match="generator.chunk_size"):
         _exp(generator__chunk_size=-5)
+    with pytest.raises(ValueError, match="generator.matmul_dtype must be one of"):
+        _exp(generator__matmul_dtype="fp16")
+    with pytest.raises(ValueError, match="generator.memory_mib"):
+        _exp(generator__memory_mib=0)
     with pytest.raises(ValueError, match="warmup_steps"):
         _exp(train__warmup_steps=10)
     with pytest.raises(ValueError, match="batch_size .* exceeds"):

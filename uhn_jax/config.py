@@ -18,6 +18,7 @@ MODEL_FAMILIES = ("mlp", "cnn")
 CIFAR_SOURCES = ("auto", "pickle", "jpeg")
 ENCODINGS = ("fourier", "positional", "raw")
 OUT_OF_RANGE = ("error", "clip")
+MATMUL_DTYPES = ("float32", "bfloat16", "auto")
 MNIST_TRAIN = ("mlxtend5k", "full")
 
 
@@ -91,23 +92,29 @@ class GeneratorConfig:
     out_of_range: str = "error"
     # Generate large tensors through the separable first layer (same function, much faster).
     separable: bool = True
-    # Rows generated per chunk; bounds the memory of the (chunk, 2 * n_freqs) features. 0 = one
-    # chunk for the whole model.
-    chunk_size: int = 4096
+    # Scalars generated per chunk (see generator.generate_planned). 0 = chosen automatically from
+    # memory_mib: one pass when it fits (fastest), else the largest chunk that does.
+    chunk_size: int = 0
+    # Memory budget of generation forward + backward for the automatic chunk size, in MiB.
+    memory_mib: int = 1024
+    # Operand dtype of the first Linear's matmuls (the bulk of the FLOPs): float32, bfloat16, or
+    # auto = bfloat16 on GPU/TPU and AMX-bf16 CPUs, float32 elsewhere (generator.py).
+    matmul_dtype: str = "auto"
 
     def validate(self):
-        for name in ("hidden", "n_freqs", "structure_freqs", "structure_heads"):
+        for name in ("hidden", "n_freqs", "structure_freqs", "structure_heads", "memory_mib"):
             _positive_int(f"generator.{name}", getattr(self, name))
         if not isinstance(self.num_blocks, int) or self.num_blocks < 0:
             raise ValueError(f"generator.num_blocks must be an int >= 0, got {self.num_blocks!r}")
         if not isinstance(self.chunk_size, int) or self.chunk_size < 0:
             raise ValueError(
-                "generator.chunk_size must be an int >= 0 (0 = no chunking), "
+                "generator.chunk_size must be an int >= 0 (0 = automatic from memory_mib), "
                 f"got {self.chunk_size!r}"
             )
         _in_range("generator.sigma", self.sigma, 0.0, float("inf"), lo_open=True)
         _choice("generator.encoding", self.encoding, ENCODINGS)
         _choice("generator.out_of_range", self.out_of_range, OUT_OF_RANGE)
+        _choice("generator.matmul_dtype", self.matmul_dtype, MATMUL_DTYPES)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -63,6 +63,7 @@ class Setup:
     gen: generator.Generator | None
     plan: generator.Plan | None
     chunk_size: int | None
+    remat: bool  # recompute separable chunks' first layer in the backward pass (memory bound)
     train: config_lib.TrainConfig
     # 1-D device mesh: descriptor rows and batches split over it, the rest replicated. None on
     # one device.
@@ -121,16 +122,19 @@ def make_setup(
     shapes = jax.eval_shape(model.init, jax.random.key(0))
     layout = layouts.from_params(shapes)
     desc = descriptors.build(layout, model.layers(), model.global_fields())
-    gen, plan = None, None
+    mesh = sharding_lib.make_mesh(exp.train.num_devices)
+    gen, plan, chunk, remat = None, None, None, True
     if exp.mode == "uhn":
         structure_ranges = desc.structure_ranges() if exp.generator.structure else None
         gen = generator.from_config(exp.generator, desc.index_ranges(), structure_ranges)
         generator.check(gen, desc)
-        plan = generator.plan(gen, desc, _min_separable(exp))[0]
-    chunk = exp.generator.chunk_size or None
+        plan, host = generator.plan(gen, desc, _min_separable(exp))
+        chunk = exp.generator.chunk_size or None
+        if chunk is None:
+            devices = 1 if mesh is None else mesh.size
+            chunk, remat = generator.auto_chunking(gen, host, exp.generator.memory_mib, devices)
     norm = (tuple(dataset.mean), tuple(dataset.std)) if dataset.mean is not None else None
     augment = exp.data.augment and exp.data.name == "cifar10"
-    mesh = sharding_lib.make_mesh(exp.train.num_devices)
     if mesh is not None:
         for name in ("batch_size", "eval_batch_size"):
             if getattr(exp.train, name) % mesh.size:
@@ -138,7 +142,7 @@ def make_setup(
                     f"train.{name} ({getattr(exp.train, name)}) must be divisible by the "
                     f"{mesh.size} devices of the mesh (train.num_devices={exp.train.num_devices})"
                 )
-    setup = Setup(exp.mode, model, norm, augment, layout, gen, plan, chunk, exp.train, mesh)
+    setup = Setup(exp.mode, model, norm, augment, layout, gen, plan, chunk, remat, exp.train, mesh)
     return setup, desc
 
 
@@ -197,6 +201,7 @@ def base_params(setup: Setup, params, constants, arrays: DescArrays):
         arrays.structure if setup.gen.structure else None,
         chunk_size=setup.chunk_size,
         mesh=setup.mesh,
+        remat=setup.remat,
     )
     return layouts.unflatten(w_N, setup.layout)
 
