@@ -264,7 +264,12 @@ def run_case(args) -> dict:
             def gen(p, c, a):
                 variables = {"params": p, "constants": c}
                 return generator.generate_planned(
-                    setup.gen, variables, setup.plan, a, setup.chunk_size, remat=setup.remat
+                    setup.gen,
+                    variables,
+                    setup.plan,
+                    a,
+                    chunk_size=setup.chunk_size,
+                    remat=setup.remat,
                 )
 
             gen = jax.jit(gen)

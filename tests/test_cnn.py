@@ -134,8 +134,13 @@ def test_chunked_generation_equals_unchunked_at_resnet_shapes():
     # The repeated convs of a stage share their columns and are generated as one group.
     assert len(plan.groups) < sum(plan.separable)
     assert max(len(g) for g in plan.groups) >= 5
-    run = jax.jit(generator.generate_planned, static_argnums=(0, 2, 5))
-    full = run(gen, v, plan, arrays, None, None)
+    run = jax.jit(
+        lambda gen, v, plan, arrays, chunk: generator.generate_planned(
+            gen, v, plan, arrays, chunk_size=chunk
+        ),
+        static_argnums=(0, 2, 4),
+    )
+    full = run(gen, v, plan, arrays, None)
     assert full.shape == (desc.num_params,)
     scale = float(jnp.abs(full).max())
     direct = generator.generate(gen, v, desc.index)
@@ -143,7 +148,7 @@ def test_chunked_generation_equals_unchunked_at_resnet_shapes():
     # Chunks change the matmul blocking; float32 rounding of the angle-addition first layer then
     # differs by ~1e-4 of the output scale, as between the separable and the direct path.
     for chunk in (64, 300):
-        np.testing.assert_allclose(run(gen, v, plan, arrays, None, chunk), full, atol=3e-4 * scale)
+        np.testing.assert_allclose(run(gen, v, plan, arrays, chunk), full, atol=3e-4 * scale)
 
 
 def test_bad_arguments():

@@ -179,7 +179,7 @@ def test_separable_path_equals_direct_generation(model_name, chunk, sigma):
     def loss(p, planned):
         vv = {"params": p, "constants": v["constants"]}
         if planned:
-            w = generator.generate_planned(gen, vv, plan, arrays, None, chunk)
+            w = generator.generate_planned(gen, vv, plan, arrays, chunk_size=chunk)
         else:
             w = generator.generate(gen, vv, desc.index)
         return jnp.sum(w**2), w
@@ -208,7 +208,7 @@ def test_plan_falls_back_to_direct_without_fourier():
 def _planned_loss(gen, v, plan, arrays, chunk=None, remat=True):
     def loss(p):
         vv = {"params": p, "constants": v["constants"]}
-        w = generator.generate_planned(gen, vv, plan, arrays, None, chunk, remat=remat)
+        w = generator.generate_planned(gen, vv, plan, arrays, chunk_size=chunk, remat=remat)
         return jnp.sum(jnp.sin(w)), w
 
     return jax.jit(jax.value_and_grad(loss, has_aux=True))

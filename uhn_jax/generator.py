@@ -381,7 +381,9 @@ def generate(
     """
     plan_ = Plan(shapes=((index_N10.shape[0],),), separable=(False,))
     arrays = {"direct": index_N10, "rows": [], "cols": []}
-    return generate_planned(gen, variables, plan_, arrays, structure_L29, chunk_size, mesh)
+    return generate_planned(
+        gen, variables, plan_, arrays, structure_L29, chunk_size=chunk_size, mesh=mesh
+    )
 
 
 def num_params(variables: dict) -> int:
@@ -491,6 +493,7 @@ def generate_planned(
     plan_: Plan,
     arrays: dict,
     structure_L29: jax.Array | None = None,
+    *,
     chunk_size: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
     remat: bool = True,
