@@ -206,6 +206,7 @@ def run_case(args) -> dict:
     arrays = train.desc_arrays(setup, desc)
     key = jax.random.key_data(jax.random.key(0))
     state = train.init_state(setup, jax.random.fold_in(key, 2))
+    arrays = train.with_tables(setup, arrays, state["constants"])  # as train.run does
     num_weights = setup.layout.size
     path = "separable" if args.separable else "direct-path"
     dtype = generator.resolve_matmul_dtype(args.matmul_dtype).name

@@ -308,3 +308,20 @@ def test_chunked_planned_generation_with_and_without_remat(remat):
     np.testing.assert_allclose(w, w_ref, rtol=0, atol=1e-5 * float(jnp.abs(w_ref).max()))
     for a, b in zip(jax.tree_util.tree_leaves(g_ref), jax.tree_util.tree_leaves(g), strict=True):
         np.testing.assert_allclose(b, a, rtol=0, atol=2e-5 * float(jnp.abs(a).max()))
+
+
+def test_precomputed_tables_give_the_same_weights_without_separable_cos():
+    desc = _model_desc(_tiny_models()["mlp"])
+    gen = generator.Generator(index_ranges=desc.index_ranges(), hidden=16, n_freqs=64)
+    v = generator.init(gen, jax.random.key(0))
+    plan, arrays = generator.plan(gen, desc, min_separable=16)
+    with_tabs = jax.jit(generator.with_tables, static_argnums=0)(gen, v, arrays)
+    assert [t.shape for t in with_tabs["row_tables"]] == [(r.shape[0], 128) for r in arrays["rows"]]
+
+    def gen_w(a):
+        return generator.generate_planned(gen, v, plan, a)
+
+    np.testing.assert_array_equal(jax.jit(gen_w)(with_tabs), jax.jit(gen_w)(arrays))
+    # With the tables given, only the direct path evaluates cos (once) inside generation.
+    assert str(jax.make_jaxpr(gen_w)(with_tabs)).count(" cos ") == 1
+    assert str(jax.make_jaxpr(gen_w)(arrays)).count(" cos ") == 1 + len(arrays["rows"]) * 2

@@ -250,10 +250,23 @@ class Generator(nn.Module):
 
     def from_separable(self, rows_R10, cols_C10, structure_h):
         """Weights ``(C, R)`` of one tensor whose normalised descriptors are ``rows + cols``."""
-        h = self.separable_hidden(rows_R10, cols_C10)
+        h = self.separable_hidden(*self.separable_tables(rows_R10, cols_C10))
         return self.from_hidden(h, structure_h).reshape(cols_C10.shape[0], rows_R10.shape[0])
 
-    def separable_hidden(self, rows_R10, cols_C10):
+    def separable_tables(self, rows_R10, cols_C10):
+        """Fourier tables ``([cos a | sin a] (R, 2F), [cos b | sin b] (C, 2F))`` of a separable
+        tensor's rows and columns, ``a = rows B`` and ``b = cols B``.
+
+        They depend only on the frozen ``B`` and on fixed descriptors, so a training run
+        computes them once (:func:`with_tables`) instead of every step. Inputs are already
+        normalised (see :func:`plan`).
+        """
+        if self.encoding != "fourier":
+            raise ValueError("the separable path needs the Fourier encoding")
+        b_DF = self.index_b.value
+        return encodings.fourier(rows_R10, b_DF), encodings.fourier(cols_C10, b_DF)
+
+    def separable_hidden(self, row_table_R2F, col_table_C2F):
         """First-layer output ``(C * R, H)`` (column-major over rows) of a separable tensor.
 
         The Fourier projection of a sum splits, ``(r + c) B = a_r + b_c``, and by the
@@ -261,16 +274,12 @@ class Generator(nn.Module):
         per-column table ``[cos b_c, sin b_c]`` (C, 2F) with per-row matrices
         ``[cos a_r W_c + sin a_r W_s ; cos a_r W_s - sin a_r W_c]`` (2F, H). That needs
         ``(R + C) F`` cos/sin evaluations instead of ``R C F`` and never forms the (R C, 2F)
-        feature matrix. Inputs are already normalised (see :func:`plan`).
+        feature matrix. The tables come from :meth:`separable_tables`.
         """
-        if self.encoding != "fourier":
-            raise ValueError("the separable path needs the Fourier encoding")
-        b_DF = self.index_b.value
-        a_FR, b_CF = (rows_R10 @ b_DF).T, cols_C10 @ b_DF
         layer = self.input_layer.variables["params"]
-        g_C2F = jnp.concatenate([jnp.cos(b_CF), jnp.sin(b_CF)], axis=1)
+        cos_FR, sin_FR = (t.T for t in jnp.split(row_table_R2F, 2, axis=1))
         dtype = resolve_matmul_dtype(self.matmul_dtype)
-        h_CRH = _separable_linear(layer["kernel"], jnp.cos(a_FR), jnp.sin(a_FR), g_C2F, dtype)
+        h_CRH = _separable_linear(layer["kernel"], cos_FR, sin_FR, col_table_C2F, dtype)
         c, r, h = h_CRH.shape
         return h_CRH.reshape(c * r, h) + layer["bias"]
 
@@ -529,16 +538,20 @@ def generate_planned(
     def tail(h):
         return gen.apply(variables, h, s_h, method=Generator.from_hidden)
 
+    if "row_tables" not in arrays:
+        arrays = with_tables(gen, variables, arrays)
     pieces: dict[int, jax.Array] = {}
-    for group, rows, cols in zip(plan_.groups, arrays["rows"], arrays["cols"], strict=True):
+    for group, row_tab, col_tab in zip(
+        plan_.groups, arrays["row_tables"], arrays["col_tables"], strict=True
+    ):
 
-        def run(rows, cols=cols):
-            h = gen.apply(variables, rows, cols, method=Generator.separable_hidden)
+        def run(row_tab, col_tab=col_tab):
+            h = gen.apply(variables, row_tab, col_tab, method=Generator.separable_hidden)
             w = _chunked_rows(tail, h, TAIL_ROWS, mesh)
-            return w.reshape(cols.shape[0], rows.shape[0]).T
+            return w.reshape(col_tab.shape[0], row_tab.shape[0]).T
 
-        per_chunk = None if chunk_size is None else max(1, chunk_size // cols.shape[0])
-        w_RC = _chunked_rows(run, rows, per_chunk, mesh, remat)
+        per_chunk = None if chunk_size is None else max(1, chunk_size // col_tab.shape[0])
+        w_RC = _chunked_rows(run, row_tab, per_chunk, mesh, remat)
         start = 0
         for t in group:
             r = plan_.shapes[t][-1]
@@ -555,6 +568,22 @@ def generate_planned(
     return sharding_lib.constrain(w, sharding_lib.replicated(mesh))
 
 
+def with_tables(gen: Generator, variables: dict, arrays: dict) -> dict:
+    """``arrays`` of :func:`plan` plus the separable groups' Fourier tables.
+
+    Adds ``"row_tables"`` (``(R, 2F)`` per group) and ``"col_tables"`` (``(C, 2F)``), which
+    :func:`generate_planned` uses instead of evaluating cos/sin of the row and column
+    descriptors again. The tables are functions of the frozen Fourier matrix only, so a
+    training run computes them once; ``generate_planned`` calls this itself when they are
+    missing. Jit-safe; with row descriptors split over a mesh, the row tables follow.
+    """
+    tables = [
+        gen.apply(variables, rows, cols, method=Generator.separable_tables)
+        for rows, cols in zip(arrays["rows"], arrays["cols"], strict=True)
+    ]
+    return dict(arrays, row_tables=[t[0] for t in tables], col_tables=[t[1] for t in tables])
+
+
 def auto_chunking(
     gen: Generator, arrays: dict, budget_mib: float, devices: int = 1
 ) -> tuple[int | None, bool]:
@@ -566,8 +595,8 @@ def auto_chunking(
       ``2 * 2F * r * H``, plus first-layer outputs, cotangents and block inputs, ``3 * C * r * H``;
     * direct chunk of ``s`` rows: projections, cos/sin and features, ``3 * 2F * s``, plus
       ``16 * H * s`` for the blocks;
-    * without ``remat``, kept across chunks: the ``(N_separable, H)`` first-layer outputs and the
-      cos/sin and column tables.
+    * kept across chunks: the row and column Fourier tables, and without ``remat`` the
+      ``(N_separable, H)`` first-layer outputs.
 
     Returns ``(None, False)`` (one pass, nothing recomputed: fastest) when that fits in
     ``budget_mib``; otherwise the largest power-of-two chunk that fits, with ``remat`` on
@@ -593,8 +622,9 @@ def auto_chunking(
         s = n_direct if chunk is None else min(n_direct, chunk)
         return 4.0 * (total + s * (3 * 2 * f + 16 * h)) / devices
 
-    kept = 4.0 * sum(r * c * h / devices + 2 * f * r + 2 * f * c for r, c in groups)
-    budget = budget_mib * 2**20
+    tables = 4.0 * sum(2 * f * r / devices + 2 * f * c for r, c in groups)
+    kept = 4.0 * sum(r * c * h / devices for r, c in groups)
+    budget = budget_mib * 2**20 - tables
     if kept + transient(None) <= budget:
         return None, False
     remat = kept > budget / 2

@@ -186,6 +186,19 @@ def desc_arrays(setup: Setup, desc: descriptors.ModelDescriptors) -> DescArrays:
     )
 
 
+def with_tables(setup: Setup, arrays: DescArrays, constants) -> DescArrays:
+    """``arrays`` with the separable path's Fourier tables precomputed from the run's frozen
+    constants (:func:`generator.with_tables`), so that steps skip those cos/sin evaluations."""
+    if setup.gen is None:
+        return arrays
+    return arrays._replace(plan=_tables(setup, constants, arrays.plan))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _tables(setup: Setup, constants, plan_arrays):
+    return generator.with_tables(setup.gen, {"constants": constants}, plan_arrays)
+
+
 # ----------------------------------------------------------------------------- pure functions
 
 
@@ -499,6 +512,7 @@ def run(
 
     mngr = checkpoint.manager(workdir / "checkpoints")
     state, restored = checkpoint.restore_latest(mngr, state)
+    arrays = with_tables(setup, arrays, state["constants"])
     start = 0 if restored is None else restored
     log = _MetricsLog(workdir, start)
     if restored is not None:
