@@ -233,6 +233,29 @@ def _conv(layer: LayerSpec) -> Mapping[str, TensorRole]:
     }
 
 
+@register_layer(LayerType.KAN)
+def _kan(layer: LayerSpec) -> Mapping[str, TensorRole]:
+    # Tensor names and layouts of uhn_jax.base_models.kan (Flax style: output axis last).
+    # PARAM_TYPE 0..6 follow the reference: base W, base b, spline W, spline scale, grid
+    # lower bound, grid log-length, knot logits. The per-input grid tensors (4..6) leave
+    # output_idx at -1. Targets per spec §3.1; the ZERO init type zeroes every target.
+    if layer.get("initialization_type") == InitializationType.ZERO:
+        w = b = spline = lower = length = knots = (0.0, 0.0)
+    else:
+        w = (0.0, 1.0 / math.sqrt(3.0 * layer.get("input_size")))
+        b, spline = (0.0, 0.0), (0.0, 0.1)
+        lower, length, knots = (-1.0, 0.0), (math.log(2.0), 0.0), (0.0, 0.0)
+    return {
+        "base_kernel": TensorRole(0, ("input_idx", "output_idx"), w),
+        "base_bias": TensorRole(1, ("output_idx",), b),
+        "spline_kernel": TensorRole(2, ("input_idx", "grid_idx", "output_idx"), spline),
+        "spline_scale": TensorRole(3, ("input_idx", "output_idx"), w),
+        "grid_lower": TensorRole(4, ("input_idx",), lower),
+        "grid_log_length": TensorRole(5, ("input_idx",), length),
+        "knot_logits": TensorRole(6, ("input_idx", "grid_idx"), knots),
+    }
+
+
 class StageWisePoolingType(enum.IntEnum):
     NONE = 0
     AVG = 1

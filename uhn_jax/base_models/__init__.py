@@ -10,6 +10,7 @@ A base model is a frozen, hashable dataclass with
 """
 
 from uhn_jax.base_models.cnn import CNN
+from uhn_jax.base_models.kan import KAN
 from uhn_jax.base_models.mlp import MLP
 
-__all__ = ["CNN", "MLP"]
+__all__ = ["CNN", "KAN", "MLP"]
