@@ -312,7 +312,7 @@ def main() -> None:
         "--matmul-dtype",
         default="auto",
         choices=("auto", "float32", "bfloat16"),
-        help="generator.matmul_dtype (auto: bf16 on AMX-bf16 CPUs and accelerators)",
+        help="generator.matmul_dtype (auto: bf16 on CPUs with native bf16 and accelerators)",
     )
     parser.add_argument("--paths", default="separable", help="separable and/or direct-path")
     parser.add_argument("--no-direct", action="store_true", help="skip the direct-training case")

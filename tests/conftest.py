@@ -19,6 +19,16 @@ def load_config(name: str):
     return module.get_config()
 
 
+def real_data_dir(subdir: str) -> Path:
+    """``$UHN_DATA_DIR/<subdir>`` for tests on real data files; skips the test when
+    ``UHN_DATA_DIR`` is unset. Once it is set, missing or broken files fail the test (the
+    loaders raise), so a CI run with the data can't pass by skipping."""
+    root = os.environ.get("UHN_DATA_DIR", "")
+    if not root:
+        pytest.skip(f"set UHN_DATA_DIR to the data directory (holding {subdir}/) to run this")
+    return Path(root) / subdir
+
+
 @pytest.fixture
 def config_loader():
     return load_config

@@ -272,7 +272,7 @@ def test_matmul_dtype_names():
     assert generator.resolve_matmul_dtype("float32") == jnp.float32
     assert generator.resolve_matmul_dtype("bfloat16") == jnp.bfloat16
     auto = generator.resolve_matmul_dtype("auto")
-    fast = jax.default_backend() != "cpu" or generator._cpu_has_amx_bf16()
+    fast = jax.default_backend() != "cpu" or generator._cpu_has_native_bf16()
     assert auto == (jnp.bfloat16 if fast else jnp.float32)
     with pytest.raises(ValueError, match="matmul_dtype must be one of"):
         generator.resolve_matmul_dtype("float16")

@@ -1,21 +1,14 @@
 """Tests for uhn_jax.graph_data."""
 
-import os
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse
+from conftest import real_data_dir
 
 from uhn_jax import data, graph_data
-
-_UHN_DATA_DIR = os.environ.get("UHN_DATA_DIR", "")
-_REAL_PLANETOID_DIR = Path(_UHN_DATA_DIR) / "planetoid" if _UHN_DATA_DIR else None
-
-
-def _has_real(name: str) -> bool:
-    return _REAL_PLANETOID_DIR is not None and (_REAL_PLANETOID_DIR / f"ind.{name}.x").is_file()
 
 
 def _check_graph_invariants(g: graph_data.GraphData) -> None:
@@ -49,10 +42,9 @@ def _check_graph_invariants(g: graph_data.GraphData) -> None:
     ],
 )
 def test_real_planetoid(name, nodes, features, classes, split, undirected_edges, padded):
-    if not _has_real(name):
-        pytest.skip(f"set UHN_DATA_DIR to a directory with planetoid/ind.{name}.*")
+    planetoid_dir = real_data_dir("planetoid")
     # The parent directory is given: the loader finds the planetoid/ subdirectory itself.
-    g = graph_data.load_planetoid(name.capitalize(), _UHN_DATA_DIR)
+    g = graph_data.load_planetoid(name.capitalize(), planetoid_dir.parent)
     assert g.name == name
     assert (g.num_nodes, g.num_features, g.num_classes) == (nodes, features, classes)
     sizes = (g.train_mask.sum(), g.val_mask.sum(), g.test_mask.sum())
@@ -73,7 +65,7 @@ def test_real_planetoid(name, nodes, features, classes, split, undirected_edges,
     assert (g.y[zero] == 0).all()
 
     # Test node test.index[i] holds row i of tx, whatever the order of test.index.
-    directory = _REAL_PLANETOID_DIR
+    directory = planetoid_dir
     test_index = np.loadtxt(directory / f"ind.{name}.test.index", dtype=np.int64)
     with open(directory / f"ind.{name}.tx", "rb") as f:
         tx = pickle.load(f, encoding="latin1").toarray()

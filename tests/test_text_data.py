@@ -1,22 +1,13 @@
 """Tests for uhn_jax.text_data."""
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import real_data_dir
 
 from uhn_jax import data, text_data
-
-_UHN_DATA_DIR = os.environ.get("UHN_DATA_DIR", "")
-
-
-def _real_dir(name: str, probe: str) -> Path:
-    directory = Path(_UHN_DATA_DIR) / name if _UHN_DATA_DIR else None
-    if directory is None or not (directory / probe).is_file():
-        pytest.skip(f"set UHN_DATA_DIR to a directory with {name}/{probe}")
-    return directory
 
 
 def _check_invariants(d: text_data.TextData) -> None:
@@ -193,7 +184,7 @@ def test_ag_news_malformed(tmp_path, rows, message):
 
 
 def test_ag_news_real_test_only():
-    directory = _real_dir("ag_news", "test.csv")
+    directory = real_data_dir("ag_news")
     texts, labels = text_data.read_ag_news_csv(directory / "test.csv")
     assert len(texts) == 7600 and np.bincount(labels).tolist() == [1900] * 4
     assert not any("\\" in text for text in texts)
@@ -273,7 +264,7 @@ def test_mr_synthetic_latin1(tmp_path):
 
 
 def test_mr_real():
-    directory = _real_dir("rt_polarity", "rt-polarity.pos")
+    directory = real_data_dir("rt_polarity")
     assert len(text_data.read_lines(directory / "rt-polarity.pos")) == 5331
     assert len(text_data.read_lines(directory / "rt-polarity.neg")) == 5331
     d = text_data.load("mr", directory.parent)

@@ -98,7 +98,8 @@ class GeneratorConfig:
     # Memory budget of generation forward + backward for the automatic chunk size, in MiB.
     memory_mib: int = 1024
     # Operand dtype of the first Linear's matmuls (the bulk of the FLOPs): float32, bfloat16, or
-    # auto = bfloat16 on GPU/TPU and AMX-bf16 CPUs, float32 elsewhere (generator.py).
+    # auto = bfloat16 on GPU/TPU and CPUs with native bf16 dot products, float32 elsewhere
+    # (generator.resolve_matmul_dtype).
     matmul_dtype: str = "auto"
 
     def validate(self):

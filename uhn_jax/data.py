@@ -495,7 +495,7 @@ def _read_cifar10_pickles(data_dir: Path) -> Cifar10Arrays:
     for name in (*_CIFAR10_TRAIN_BATCHES, _CIFAR10_TEST_BATCH):
         if not (directory / name).is_file():
             raise MissingDataError(
-                f"Missing data file `{name}` in {_describe_dir(directory)} (also looked in "
+                f"Missing data file `{name}` in {describe_dir(directory)} (also looked in "
                 f"{data_dir / _CIFAR10_PICKLE_SUBDIR}). {_CIFAR10_ADVICE}"
             )
     train = [_read_cifar10_batch(directory / name) for name in _CIFAR10_TRAIN_BATCHES]
@@ -505,7 +505,8 @@ def _read_cifar10_pickles(data_dir: Path) -> Cifar10Arrays:
     return x_train, y_train, x_test, y_test
 
 
-def _describe_dir(directory: Path) -> str:
+def describe_dir(directory: Path) -> str:
+    """How a searched directory is named in a :class:`MissingDataError`."""
     if directory.is_dir():
         return f"directory {directory}"
     return f"{directory} (directory does not exist)"
@@ -631,8 +632,7 @@ def _read_cifar10_jpeg(data_dir: Path, cache_dir: Path | None) -> Cifar10Arrays:
             return arrays
     if not tarball.is_file():
         raise MissingDataError(
-            f"Missing data file `{_CIFAR10_TARBALL}` in {_describe_dir(data_dir)}. "
-            f"{_CIFAR10_ADVICE}"
+            f"Missing data file `{_CIFAR10_TARBALL}` in {describe_dir(data_dir)}. {_CIFAR10_ADVICE}"
         )
     arrays = _read_cifar10_tarball(tarball)
     if cache is not None:
@@ -651,7 +651,7 @@ def _detect_cifar10_source(data_dir: Path, cache_dir: Path | None) -> str:
     if (data_dir / "cifar-10-python.tar.gz").is_file():
         hint = f"Found {data_dir / 'cifar-10-python.tar.gz'}: extract it first. "
     raise MissingDataError(
-        f"Missing CIFAR-10 data in {_describe_dir(data_dir)}: found neither the python version's "
+        f"Missing CIFAR-10 data in {describe_dir(data_dir)}: found neither the python version's "
         f"`{_CIFAR10_TEST_BATCH}`/`data_batch_1`..`data_batch_5` (in {data_dir} or "
         f"{data_dir / _CIFAR10_PICKLE_SUBDIR}) nor `{_CIFAR10_TARBALL}`. {hint}{_CIFAR10_ADVICE}"
     )

@@ -60,26 +60,31 @@ MATMUL_DTYPES = ("float32", "bfloat16", "auto")
 
 
 @functools.cache
-def _cpu_has_amx_bf16() -> bool:
-    """Whether this (Linux) CPU advertises AMX bf16 tiles, on which XLA's bf16 GEMMs run ~6x
-    faster than float32 ones (measured on a 2-core Sapphire Rapids VM)."""
+def _cpu_has_native_bf16() -> bool:
+    """Whether this CPU has native bf16 dot-product instructions (AVX512-BF16, which every
+    AMX-bf16 CPU also has), as NumPy's runtime CPU detection (cpuid, any OS) reports them.
+
+    On such a CPU (a 2-core Sapphire Rapids VM with AMX) XLA's bf16 GEMMs ran ~6x faster than
+    float32 ones; CPUs without them emulate bf16 and run it slower than float32.
+    """
     try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
-    except OSError:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # NumPy < 2 or another layout: assume no native bf16
         return False
+    return bool(__cpu_features__.get("AVX512BF16", False))
 
 
 def resolve_matmul_dtype(name: str) -> jnp.dtype:
     """The operand dtype of the generator's first-layer matmuls for a ``matmul_dtype`` name.
 
-    ``"auto"`` is bfloat16 on GPU and TPU and on CPUs with AMX bf16 units, float32 elsewhere
-    (plain x86/ARM CPUs emulate bf16 GEMMs and run them slower than float32).
+    ``"auto"`` is bfloat16 on GPU and TPU and on CPUs with native bf16 dot products
+    (:func:`_cpu_has_native_bf16`), float32 elsewhere (other CPUs emulate bf16 GEMMs and run
+    them slower than float32).
     """
     if name not in MATMUL_DTYPES:
         raise ValueError(f"matmul_dtype must be one of {MATMUL_DTYPES}, got {name!r}")
     if name == "auto":
-        fast = jax.default_backend() != "cpu" or _cpu_has_amx_bf16()
+        fast = jax.default_backend() != "cpu" or _cpu_has_native_bf16()
         name = "bfloat16" if fast else "float32"
     return jnp.dtype(name)
 
@@ -248,11 +253,6 @@ class Generator(nn.Module):
             feats = x
         return self.from_hidden(self.input_layer(feats), structure_h)
 
-    def from_separable(self, rows_R10, cols_C10, structure_h):
-        """Weights ``(C, R)`` of one tensor whose normalised descriptors are ``rows + cols``."""
-        h = self.separable_hidden(*self.separable_tables(rows_R10, cols_C10))
-        return self.from_hidden(h, structure_h).reshape(cols_C10.shape[0], rows_R10.shape[0])
-
     def separable_tables(self, rows_R10, cols_C10):
         """Fourier tables ``([cos a | sin a] (R, 2F), [cos b | sin b] (C, 2F))`` of a separable
         tensor's rows and columns, ``a = rows B`` and ``b = cols B``.
@@ -297,7 +297,7 @@ class Generator(nn.Module):
 
 
 def _row_matrices(kernel_2FH, cos_FR, sin_FR):
-    """The per-row matrices ``(2F, R, H)`` of :meth:`Generator.from_separable`."""
+    """The per-row matrices ``(2F, R, H)`` of :meth:`Generator.separable_hidden`."""
     w_c, w_s = jnp.split(kernel_2FH[:, None, :], 2, axis=0)  # (F, 1, H) each
     cos_a, sin_a = cos_FR[..., None], sin_FR[..., None]
     return jnp.concatenate([cos_a * w_c + sin_a * w_s, cos_a * w_s - sin_a * w_c], axis=0)
@@ -420,7 +420,7 @@ class Plan:
     """Static description of how each tensor of a model is generated.
 
     Tensors with at least two axes and ``min_separable`` scalars take the separable path
-    (:meth:`Generator.from_separable`): the last axis (the output index for Linear and HWIO conv
+    (:meth:`Generator.separable_hidden`): the last axis (the output index for Linear and HWIO conv
     kernels) enumerates rows, the other axes enumerate columns. Separable tensors whose columns
     are the same (same leading shape and fields, e.g. the repeated convs of a ResNet stage) form
     one group and are generated in one call over their stacked rows. All other tensors share one

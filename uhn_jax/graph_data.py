@@ -184,7 +184,7 @@ def find_planetoid_dir(name: str, data_dir: str | os.PathLike[str]) -> Path:
     for directory in candidates:
         if any((directory / f"ind.{name}.{part}").is_file() for part in PLANETOID_PARTS):
             return directory
-    where = ", ".join(_describe_dir(d) for d in candidates)
+    where = ", ".join(data.describe_dir(d) for d in candidates)
     raise data.MissingDataError(
         f"Missing data file `ind.{name}.x` (no `ind.{name}.*` file at all): looked in {where}. "
         f"{_PLANETOID_ADVICE}"
@@ -232,7 +232,7 @@ def load_planetoid(
     for path in paths.values():
         if not path.is_file():
             raise data.MissingDataError(
-                f"Missing data file `{path.name}` in {_describe_dir(directory)} (the other "
+                f"Missing data file `{path.name}` in {data.describe_dir(directory)} (the other "
                 f"`ind.{name}.*` files are there). {_PLANETOID_ADVICE}"
             )
 
@@ -401,12 +401,6 @@ def _check_planetoid_name(name: Any) -> str:
             f"Unknown Planetoid dataset {name!r}; choose one of {', '.join(PLANETOID_NAMES)}"
         )
     return lowered
-
-
-def _describe_dir(directory: Path) -> str:
-    if directory.is_dir():
-        return f"directory {directory}"
-    return f"{directory} (directory does not exist)"
 
 
 def _read_pickle(path: Path) -> Any:

@@ -444,7 +444,7 @@ def load_imdb(
             if not files:
                 raise data.MissingDataError(
                     f"Missing data files `{part}/{cls}/*.txt`: no .txt file in "
-                    f"{_describe_dir(folder)}. {_IMDB_ADVICE}"
+                    f"{data.describe_dir(folder)}. {_IMDB_ADVICE}"
                 )
             texts += [_BR_TAG.sub(" ", file.read_text(encoding="utf-8")) for file in files]
             labels += [label] * len(files)
@@ -533,12 +533,6 @@ def load(name: str, data_dir: str | os.PathLike[str], **kwargs: Any) -> TextData
     return _LOADERS[name](data_dir, **kwargs)
 
 
-def _describe_dir(directory: Path) -> str:
-    if directory.is_dir():
-        return f"directory {directory}"
-    return f"{directory} (directory does not exist)"
-
-
 def _find_dir(
     data_dir: str | os.PathLike[str],
     subdirs: str | tuple[str, ...],
@@ -552,7 +546,7 @@ def _find_dir(
     for directory in candidates:
         if any((directory / name).exists() for name in names):
             return directory
-    where = ", ".join(_describe_dir(d) for d in candidates)
+    where = ", ".join(data.describe_dir(d) for d in candidates)
     raise data.MissingDataError(
         f"Missing data file `{names[-1]}` (none of {', '.join(names)} found): looked in "
         f"{where}. {advice}"
@@ -563,6 +557,6 @@ def _require(directory: Path, name: str, advice: str) -> Path:
     path = directory / name
     if not path.is_file():
         raise data.MissingDataError(
-            f"Missing data file `{name}` in {_describe_dir(directory)}. {advice}"
+            f"Missing data file `{name}` in {data.describe_dir(directory)}. {advice}"
         )
     return path
