@@ -49,7 +49,7 @@ _SCRIPT = textwrap.dedent(
     def task_grads(setup, arrays, state, data):
         x, y = train._split_batch(setup, data[0][:32]), train._split_batch(setup, data[1][:32])
         fn = jax.jit(jax.grad(train.task_loss, argnums=1, has_aux=True), static_argnums=0)
-        g = fn(setup, state["params"], state["constants"], arrays, x, y, jax.random.key(1))[0]
+        g = fn(setup, state["params"], state["constants"], arrays, (x, y), jax.random.key(1))[0]
         return jax.tree.leaves(g)
 
     out = {"devices": jax.device_count()}

@@ -13,8 +13,20 @@ from collections.abc import Mapping
 from typing import Any
 
 MODES = ("uhn", "direct")
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
-MODEL_FAMILIES = ("mlp", "cnn")
+IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+GRAPH_DATASETS = ("cora", "citeseer", "pubmed", "karate_club")
+TEXT_DATASETS = ("ag_news", "imdb", "mr")
+# data.name "formula" takes the formula from data.formula (uhn_jax.formula_data.FORMULAS).
+DATASETS = (*IMAGE_DATASETS, *GRAPH_DATASETS, *TEXT_DATASETS, "formula")
+MODEL_FAMILIES = ("mlp", "cnn", "gcn", "gat", "transformer", "kan")
+# The model families each kind of dataset takes.
+FAMILIES_FOR = {
+    **{d: ("mlp", "cnn") for d in IMAGE_DATASETS},
+    **{d: ("gcn", "gat") for d in GRAPH_DATASETS},
+    **{d: ("transformer",) for d in TEXT_DATASETS},
+    "formula": ("kan",),
+}
+AG_NEWS_SPLITS = ("auto", "official", "test_only")
 CIFAR_SOURCES = ("auto", "pickle", "jpeg")
 ENCODINGS = ("fourier", "positional", "raw")
 OUT_OF_RANGE = ("error", "clip")
@@ -32,9 +44,30 @@ class DataConfig:
     cifar_source: str = "auto"  # "pickle" batches, "jpeg" tarball, or "auto"
     cache_dir: str = ""  # where decoded CIFAR JPEGs are cached ("" = no cache)
     augment: bool = True  # the reference augmentation for datasets that define one (CIFAR)
+    # Text: sequence length with <cls> (0 = the dataset's default: ag_news 128, imdb 512, mr 64)
+    # and vocabulary size (specials included).
+    max_len: int = 0
+    vocab_size: int = 5000
+    # "auto" = train.csv + test.csv when both exist, else a fixed stratified 80/20 split of
+    # test.csv ("test_only", what ../shared/data holds); see text_data.load_ag_news.
+    ag_news_split: str = "auto"
+    # Formula regression: which formula, and the seed of its 1000 + 1000 sampled points (fixed
+    # across run seeds, so every seed and both modes see the same data).
+    formula: str = "jv"
+    formula_seed: int = 21962
 
     def validate(self):
+        from uhn_jax import formula_data
+
         _choice("data.name", self.name, DATASETS)
+        _choice("data.formula", self.formula, formula_data.FORMULAS)
+        _choice("data.ag_news_split", self.ag_news_split, AG_NEWS_SPLITS)
+        if self.max_len != 0 and (not isinstance(self.max_len, int) or self.max_len < 2):
+            raise ValueError(f"data.max_len must be 0 (default) or an int >= 2, got {self.max_len}")
+        if not isinstance(self.vocab_size, int) or self.vocab_size < 4:
+            raise ValueError(f"data.vocab_size must be an int >= 4, got {self.vocab_size!r}")
+        if not isinstance(self.formula_seed, int) or self.formula_seed < 0:
+            raise ValueError(f"data.formula_seed must be an int >= 0, got {self.formula_seed!r}")
         _choice("data.mnist_train", self.mnist_train, MNIST_TRAIN)
         _choice("data.cifar_source", self.cifar_source, CIFAR_SOURCES)
 
@@ -43,13 +76,27 @@ class DataConfig:
 class ModelConfig:
     """The base (target) model."""
 
-    family: str = "mlp"  # "mlp" or "cnn"
-    widths: tuple[int, ...] = (128, 128)  # mlp: hidden widths; cnn: channels per stage
+    family: str = "mlp"  # one of MODEL_FAMILIES; must suit the dataset (FAMILIES_FOR)
+    # mlp, gcn, kan: hidden widths; cnn: channels per stage; gat: (per-head hidden width,);
+    # transformer: unused (see embed_dim).
+    widths: tuple[int, ...] = (128, 128)
     depths: tuple[int, ...] = (6, 6, 6)  # cnn only: convs per stage
     kernel_size: int = 3  # cnn only
     groups: int = 4  # cnn only: GroupNorm groups
     slope: float = 0.1
     dropout_rate: float = 0.0
+    # gat: heads of the hidden layer, heads of the output layer (averaged when > 1), and dropout
+    # on the attention coefficients. transformer: num_heads is the MHA head count.
+    num_heads: int = 8
+    output_heads: int = 1
+    attention_dropout: float = 0.6
+    # transformer
+    embed_dim: int = 64
+    num_encoders: int = 2
+    linears_per_encoder: int = 2
+    # kan
+    grid_size: int = 5
+    spline_order: int = 3
 
     def validate(self):
         _choice("model.family", self.family, MODEL_FAMILIES)
@@ -73,7 +120,20 @@ class ModelConfig:
                 raise ValueError(
                     f"model.kernel_size must be odd and positive, got {self.kernel_size}"
                 )
+        if self.family == "gat" and len(self.widths) != 1:
+            raise ValueError(f"model.widths for gat is (per-head hidden width,), got {self.widths}")
+        for name in ("num_heads", "output_heads", "embed_dim", "num_encoders", "grid_size"):
+            _positive_int(f"model.{name}", getattr(self, name))
+        for name in ("linears_per_encoder", "spline_order"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"model.{name} must be an int >= 0, got {getattr(self, name)!r}")
+        if self.family == "transformer" and self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"model.embed_dim ({self.embed_dim}) must be divisible by model.num_heads "
+                f"({self.num_heads})"
+            )
         _in_range("model.dropout_rate", self.dropout_rate, 0.0, 1.0, hi_open=True)
+        _in_range("model.attention_dropout", self.attention_dropout, 0.0, 1.0, hi_open=True)
         _in_range("model.slope", self.slope, 0.0, 1.0)
 
 
@@ -125,6 +185,8 @@ class TrainConfig:
     steps: int = 1000  # task-training steps (after the initialisation stage)
     batch_size: int = 256
     lr: float = 2e-4
+    # Learning rate of direct training when it differs from the UHN's (0 = use lr).
+    direct_lr: float = 0.0
     warmup_steps: int = 0  # linear warm-up, then cosine decay to 0
     grad_clip: float = 0.0  # global-norm clipping; 0 = off
     init_steps: int = 100  # UHN moment-matching stage (ignored in direct mode)
@@ -151,6 +213,7 @@ class TrainConfig:
                 f"({self.steps})"
             )
         _in_range("train.lr", self.lr, 0.0, 1.0, lo_open=True)
+        _in_range("train.direct_lr", self.direct_lr, 0.0, 1.0)
         _in_range("train.init_lr", self.init_lr, 0.0, 1.0)
         _in_range("train.grad_clip", self.grad_clip, 0.0, float("inf"))
 
@@ -172,6 +235,12 @@ class Experiment:
             raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
         for part in (self.data, self.model, self.generator, self.train):
             part.validate()
+        allowed = FAMILIES_FOR[self.data.name]
+        if self.model.family not in allowed:
+            raise ValueError(
+                f"model.family {self.model.family!r} does not fit data.name "
+                f"{self.data.name!r}; use one of {allowed}"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -114,10 +114,28 @@ class DatasetType(enum.IntEnum):
     PUBMED = 4
     AG_NEWS = 5
     IMDB = 6
-    # Values 7..26 are the reference's formula and recursive datasets; ours start at 100 so the
-    # reference numbering stays free for them.
+    SPECIAL_ELLIPJ = 7
+    ELLIPKINC = 8
+    ELLIPEINC = 9
+    JV = 10
+    YV = 11
+    KV = 12
+    IV = 13
+    LPMV0 = 14
+    LPMV1 = 15
+    LPMV2 = 16
+    SPH_HARM01 = 17
+    SPH_HARM11 = 18
+    SPH_HARM02 = 19
+    SPH_HARM12 = 20
+    SPH_HARM22 = 21
+    RECURSIVE_IMAGE_CLS = 22
+    # Values 23..26 are the reference's other recursive and ablation datasets; ours start at 100
+    # so the reference numbering stays free.
     DIGITS = 100
     FASHION_MNIST = 101
+    MR = 102
+    KARATE_CLUB = 103
 
 
 class ActivationType(enum.IntEnum):
@@ -134,6 +152,11 @@ class InputPoolingReshapeType(enum.IntEnum):
     RESHAPE_TO_2D = 3
     AVG_SEQUENCE = 4
     FIRST_TOKEN = 5
+
+
+class HeadConcatType(enum.IntEnum):
+    CONCAT = 0
+    AVG = 1
 
 
 class InitializationType(enum.IntEnum):
@@ -231,6 +254,58 @@ def _conv(layer: LayerSpec) -> Mapping[str, TensorRole]:
         ),
         "bias": TensorRole(1, ("output_idx",), target),
     }
+
+
+@register_layer(LayerType.GCN)
+def _gcn(layer: LayerSpec) -> Mapping[str, TensorRole]:
+    # kernel (in, out), as PyG's GCNConv lin.weight transposed; Glorot std, zero bias.
+    n_in, n_out = layer.get("input_size"), layer.get("output_size")
+    w = _zero_or(layer, math.sqrt(2.0 / (n_in + n_out)))
+    return {
+        "kernel": TensorRole(0, ("input_idx", "output_idx"), w),
+        "bias": TensorRole(1, ("output_idx",), (0.0, 0.0)),
+    }
+
+
+@register_layer(LayerType.GAT)
+def _gat(layer: LayerSpec) -> Mapping[str, TensorRole]:
+    # output_size is the per-head width. kernel (in, heads * out) and the attention vectors
+    # (heads * out,) are head-major along output_idx; the bias is (heads * out,) when heads are
+    # concatenated and (out,) when averaged.
+    n_in, n_out, heads = (layer.get(k) for k in ("input_size", "output_size", "num_heads"))
+    w = _zero_or(layer, math.sqrt(2.0 / (n_in + heads * n_out)))
+    att = _zero_or(layer, math.sqrt(2.0 / (n_out + heads)))
+    return {
+        "kernel": TensorRole(0, ("input_idx", "output_idx"), w),
+        "bias": TensorRole(1, ("output_idx",), (0.0, 0.0)),
+        "att_src": TensorRole(2, ("output_idx",), att),
+        "att_dst": TensorRole(3, ("output_idx",), att),
+    }
+
+
+@register_layer(LayerType.EMBEDDING)
+def _embedding(layer: LayerSpec) -> Mapping[str, TensorRole]:
+    # tokens (V, E): N(0, 1) as nn.Embedding; positions (Lmax, E): zero-initialised table.
+    tokens = _zero_or(layer, 1.0)
+    return {
+        "tokens": TensorRole(0, ("embedding_idx", "output_idx"), tokens),
+        "positions": TensorRole(1, ("sequence_idx", "output_idx"), (0.0, 0.0)),
+    }
+
+
+@register_layer(LayerType.MHA)
+def _mha(layer: LayerSpec) -> Mapping[str, TensorRole]:
+    # Projections are (E_in, E_out) kernels; heads are contiguous blocks of output_idx.
+    e = layer.get("output_size")
+    qkv = _zero_or(layer, math.sqrt(1.0 / e))
+    out = _zero_or(layer, 1.0 / math.sqrt(3.0 * e))
+    roles = {}
+    for k, name in enumerate(("query", "key", "value")):
+        roles[f"{name}_kernel"] = TensorRole(k, ("input_idx", "output_idx"), qkv)
+        roles[f"{name}_bias"] = TensorRole(3 + k, ("output_idx",), (0.0, 0.0))
+    roles["out_kernel"] = TensorRole(6, ("input_idx", "output_idx"), out)
+    roles["out_bias"] = TensorRole(7, ("output_idx",), (0.0, 0.0))
+    return roles
 
 
 @register_layer(LayerType.KAN)

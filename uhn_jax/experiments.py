@@ -52,10 +52,16 @@ def compare(
 
 
 def comparison_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table of mean ± std test metric per mode, with the UHN - direct gap."""
+    """Markdown table of mean ± std test metric per mode, with the UHN - direct gap.
+
+    Accuracies are shown in percent with the gap in percentage points; an RMSE as is, with the
+    UHN / direct ratio.
+    """
+    metric = rows[0].get("metric_name", "accuracy")
+    rmse = metric == "rmse"
     lines = [
         "| mode | dataset | model | target params | generator params | seeds | steps "
-        "| test metric (mean ± std) | wall s / run |",
+        f"| test {metric} (mean ± std) | wall s / run |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     means = {}
@@ -67,16 +73,23 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
         means[mode] = vals.mean()
         r0 = rs[0]
         steps = f"{r0['init_steps']}+{r0['steps']}" if r0["init_steps"] else f"{r0['steps']}"
+        shown = (
+            f"{vals.mean():.4g} ± {vals.std():.2g}"
+            if rmse
+            else f"{100 * vals.mean():.2f} ± {100 * vals.std():.2f} %"
+        )
         lines.append(
             f"| {mode} | {r0['dataset']} | {r0['model']} | {r0['num_target_params']:,} "
             f"| {r0['num_generator_params']:,} | {len(rs)} | {steps} "
-            f"| {100 * vals.mean():.2f} ± {100 * vals.std():.2f} % "
-            f"| {np.mean([r['wall_s'] for r in rs]):.1f} |"
+            f"| {shown} | {np.mean([r['wall_s'] for r in rs]):.1f} |"
         )
     if len(means) == 2:
         lines.append("")
-        gap = round(100 * (means["uhn"] - means["direct"]), 2) + 0.0  # no "-0.00"
-        lines.append(f"UHN - direct: {gap:+.2f} pp")
+        if rmse:
+            lines.append(f"UHN / direct RMSE: {means['uhn'] / means['direct']:.3f}")
+        else:
+            gap = round(100 * (means["uhn"] - means["direct"]), 2) + 0.0  # no "-0.00"
+            lines.append(f"UHN - direct: {gap:+.2f} pp")
     return "\n".join(lines)
 
 

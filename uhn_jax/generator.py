@@ -244,14 +244,21 @@ class Generator(nn.Module):
 
     def from_index(self, index_n10, structure_h):
         """Weights ``(n,)`` for raw index descriptors ``(n, 10)`` and a structure vector."""
+        return self.from_features(self.index_features(index_n10), structure_h)
+
+    def index_features(self, index_n10):
+        """The encoded index ``(n, enc_dim)`` of raw descriptors: a function of the frozen
+        constants and the descriptors only, so it can be computed once (:func:`with_tables`)."""
         x = self._normalize(index_n10, self.index_ranges)
         if self.encoding == "fourier":
-            feats = encodings.fourier(x, self.index_b.value)
-        elif self.encoding == "positional":
-            feats = encodings.positional(x, sigma=self.sigma)
-        else:
-            feats = x
-        return self.from_hidden(self.input_layer(feats), structure_h)
+            return encodings.fourier(x, self.index_b.value)
+        if self.encoding == "positional":
+            return encodings.positional(x, sigma=self.sigma)
+        return x
+
+    def from_features(self, feats_nE, structure_h):
+        """Weights ``(n,)`` from encoded index descriptors (:meth:`index_features`)."""
+        return self.from_hidden(self.input_layer(feats_nE), structure_h)
 
     def separable_tables(self, rows_R10, cols_C10):
         """Fourier tables ``([cos a | sin a] (R, 2F), [cos b | sin b] (C, 2F))`` of a separable
@@ -526,8 +533,17 @@ def generate_planned(
         structure_L29 if structure_L29 is not None else jnp.zeros((1, 29)),
         method=Generator.structure_vector,
     )
+    if "row_tables" not in arrays:
+        arrays = with_tables(gen, variables, arrays)
     direct_w = None
-    if arrays["direct"].shape[0]:
+    if "direct_features" in arrays:
+        direct_w = _chunked_rows(
+            lambda f: gen.apply(variables, f, s_h, method=Generator.from_features),
+            arrays["direct_features"],
+            chunk_size,
+            mesh,
+        )
+    elif arrays["direct"].shape[0]:
         direct_w = _chunked_rows(
             lambda x: gen.apply(variables, x, s_h, method=Generator.from_index),
             arrays["direct"],
@@ -538,8 +554,6 @@ def generate_planned(
     def tail(h):
         return gen.apply(variables, h, s_h, method=Generator.from_hidden)
 
-    if "row_tables" not in arrays:
-        arrays = with_tables(gen, variables, arrays)
     pieces: dict[int, jax.Array] = {}
     for group, row_tab, col_tab in zip(
         plan_.groups, arrays["row_tables"], arrays["col_tables"], strict=True
@@ -568,20 +582,32 @@ def generate_planned(
     return sharding_lib.constrain(w, sharding_lib.replicated(mesh))
 
 
+#: The direct path's encoded descriptors are cached by :func:`with_tables` up to this size.
+DIRECT_FEATURE_CACHE_BYTES = 64 * 2**20
+
+
 def with_tables(gen: Generator, variables: dict, arrays: dict) -> dict:
-    """``arrays`` of :func:`plan` plus the separable groups' Fourier tables.
+    """``arrays`` of :func:`plan` plus the Fourier tables that stay fixed during training.
 
     Adds ``"row_tables"`` (``(R, 2F)`` per group) and ``"col_tables"`` (``(C, 2F)``), which
     :func:`generate_planned` uses instead of evaluating cos/sin of the row and column
-    descriptors again. The tables are functions of the frozen Fourier matrix only, so a
-    training run computes them once; ``generate_planned`` calls this itself when they are
-    missing. Jit-safe; with row descriptors split over a mesh, the row tables follow.
+    descriptors again, and, when they take at most :data:`DIRECT_FEATURE_CACHE_BYTES`, the
+    direct path's encoded descriptors ``"direct_features"`` (``(N_direct, enc_dim)``). For a
+    small target such as the 364-weight formula KAN, those cos/sin were most of a step. All of
+    it depends only on the frozen Fourier matrix and fixed descriptors, so a training run
+    computes it once; ``generate_planned`` calls this itself when the tables are missing.
+    Jit-safe; with descriptor rows split over a mesh, the row tables and features follow.
     """
     tables = [
         gen.apply(variables, rows, cols, method=Generator.separable_tables)
         for rows, cols in zip(arrays["rows"], arrays["cols"], strict=True)
     ]
-    return dict(arrays, row_tables=[t[0] for t in tables], col_tables=[t[1] for t in tables])
+    out = dict(arrays, row_tables=[t[0] for t in tables], col_tables=[t[1] for t in tables])
+    direct = arrays["direct"]
+    enc_dim = encodings.output_dim(gen.encoding, direct.shape[1], gen.n_freqs)
+    if 0 < direct.shape[0] * enc_dim * 4 <= DIRECT_FEATURE_CACHE_BYTES:
+        out["direct_features"] = gen.apply(variables, direct, method=Generator.index_features)
+    return out
 
 
 def auto_chunking(

@@ -27,7 +27,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from uhn_jax import base_models, checkpoint, descriptors, generator, layouts
+from uhn_jax import (
+    base_models,
+    checkpoint,
+    descriptors,
+    formula_data,
+    generator,
+    graph_data,
+    layouts,
+    text_data,
+)
 from uhn_jax import config as config_lib
 from uhn_jax import data as data_lib
 from uhn_jax import sharding as sharding_lib
@@ -38,7 +47,36 @@ _DATASET_TYPES = {
     "mnist": descriptors.DatasetType.MNIST,
     "fashion_mnist": descriptors.DatasetType.FASHION_MNIST,
     "cifar10": descriptors.DatasetType.CIFAR10,
+    "cora": descriptors.DatasetType.CORA,
+    "citeseer": descriptors.DatasetType.CITESEER,
+    "pubmed": descriptors.DatasetType.PUBMED,
+    "karate_club": descriptors.DatasetType.KARATE_CLUB,
+    "ag_news": descriptors.DatasetType.AG_NEWS,
+    "imdb": descriptors.DatasetType.IMDB,
+    "mr": descriptors.DatasetType.MR,
+    # The formulas, in the order of the reference's DatasetType enum (7..21).
+    **{
+        name: descriptors.DatasetType(descriptors.DatasetType.SPECIAL_ELLIPJ + i)
+        for i, name in enumerate(formula_data.FORMULAS)
+    },
 }
+
+#: What a run optimises, by kind of dataset: the loss, the metric and how batches are drawn.
+#: ``classification``: cross-entropy on sampled batches (images, text), metric accuracy.
+#: ``node_classification``: cross-entropy on the masked nodes of one full graph per step.
+#: ``regression``: mean squared error on sampled batches (formulas), metric RMSE.
+TASKS = ("classification", "node_classification", "regression")
+#: ``results.json`` "task" of each kind of dataset (the reference's TaskType names).
+_TASK_TYPES = {
+    **{d: "image_cls" for d in config_lib.IMAGE_DATASETS},
+    **{d: "graph_node_cls" for d in config_lib.GRAPH_DATASETS},
+    **{d: "text_cls" for d in config_lib.TEXT_DATASETS},
+    "formula": "formula_regression",
+}
+
+Dataset = (
+    data_lib.ArrayDataset | text_data.TextData | graph_data.GraphData | formula_data.FormulaData
+)
 
 
 class DescArrays(NamedTuple):
@@ -55,6 +93,7 @@ class Setup:
     """Static, hashable, seed-free description of a run (a jit static argument)."""
 
     mode: str
+    task: str  # one of TASKS
     model: Any  # a base model dataclass
     # Per-channel (mean, std) for uint8 datasets, normalised on device; None for float inputs.
     input_norm: tuple[tuple[float, ...], tuple[float, ...]] | None
@@ -70,6 +109,10 @@ class Setup:
     mesh: jax.sharding.Mesh | None = None
 
     @property
+    def metric_name(self) -> str:
+        return "rmse" if self.task == "regression" else "accuracy"
+
+    @property
     def init_steps(self) -> int:
         t = self.train
         return t.init_steps if self.mode == "uhn" and t.init_lr > 0 else 0
@@ -79,41 +122,127 @@ class Setup:
         return self.init_steps + self.train.steps
 
 
-def load_dataset(exp: config_lib.Experiment) -> data_lib.ArrayDataset:
-    """Loads the dataset named by ``exp.data``."""
+def task_of(exp: config_lib.Experiment) -> str:
+    """The :data:`TASKS` entry of ``exp``'s dataset."""
+    if exp.data.name in config_lib.GRAPH_DATASETS:
+        return "node_classification"
+    return "regression" if exp.data.name == "formula" else "classification"
+
+
+def load_dataset(exp: config_lib.Experiment) -> Dataset:
+    """Loads the dataset named by ``exp.data``: an image ``ArrayDataset``, a ``TextData``, a
+    ``GraphData`` or a ``FormulaData``."""
+    d = exp.data
+    if d.name in config_lib.GRAPH_DATASETS:
+        if d.name == "karate_club":
+            return graph_data.karate_club()
+        return graph_data.load_planetoid(d.name, d.data_dir)
+    if d.name in config_lib.TEXT_DATASETS:
+        kwargs = {"vocab_size": d.vocab_size}
+        if d.max_len:
+            kwargs["max_len"] = d.max_len
+        if d.name == "ag_news":
+            kwargs["split"] = d.ag_news_split
+        return text_data.load(d.name, d.data_dir, **kwargs)
+    if d.name == "formula":
+        return formula_data.make_formula_dataset(d.formula, seed=d.formula_seed)
     kwargs = {}
-    if exp.data.name == "mnist":
-        kwargs = {"train": exp.data.mnist_train}
-    elif exp.data.name == "cifar10":
-        kwargs = {"source": exp.data.cifar_source, "cache_dir": exp.data.cache_dir or None}
-    return data_lib.load(exp.data.name, exp.data.data_dir, **kwargs)
+    if d.name == "mnist":
+        kwargs = {"train": d.mnist_train}
+    elif d.name == "cifar10":
+        kwargs = {"source": d.cifar_source, "cache_dir": d.cache_dir or None}
+    return data_lib.load(d.name, d.data_dir, **kwargs)
 
 
-def build_model(exp: config_lib.Experiment, dataset: data_lib.ArrayDataset):
+def build_model(exp: config_lib.Experiment, dataset: Dataset):
     """The base model of ``exp`` for ``dataset``."""
     m = exp.model
-    common = dict(
-        input_shape=dataset.input_shape,
-        num_classes=dataset.num_classes,
-        widths=m.widths,
-        slope=m.slope,
-        dropout_rate=m.dropout_rate,
-        dataset_type=int(_DATASET_TYPES[exp.data.name]),
-    )
-    if m.family == "mlp":
-        return base_models.MLP(**common)
-    if m.family == "cnn":
+    key = dataset.name if exp.data.name == "formula" else exp.data.name
+    dataset_type = int(_DATASET_TYPES[key])
+    if m.family in ("mlp", "cnn"):
+        common = dict(
+            input_shape=dataset.input_shape,
+            num_classes=dataset.num_classes,
+            widths=m.widths,
+            slope=m.slope,
+            dropout_rate=m.dropout_rate,
+            dataset_type=dataset_type,
+        )
+        if m.family == "mlp":
+            return base_models.MLP(**common)
         return base_models.CNN(
             **common, depths=m.depths, kernel_size=m.kernel_size, groups=m.groups
+        )
+    if m.family == "gcn":
+        return base_models.GCN(
+            num_features=dataset.x.shape[1],
+            num_classes=dataset.num_classes,
+            hidden=m.widths,
+            dropout_rate=m.dropout_rate,
+            slope=m.slope,
+            dataset_type=dataset_type,
+        )
+    if m.family == "gat":
+        return base_models.GAT(
+            num_features=dataset.x.shape[1],
+            num_classes=dataset.num_classes,
+            hidden=m.widths[0],
+            heads=m.num_heads,
+            output_heads=m.output_heads,
+            dropout_rate=m.dropout_rate,
+            attention_dropout=m.attention_dropout,
+            dataset_type=dataset_type,
+        )
+    if m.family == "transformer":
+        return base_models.Transformer(
+            vocab_size=len(dataset.vocab),
+            max_len=dataset.x_train.shape[1],
+            num_classes=dataset.num_classes,
+            embed_dim=m.embed_dim,
+            num_encoders=m.num_encoders,
+            num_heads=m.num_heads,
+            linears_per_encoder=m.linears_per_encoder,
+            dropout_rate=m.dropout_rate,
+            slope=m.slope,
+            dataset_type=dataset_type,
+        )
+    if m.family == "kan":
+        return base_models.KAN(
+            in_features=dataset.d_in,
+            out_features=dataset.d_out,
+            hidden=m.widths,
+            grid_size=m.grid_size,
+            spline_order=m.spline_order,
+            dataset_type=dataset_type,
         )
     raise ValueError(f"unknown model.family {m.family!r}")
 
 
+def device_data(setup: Setup, dataset: Dataset) -> tuple[tuple, tuple]:
+    """``(train, test)`` data on device, replicated over the mesh.
+
+    Sampled-batch tasks get ``(x, y)`` per split; node classification gets
+    ``(graph, y, mask)`` per split, the same ``jraph.GraphsTuple`` with the train or test mask.
+    """
+    if setup.task == "node_classification":
+        g = dataset
+        graph = base_models.gnn.graphs_tuple(g)
+        y = jnp.asarray(g.y)
+        splits = ((graph, y, jnp.asarray(g.train_mask)), (graph, y, jnp.asarray(g.test_mask)))
+    else:
+        splits = tuple(
+            (jnp.asarray(getattr(dataset, f"x_{s}")), jnp.asarray(getattr(dataset, f"y_{s}")))
+            for s in ("train", "test")
+        )
+    return sharding_lib.replicate(setup.mesh, splits)
+
+
 def make_setup(
-    exp: config_lib.Experiment, dataset: data_lib.ArrayDataset
+    exp: config_lib.Experiment, dataset: Dataset
 ) -> tuple[Setup, descriptors.ModelDescriptors]:
     """Builds the static setup and the (cached) descriptors of a run."""
-    if exp.train.batch_size > dataset.x_train.shape[0]:
+    task = task_of(exp)
+    if task != "node_classification" and exp.train.batch_size > dataset.x_train.shape[0]:
         raise ValueError(
             f"train.batch_size ({exp.train.batch_size}) exceeds the {dataset.x_train.shape[0]} "
             f"training examples of {dataset.name}"
@@ -133,16 +262,19 @@ def make_setup(
         if chunk is None:
             devices = 1 if mesh is None else mesh.size
             chunk, remat = generator.auto_chunking(gen, host, exp.generator.memory_mib, devices)
-    norm = (tuple(dataset.mean), tuple(dataset.std)) if dataset.mean is not None else None
+    mean, std = getattr(dataset, "mean", None), getattr(dataset, "std", None)
+    norm = (tuple(mean), tuple(std)) if mean is not None else None
     augment = exp.data.augment and exp.data.name == "cifar10"
-    if mesh is not None:
+    if mesh is not None and task != "node_classification":
         for name in ("batch_size", "eval_batch_size"):
             if getattr(exp.train, name) % mesh.size:
                 raise ValueError(
                     f"train.{name} ({getattr(exp.train, name)}) must be divisible by the "
                     f"{mesh.size} devices of the mesh (train.num_devices={exp.train.num_devices})"
                 )
-    setup = Setup(exp.mode, model, norm, augment, layout, gen, plan, chunk, remat, exp.train, mesh)
+    setup = Setup(
+        exp.mode, task, model, norm, augment, layout, gen, plan, chunk, remat, exp.train, mesh
+    )
     return setup, desc
 
 
@@ -240,17 +372,44 @@ def init_loss(setup: Setup, params, constants, arrays: DescArrays):
     return loss, {"init_loss": loss}
 
 
-def task_loss(setup: Setup, params, constants, arrays: DescArrays, x, y, rng):
-    """Cross-entropy of the base model on one batch, plus batch accuracy."""
-    logits = setup.model.apply(
+def example_terms(task: str, outputs: jax.Array, y: jax.Array):
+    """Per-example ``(loss, score)``: cross-entropy and 0/1 correctness for classification,
+    the squared error averaged over outputs (as both) for regression."""
+    if task == "regression":
+        se = jnp.mean((outputs - y) ** 2, axis=-1)
+        return se, se
+    loss = optax.softmax_cross_entropy_with_integer_labels(outputs, y)
+    return loss, (outputs.argmax(-1) == y).astype(jnp.float32)
+
+
+def _metric(task: str, mean_score: jax.Array) -> jax.Array:
+    """Accuracy (mean correctness) or RMSE (root of the mean squared error)."""
+    return jnp.sqrt(mean_score) if task == "regression" else mean_score
+
+
+def task_loss(setup: Setup, params, constants, arrays: DescArrays, batch, rng):
+    """The task loss of the base model on ``batch`` and its metric.
+
+    ``batch`` is ``(x, y)``, or ``(graph, y, mask)`` for node classification, where only the
+    masked nodes count.
+    """
+    x, y, *mask = batch
+    outputs = setup.model.apply(
         base_params(setup, params, constants, arrays), x, train=True, rng=rng
     )
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    return loss, {"loss": loss, "accuracy": (logits.argmax(-1) == y).mean()}
+    loss, score = example_terms(setup.task, outputs, y)
+    weight = mask[0].astype(jnp.float32) if mask else jnp.ones_like(loss)
+    total = jnp.maximum(weight.sum(), 1.0)
+    loss = (loss * weight).sum() / total
+    metric = _metric(setup.task, (score * weight).sum() / total)
+    return loss, {"loss": loss, setup.metric_name: metric}
 
 
 def make_optimizer(setup: Setup, stage: str) -> optax.GradientTransformation:
     """AdamW (wd 0) with optional global-norm clipping.
+
+    The task stage's peak rate is ``train.lr``, or ``train.direct_lr`` for direct training when
+    that is set.
 
     ``init`` stage: cosine decay from ``init_lr`` over ``init_steps``, no warm-up.
     ``task`` stage: linear warm-up over ``warmup_steps`` starting at ``lr / (warmup + 1)``
@@ -260,9 +419,10 @@ def make_optimizer(setup: Setup, stage: str) -> optax.GradientTransformation:
     if stage == "init":
         schedule = optax.cosine_decay_schedule(t.init_lr, max(setup.init_steps, 1))
     else:
-        cosine = optax.cosine_decay_schedule(t.lr, t.steps - t.warmup_steps)
+        lr = t.direct_lr if setup.mode == "direct" and t.direct_lr > 0 else t.lr
+        cosine = optax.cosine_decay_schedule(lr, t.steps - t.warmup_steps)
         if t.warmup_steps:
-            warm = optax.linear_schedule(t.lr / (t.warmup_steps + 1), t.lr, t.warmup_steps)
+            warm = optax.linear_schedule(lr / (t.warmup_steps + 1), lr, t.warmup_steps)
             schedule = optax.join_schedules([warm, cosine], [t.warmup_steps])
         else:
             schedule = cosine
@@ -299,15 +459,17 @@ def train_step(setup: Setup, stage: str, state: dict, arrays: DescArrays, data, 
         loss_fn = functools.partial(init_loss, setup)
         args = (state["constants"], arrays)
     else:
-        # Batches depend on the step only through the permutation key, not on step_key.
-        x, y = sample_batch(
-            *data, state["step"], jax.random.fold_in(key, 1), setup.train.batch_size
-        )
-        x, y = _split_batch(setup, x), _split_batch(setup, y)
-        x = prepare_inputs(setup, x, jax.random.fold_in(step_key, 1))
-        dropout_key = step_key
+        if setup.task == "node_classification":
+            batch = data  # the whole graph, every step
+        else:
+            # Batches depend on the step only through the permutation key, not on step_key.
+            x, y = sample_batch(
+                *data, state["step"], jax.random.fold_in(key, 1), setup.train.batch_size
+            )
+            x, y = _split_batch(setup, x), _split_batch(setup, y)
+            batch = (prepare_inputs(setup, x, jax.random.fold_in(step_key, 1)), y)
         loss_fn = functools.partial(task_loss, setup)
-        args = (state["constants"], arrays, x, y, dropout_key)
+        args = (state["constants"], arrays, batch, step_key)
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state["params"], *args)
     tx = make_optimizer(setup, stage)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -319,26 +481,38 @@ def train_step(setup: Setup, stage: str, state: dict, arrays: DescArrays, data, 
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
 def evaluate(setup: Setup, params, constants, arrays: DescArrays, data, batch_size: int):
-    """Accuracy and mean loss on ``data``; the weights are generated once for the whole set."""
-    x, y = data
+    """The metric (accuracy or RMSE) and mean loss on ``data``; the weights are generated once
+    for the whole set. Node classification evaluates the whole graph on the masked nodes."""
     model_params = base_params(setup, params, constants, arrays)
+    if setup.task == "node_classification":
+        graph, y, mask = data
+        loss, score = example_terms(setup.task, setup.model.apply(model_params, graph), y)
+        weight = mask.astype(jnp.float32)
+        total = jnp.maximum(weight.sum(), 1.0)
+        return {
+            setup.metric_name: _metric(setup.task, (score * weight).sum() / total),
+            "loss": (loss * weight).sum() / total,
+        }
+    x, y = data
     n = x.shape[0]
     num_batches = -(-n // batch_size)
     pad = num_batches * batch_size - n
     xb = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(
         num_batches, batch_size, *x.shape[1:]
     )
-    yb = jnp.pad(y, (0, pad)).reshape(num_batches, batch_size)
+    yb = jnp.pad(y, [(0, pad)] + [(0, 0)] * (y.ndim - 1)).reshape(
+        num_batches, batch_size, *y.shape[1:]
+    )
     mask = (jnp.arange(num_batches * batch_size) < n).reshape(num_batches, batch_size)
 
     def one(batch):
         xi, yi, mi = (_split_batch(setup, b) for b in batch)
-        logits = setup.model.apply(model_params, prepare_inputs(setup, xi))
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, yi)
-        return jnp.sum((logits.argmax(-1) == yi) * mi), jnp.sum(loss * mi)
+        outputs = setup.model.apply(model_params, prepare_inputs(setup, xi))
+        loss, score = example_terms(setup.task, outputs, yi)
+        return jnp.sum(score * mi), jnp.sum(loss * mi)
 
-    correct, loss = jax.lax.map(one, (xb, yb, mask))
-    return {"accuracy": correct.sum() / n, "loss": loss.sum() / n}
+    score, loss = jax.lax.map(one, (xb, yb, mask))
+    return {setup.metric_name: _metric(setup.task, score.sum() / n), "loss": loss.sum() / n}
 
 
 def _split_batch(setup: Setup, x: jax.Array) -> jax.Array:
@@ -372,10 +546,17 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def _describe_model(exp: config_lib.Experiment) -> str:
-    widths = "x".join(str(w) for w in exp.model.widths)
-    if exp.model.family == "cnn":
-        return f"cnn-d{'-'.join(str(d) for d in exp.model.depths)}-w{widths}"
-    return f"mlp-{widths}"
+    m = exp.model
+    widths = "x".join(str(w) for w in m.widths)
+    if m.family == "cnn":
+        return f"cnn-d{'-'.join(str(d) for d in m.depths)}-w{widths}"
+    if m.family == "gat":
+        return f"gat-{m.num_heads}x{widths}-out{m.output_heads}"
+    if m.family == "transformer":
+        return f"transformer-e{m.embed_dim}-enc{m.num_encoders}-h{m.num_heads}"
+    if m.family == "kan":
+        return f"kan-{widths}-g{m.grid_size}"
+    return f"{m.family}-{widths}"
 
 
 class _MetricsLog:
@@ -470,7 +651,7 @@ def run(
     exp: config_lib.Experiment,
     workdir: str | Path,
     *,
-    dataset: data_lib.ArrayDataset | None = None,
+    dataset: Dataset | None = None,
     progress: bool = True,
     stop_after: int | None = None,
 ) -> dict[str, Any]:
@@ -501,12 +682,7 @@ def run(
     setup, desc = make_setup(exp, dataset)
     arrays = desc_arrays(setup, desc)
     # The dataset is replicated; each step's batch is gathered from it and split over the mesh.
-    train_data = sharding_lib.replicate(
-        setup.mesh, (jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train))
-    )
-    test_data = sharding_lib.replicate(
-        setup.mesh, (jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test))
-    )
+    train_data, test_data = device_data(setup, dataset)
     key = jax.random.key_data(jax.random.key(exp.seed))
     state = init_state(setup, jax.random.fold_in(key, 2))
 
@@ -578,8 +754,8 @@ def run(
     results = {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "mode": exp.mode,
-        "task": "image_cls",
-        "dataset": exp.data.name,
+        "task": _TASK_TYPES[exp.data.name],
+        "dataset": dataset.name,
         "model": _describe_model(exp),
         "num_target_params": setup.layout.size,
         "num_generator_params": (
@@ -587,9 +763,9 @@ def run(
             if exp.mode == "uhn"
             else 0
         ),
-        "metric_name": "accuracy",
-        "test_metric": float(ev["accuracy"]),
-        "train_metric": float(ev_train["accuracy"]),
+        "metric_name": setup.metric_name,
+        "test_metric": float(ev[setup.metric_name]),
+        "train_metric": float(ev_train[setup.metric_name]),
         "test_loss": float(ev["loss"]),
         "seed": exp.seed,
         "steps": exp.train.steps,
@@ -598,7 +774,8 @@ def run(
     }
     if jax.process_index() == 0:
         with open(workdir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"step": total, "test_accuracy": results["test_metric"]}) + "\n")
+            line = {"step": total, f"test_{setup.metric_name}": results["test_metric"]}
+            f.write(json.dumps(line) + "\n")
         results_path.write_text(json.dumps(results, indent=2) + "\n")
     return results
 

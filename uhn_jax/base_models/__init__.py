@@ -10,7 +10,9 @@ A base model is a frozen, hashable dataclass with
 """
 
 from uhn_jax.base_models.cnn import CNN
+from uhn_jax.base_models.gnn import GAT, GCN
 from uhn_jax.base_models.kan import KAN
 from uhn_jax.base_models.mlp import MLP
+from uhn_jax.base_models.transformer import Transformer
 
-__all__ = ["CNN", "KAN", "MLP"]
+__all__ = ["CNN", "GAT", "GCN", "KAN", "MLP", "Transformer"]

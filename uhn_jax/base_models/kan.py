@@ -40,10 +40,6 @@ import jax.numpy as jnp
 
 from uhn_jax import descriptors as D
 
-# The reference's DatasetType.SPECIAL_ELLIPJ (first formula dataset); uhn_jax's DatasetType
-# enum does not list the formula datasets, so callers pass the reference number they want.
-_SPECIAL_ELLIPJ = 7
-
 
 def knots_from_params(lower_I: jax.Array, log_length_I: jax.Array, logits_IK: jax.Array):
     """Strictly increasing knots ``(in, K)``: ``lower + exp(log_length) * cumsum(softmax)``.
@@ -116,7 +112,7 @@ class KAN:
     hidden: tuple[int, ...] = (5,)
     grid_size: int = 5
     spline_order: int = 3
-    dataset_type: int = _SPECIAL_ELLIPJ
+    dataset_type: int = int(D.DatasetType.SPECIAL_ELLIPJ)
 
     def __post_init__(self):
         for field in ("in_features", "out_features", "grid_size"):
