@@ -1,0 +1,197 @@
+"""Model sets for multi-model UHN training (spec §5.1): sample, deduplicate, save, split.
+
+A model set is a list of architectures drawn from a *family*: the ranges each architectural
+choice is sampled from. Architectures are plain dicts of ``model`` config fields (for example
+``{"family": "mlp", "widths": [96, 64]}``), so any of them can be turned into an
+:class:`~uhn_jax.config.ModelConfig` with :func:`model_config`.
+
+Sets are saved as versioned JSON (:data:`SCHEMA_VERSION`) holding the family, the sampling seed
+and the models in sampling order. As in the reference, the held-out models are the *last*
+``num_held_out`` of the set, and the rest are the hold-in (training) models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uhn_jax import config as config_lib
+
+SCHEMA_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPFamily:
+    """MLPs whose depth and per-layer widths are sampled independently.
+
+    Attributes:
+      min_depth: fewest hidden layers (``len(widths)``).
+      max_depth: most hidden layers.
+      widths: the width choices of every hidden layer.
+    """
+
+    min_depth: int = 1
+    max_depth: int = 3
+    widths: tuple[int, ...] = (32, 48, 64, 80, 96, 112, 128)
+
+    def __post_init__(self):
+        if not 1 <= self.min_depth <= self.max_depth:
+            raise ValueError(
+                f"MLPFamily needs 1 <= min_depth <= max_depth, got {self.min_depth}, "
+                f"{self.max_depth}"
+            )
+        if not self.widths or any(int(w) < 1 for w in self.widths):
+            raise ValueError(f"MLPFamily widths must be positive ints, got {self.widths}")
+        object.__setattr__(self, "widths", tuple(sorted({int(w) for w in self.widths})))
+
+    @property
+    def size(self) -> int:
+        """Number of distinct architectures in the family."""
+        w = len(self.widths)
+        return sum(w**d for d in range(self.min_depth, self.max_depth + 1))
+
+    def sample(self, rng: np.random.Generator) -> dict[str, Any]:
+        depth = int(rng.integers(self.min_depth, self.max_depth + 1))
+        return {"family": "mlp", "widths": [int(rng.choice(self.widths)) for _ in range(depth)]}
+
+    def largest(self) -> dict[str, Any]:
+        """The architecture every member embeds into (max depth, max width)."""
+        return {"family": "mlp", "widths": [max(self.widths)] * self.max_depth}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "mlp", **dataclasses.asdict(self)}
+
+
+FAMILIES = {"mlp": MLPFamily}
+
+
+def family_from_dict(d: Mapping[str, Any]) -> MLPFamily:
+    """Inverse of ``Family.to_dict``."""
+    d = dict(d)
+    kind = d.pop("kind", None)
+    if kind not in FAMILIES:
+        raise ValueError(f"unknown model family kind {kind!r}; known: {sorted(FAMILIES)}")
+    fields = {f.name: f.type for f in dataclasses.fields(FAMILIES[kind])}
+    unknown = set(d) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown {kind} family field(s) {sorted(unknown)}")
+    return FAMILIES[kind](**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSet:
+    """Architectures sampled from a family, the last ``num_held_out`` of them held out.
+
+    Attributes:
+      family: the family they were drawn from.
+      seed: the sampling seed.
+      models: the architectures (``model`` config overrides), in sampling order.
+      num_held_out: how many models at the end of ``models`` are held out.
+    """
+
+    family: MLPFamily
+    seed: int
+    models: tuple[Mapping[str, Any], ...]
+    num_held_out: int
+
+    def __post_init__(self):
+        if not 0 <= self.num_held_out < len(self.models):
+            raise ValueError(
+                f"num_held_out must be in [0, {len(self.models)}) for {len(self.models)} models, "
+                f"got {self.num_held_out}"
+            )
+
+    @property
+    def hold_in(self) -> tuple[Mapping[str, Any], ...]:
+        return self.models[: len(self.models) - self.num_held_out]
+
+    @property
+    def held_out(self) -> tuple[Mapping[str, Any], ...]:
+        return self.models[len(self.models) - self.num_held_out :]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "family": self.family.to_dict(),
+            "seed": self.seed,
+            "num_held_out": self.num_held_out,
+            "models": [dict(m) for m in self.models],
+        }
+
+
+def sample(family: MLPFamily, n: int, num_held_out: int, seed: int) -> ModelSet:
+    """Draws ``n`` distinct architectures from ``family`` with ``numpy``'s generator ``seed``.
+
+    Duplicates are redrawn (at most ``50 * n`` draws, as the reference caps its trials).
+
+    Raises:
+      ValueError: if the family has fewer than ``n`` architectures, or ``n`` distinct ones were
+        not found within the draws.
+    """
+    if n < 1:
+        raise ValueError(f"a model set needs n >= 1 models, got {n}")
+    if n > family.size:
+        raise ValueError(f"the family has only {family.size} distinct architectures, asked for {n}")
+    rng = np.random.default_rng(seed)
+    seen: dict[str, Mapping[str, Any]] = {}
+    for _ in range(50 * n):
+        arch = family.sample(rng)
+        seen.setdefault(json.dumps(arch, sort_keys=True), arch)
+        if len(seen) == n:
+            return ModelSet(family, seed, tuple(seen.values()), num_held_out)
+    raise ValueError(f"found only {len(seen)} distinct architectures in {50 * n} draws")
+
+
+def save(model_set: ModelSet, path: str | os.PathLike[str]) -> Path:
+    """Writes ``model_set`` as JSON (creating parent directories)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(model_set.to_dict(), indent=1) + "\n")
+    return path
+
+
+def load(path: str | os.PathLike[str]) -> ModelSet:
+    """Reads a model set written by :func:`save`.
+
+    Raises:
+      FileNotFoundError: if ``path`` does not exist.
+      ValueError: for another schema version or malformed content, naming the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model set {path} not found; create it with model_sets.save")
+    try:
+        d = json.loads(path.read_text())
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {d.get('schema_version')!r}, expected {SCHEMA_VERSION}"
+            )
+        return ModelSet(
+            family_from_dict(d["family"]),
+            int(d["seed"]),
+            tuple(d["models"]),
+            int(d["num_held_out"]),
+        )
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a valid model set: {e}") from e
+
+
+def model_config(base: config_lib.ModelConfig, arch: Mapping[str, Any]) -> config_lib.ModelConfig:
+    """``base`` with the architecture's fields replaced (validated)."""
+    fields = {f.name for f in dataclasses.fields(config_lib.ModelConfig)}
+    unknown = set(arch) - fields
+    if unknown:
+        raise ValueError(f"architecture {dict(arch)} has unknown model field(s) {sorted(unknown)}")
+    values = {
+        k: tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v
+        for k, v in arch.items()
+    }
+    cfg = dataclasses.replace(base, **values)
+    cfg.validate()
+    return cfg
