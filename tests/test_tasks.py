@@ -281,3 +281,32 @@ def test_text_configs_are_the_reference_models():
     assert exp.train.lr == 1e-4 and exp.train.init_steps == 100
     with pytest.raises(ValueError, match="unknown text config"):
         text.get_config("ag_news,gpu")
+
+
+def test_summarize_one_row_per_compare_run(tmp_path):
+    def rows(direct, uhn, metric):
+        return [
+            {
+                "mode": m,
+                "model": "kan-5-g5",
+                "num_target_params": 254,
+                "metric_name": metric,
+                "test_metric": v,
+            }
+            for m, vals in (("direct", direct), ("uhn", uhn))
+            for v in vals
+        ]
+
+    for name, direct, uhn in (("a", [0.01, 0.03], [0.02, 0.02]), ("b", [0.1], [0.4])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "compare.json").write_text(json.dumps(rows(direct, uhn, "rmse")))
+    table = experiments.summarize(tmp_path)
+    assert "| a | kan-5-g5 | 254 | 2 | 0.02 ± 0.01 | 0.02 ± 0 | 1.000 |" in table
+    assert "| b |" in table and "4.000" in table
+    assert "geometric mean of UHN / direct over 2: 2.000" in table
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "compare.json").write_text(json.dumps(rows([0.9], [0.8], "accuracy")))
+    with pytest.raises(ValueError, match="reports accuracy"):
+        experiments.summarize(tmp_path)
+    with pytest.raises(FileNotFoundError, match="compare.json"):
+        experiments.summarize(tmp_path / "a")

@@ -1,10 +1,11 @@
-"""The ``uhn-jax`` command line: ``train``, ``compare`` and ``export``.
+"""The ``uhn-jax`` command line: ``train``, ``compare``, ``export`` and ``summarize``.
 
 Examples::
 
   uhn-jax train   --config configs/digits_mlp.py --workdir runs/digits --config.mode=direct
   uhn-jax compare --config configs/digits_mlp.py --workdir runs/demo --seeds 3
   uhn-jax export  --workdir runs/digits
+  uhn-jax summarize --workdir runs/kan      # one row per compare run under runs/kan/*/
 
 Any config field can be overridden with ``--config.<group>.<field>=value``. Rerunning a command
 with the same ``--workdir`` resumes where it stopped.
@@ -17,7 +18,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "compare", "export")
+COMMANDS = ("train", "compare", "export", "summarize")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; reused to resume).")
@@ -51,6 +52,9 @@ def _run(command: str) -> None:
         sharding.initialize_distributed(**{k: v for k, v in given.items() if v is not None})
     if _WORKDIR.value is None:
         raise app.UsageError("--workdir is required")
+    if command == "summarize":
+        print(experiments.summarize(_WORKDIR.value))
+        return
     if command == "export":
         path = experiments.export(_WORKDIR.value, _OUT.value)
         print(f"exported generated params to {path}")

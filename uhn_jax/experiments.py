@@ -93,6 +93,57 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def summarize(workdir: str | Path) -> str:
+    """One row per ``compare`` run found under ``workdir`` (each subdirectory holding a
+    ``compare.json``): direct and UHN test metric (mean ± std over seeds) and their gap.
+
+    Accuracies get the UHN - direct gap in percentage points and its mean over the rows; RMSEs
+    get the UHN / direct ratio and the geometric mean of the ratios.
+    """
+    workdir = Path(workdir)
+    paths = sorted(workdir.glob("*/compare.json"))
+    if not paths:
+        raise FileNotFoundError(f"no */compare.json under {workdir}; run `uhn-jax compare` first")
+    lines, gaps, metric = [], [], None
+    for path in paths:
+        rows = json.loads(path.read_text())
+        metric = metric or rows[0]["metric_name"]
+        if rows[0]["metric_name"] != metric:
+            raise ValueError(f"{path} reports {rows[0]['metric_name']}, the others {metric}")
+        stats = {}
+        for mode in ("direct", "uhn"):
+            vals = np.array([r["test_metric"] for r in rows if r["mode"] == mode])
+            stats[mode] = (vals.mean(), vals.std(), len(vals)) if len(vals) else None
+        if None in stats.values():
+            continue
+        r0 = rows[0]
+        if metric == "rmse":
+            gap = stats["uhn"][0] / stats["direct"][0]
+            cells = [f"{m:.3g} ± {s:.1g}" for m, s, _ in stats.values()] + [f"{gap:.3f}"]
+        else:
+            gap = 100 * (stats["uhn"][0] - stats["direct"][0])
+            cells = [f"{100 * m:.2f} ± {100 * s:.2f}" for m, s, _ in stats.values()]
+            cells.append(f"{gap:+.2f}")
+        gaps.append(gap)
+        lines.append(
+            f"| {path.parent.name} | {r0['model']} | {r0['num_target_params']:,} "
+            f"| {stats['uhn'][2]} | " + " | ".join(cells) + " |"
+        )
+    unit = "UHN / direct" if metric == "rmse" else "UHN - direct (pp)"
+    shown = "rmse" if metric == "rmse" else "accuracy %"
+    head = [
+        f"| run | model | params | seeds | direct {shown} | UHN {shown} | {unit} |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    if metric == "rmse":
+        summary = (
+            f"geometric mean of UHN / direct over {len(gaps)}: {np.exp(np.mean(np.log(gaps))):.3f}"
+        )
+    else:
+        summary = f"mean UHN - direct over {len(gaps)}: {np.mean(gaps):+.2f} pp"
+    return "\n".join(head + lines + ["", summary])
+
+
 def export(workdir: str | Path, out: str | Path | None = None) -> Path:
     """Writes the base-model params of a run as a plain orbax checkpoint.
 
