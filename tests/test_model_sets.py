@@ -53,3 +53,58 @@ def test_model_config_applies_an_architecture():
     assert cfg.widths == (32, 64) and cfg.family == "mlp"
     with pytest.raises(ValueError, match="unknown model field"):
         model_sets.model_config(config_lib.ModelConfig(), {"depth": 3})
+
+
+# ----------------------------------------------------------------------------- padding
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from uhn_jax import base_models, descriptors, layouts  # noqa: E402
+
+
+def _desc(model):
+    layout = layouts.from_params(jax.eval_shape(model.init, jax.random.key(0)))
+    return descriptors.build(layout, model.layers(), model.global_fields())
+
+
+def _into_corners(member_params, big, layer_map):
+    big_params = jax.tree.map(jnp.zeros_like, big.init(jax.random.key(0)))
+    for layer, tensors in member_params.items():
+        for name, value in tensors.items():
+            target = big_params[layer_map[layer]][name]
+            corner = tuple(slice(0, n) for n in value.shape)
+            big_params[layer_map[layer]][name] = target.at[corner].set(value)
+    return big_params
+
+
+@pytest.mark.parametrize("widths", [(32,), (48, 16), (64, 64, 64), (16, 64)])
+def test_largest_mlp_runs_exactly_as_a_member(widths):
+    big = base_models.MLP(input_shape=(8, 8), num_classes=10, widths=(64, 64, 64))
+    member = base_models.MLP(input_shape=(8, 8), num_classes=10, widths=widths)
+    params = member.init(jax.random.key(1))
+    x = jax.random.normal(jax.random.key(2), (5, 8, 8))
+    masks = jax.tree.map(jnp.asarray, big.member_masks(member))
+    big_params = _into_corners(params, big, big.layer_map(member))
+    np.testing.assert_allclose(
+        big.apply(big_params, x, masks=masks), member.apply(params, x), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_embed_puts_the_member_descriptors_in_the_corners():
+    big = base_models.MLP(input_shape=(8, 8), num_classes=10, widths=(64, 64, 64))
+    member = base_models.MLP(input_shape=(8, 8), num_classes=10, widths=(48, 16))
+    emb = model_sets.embed(_desc(member), _desc(big), big.layer_map(member))
+    own = _desc(member)
+    assert emb.weight_mask.shape == (_desc(big).num_params,)
+    assert int(emb.weight_mask.sum()) == own.num_params
+    # Tensor and row-major orders are kept, so the masked rows are the member's own rows.
+    np.testing.assert_array_equal(emb.desc.index[emb.weight_mask == 1], own.index)
+    assert emb.tensor_present.tolist() == [1, 1, 1, 1, 0, 0, 1, 1]
+    np.testing.assert_array_equal(emb.desc.targets[emb.tensor_present == 1], own.targets)
+    assert emb.layer_mask.tolist() == [1, 1, 1, 0]
+    np.testing.assert_array_equal(emb.structure_input[:3], own.structure_input)
+    assert not emb.structure_input[3:].any()
+    with pytest.raises(ValueError, match="not a member"):
+        big.layer_map(base_models.MLP(input_shape=(8, 8), num_classes=10, widths=(80,)))

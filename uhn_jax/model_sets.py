@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from uhn_jax import config as config_lib
+from uhn_jax import descriptors
 
 SCHEMA_VERSION = 1
 
@@ -195,3 +196,97 @@ def model_config(base: config_lib.ModelConfig, arch: Mapping[str, Any]) -> confi
     cfg = dataclasses.replace(base, **values)
     cfg.validate()
     return cfg
+
+
+# ----------------------------------------------------------------------------- padding
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Embedded:
+    """One architecture written into the layout of the family's largest member.
+
+    Every array has the same shape for every member of a family, so one compiled step serves
+    the whole set (the step takes these as inputs, not as static arguments).
+
+    Attributes:
+      desc: descriptors over the largest member's tensors, each carrying the member's own
+        constant fields (layer index and type, param type) and init target; its index grids
+        enumerate the large tensor's positions, which equal the member's own indices inside the
+        member's corner.
+      weight_mask: ``(N_max,)`` float32, 1 where a generated scalar is one of the member's
+        weights (the corner of a mapped tensor), 0 elsewhere; masked scalars are set to 0.
+      tensor_present: ``(T_max,)`` float32, 1 for tensors the member has (the init stage skips
+        the others, as the reference skips empty tensors).
+      layer_mask: ``(L_max,)`` float32, 1 for the member's layers (structure rows are
+        zero-padded past them).
+      structure_input: ``(L_max, 29)`` the member's structure input, zero rows past its layers.
+    """
+
+    desc: descriptors.ModelDescriptors
+    weight_mask: np.ndarray
+    tensor_present: np.ndarray
+    layer_mask: np.ndarray
+    structure_input: np.ndarray
+
+
+def embed(
+    member: descriptors.ModelDescriptors,
+    largest: descriptors.ModelDescriptors,
+    layer_map: Mapping[str, str],
+) -> Embedded:
+    """Writes ``member``'s descriptors into ``largest``'s layout.
+
+    Args:
+      member: descriptors of one architecture.
+      largest: descriptors of the family's largest member.
+      layer_map: ``{member layer name: largest layer name}``; each member tensor lands in the
+        top-left corner of the same-named tensor of the mapped layer.
+
+    Raises:
+      ValueError: if a member tensor does not fit in its target, or a layer is unmapped.
+    """
+    target_of = {}
+    for g in member.grids:
+        layer, tensor = g.keys
+        if layer not in layer_map:
+            raise ValueError(f"member layer {layer!r} has no target layer in {dict(layer_map)}")
+        target_of[(layer_map[layer], tensor)] = g
+    found = {g.keys for g in largest.grids}
+    missing = sorted(set(target_of) - found)
+    if missing:
+        raise ValueError(f"target tensors {missing} are not in the largest member's layout")
+    grids, masks, present = [], [], []
+    for big in largest.grids:
+        g = target_of.get(big.keys)
+        mask = np.zeros(big.shape, np.float32)
+        if g is None:
+            grids.append(dataclasses.replace(big, target=(0.0, 0.0)))
+            present.append(0.0)
+        else:
+            if len(g.shape) != len(big.shape) or any(
+                a > b for a, b in zip(g.shape, big.shape, strict=True)
+            ):
+                raise ValueError(
+                    f"tensor {g.keys} {g.shape} does not fit in {big.keys} {big.shape}"
+                )
+            if g.axes != big.axes:
+                raise ValueError(f"tensor {g.keys} indexes {g.axes}, its target {big.axes}")
+            mask[tuple(slice(0, n) for n in g.shape)] = 1.0
+            grids.append(dataclasses.replace(big, const=g.const, target=g.target))
+            present.append(1.0)
+        masks.append(mask.reshape(-1))
+    n_layers, n_max = member.structure.shape[0], largest.structure.shape[0]
+    if n_layers > n_max:
+        raise ValueError(f"the member has {n_layers} layers, the largest member {n_max}")
+    structure = np.zeros_like(largest.structure_input)
+    structure[:n_layers] = member.structure_input
+    desc = descriptors.ModelDescriptors(
+        largest.layout, tuple(grids), member.structure, member.global_
+    )
+    return Embedded(
+        desc,
+        np.concatenate(masks),
+        np.asarray(present, np.float32),
+        (np.arange(n_max) < n_layers).astype(np.float32),
+        structure,
+    )

@@ -15,6 +15,16 @@ def layer_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
     return (x - mean) * jax.lax.rsqrt(var + eps)
 
 
+def masked_layer_norm(x: jax.Array, units: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Non-affine LayerNorm over the last axis's ``units`` only (bool, broadcastable); the
+    other entries come out 0. Equals :func:`layer_norm` of ``x[..., units]`` put back in place."""
+    m = units.astype(x.dtype)
+    count = jnp.maximum(m.sum(-1, keepdims=True), 1.0)
+    mean = (x * m).sum(-1, keepdims=True) / count
+    var = (((x - mean) * m) ** 2).sum(-1, keepdims=True) / count
+    return (x - mean) * jax.lax.rsqrt(var + eps) * m
+
+
 def group_norm(x_BHWC: jax.Array, groups: int, eps: float = 1e-5) -> jax.Array:
     """Non-affine GroupNorm over (H, W, C/groups), as ``F.group_norm`` without weight/bias."""
     b, h, w, c = x_BHWC.shape

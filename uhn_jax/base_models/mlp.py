@@ -6,9 +6,11 @@ import dataclasses
 import math
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from uhn_jax import descriptors as D
-from uhn_jax.base_models.common import dropout, layer_norm, torch_default_init
+from uhn_jax.base_models.common import dropout, layer_norm, masked_layer_norm, torch_default_init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,17 +102,77 @@ class MLP:
         layers = {self.name(i): ((n_in, n_out), n_in) for i, (n_in, n_out) in enumerate(self.sizes)}
         return torch_default_init(key, layers)
 
-    def apply(self, params: dict, x: jax.Array, *, train: bool = False, rng=None) -> jax.Array:
-        """Logits ``(B, num_classes)`` for inputs ``(B, *input_shape)``."""
+    def apply(
+        self, params: dict, x: jax.Array, *, train: bool = False, rng=None, masks=None
+    ) -> jax.Array:
+        """Logits ``(B, num_classes)`` for inputs ``(B, *input_shape)``.
+
+        With ``masks`` (from :meth:`member_masks`) this model, the largest of a family, runs
+        as a smaller member whose weights sit in the corners of its tensors (zeros elsewhere):
+        LayerNorms use the member's units only, layers past the member's depth are skipped and
+        the skips are the member's. The result equals the member's own ``apply``.
+        """
         h = x.reshape(x.shape[0], -1)
+        units = jnp.ones(h.shape[-1], bool)  # the member's units of h
         for i in range(len(self.sizes)):
             p = params[self.name(i)]
-            y = h if i == 0 else layer_norm(jax.nn.leaky_relu(h, self.slope))
+            if i == 0:
+                y = h
+            elif masks is None:
+                y = layer_norm(jax.nn.leaky_relu(h, self.slope))
+            else:
+                y = masked_layer_norm(jax.nn.leaky_relu(h, self.slope), units)
             y = y @ p["kernel"] + p["bias"]
             y = dropout(
                 y,
                 self.dropout_rate,
                 jax.random.fold_in(rng, i) if train and rng is not None else None,
             )
-            h = h + y if self._has_skip(i) else y
+            if masks is None:
+                h = h + y if self._has_skip(i) else y
+            elif self.sizes[i][0] == self.sizes[i][1]:
+                # A square layer: a member may skip over it or not have it at all.
+                active = masks["active"][i]
+                h = jnp.where(active, jnp.where(masks["skip"][i], h + y, y), h)
+                units = jnp.where(active, masks["units"][i][: self.sizes[i][1]], units)
+            else:  # the first layer, the head, width changes: every member has these
+                h, units = y, masks["units"][i][: self.sizes[i][1]]
         return h
+
+    def layer_map(self, member: MLP) -> dict[str, str]:
+        """Where each layer of ``member`` (a shallower/narrower MLP) sits in this model:
+        hidden layer ``i`` in layer ``i``, the head in the head."""
+        self._check_member(member)
+        n = len(member.sizes)
+        return {
+            member.name(i): self.name(i if i < n - 1 else len(self.sizes) - 1) for i in range(n)
+        }
+
+    def member_masks(self, member: MLP) -> dict[str, np.ndarray]:
+        """Masks that make this model run as ``member`` (see :meth:`apply`).
+
+        ``units (L, W)``: the member's output units of each layer (the head's are all of the
+        classes); ``active (L,)``: layers the member has; ``skip (L,)``: the member's skips.
+        """
+        self._check_member(member)
+        n_layers, width = len(self.sizes), max(n for _, n in self.sizes)
+        units = np.zeros((n_layers, width), bool)
+        active = np.zeros(n_layers, bool)
+        skip = np.zeros(n_layers, bool)
+        for i, j in enumerate(int(k.split("_")[1]) for k in self.layer_map(member).values()):
+            units[j, : member.sizes[i][1]] = True
+            active[j] = True
+            skip[j] = member._has_skip(i)
+        return {"units": units, "active": active, "skip": skip}
+
+    def _check_member(self, member: MLP) -> None:
+        same = (member.input_shape, member.num_classes) == (self.input_shape, self.num_classes)
+        fits = len(member.widths) <= len(self.widths) and all(
+            m <= w for m, w in zip(member.widths, self.widths, strict=False)
+        )
+        if not (same and fits):
+            raise ValueError(
+                f"MLP {member.widths} (input {member.input_shape}, {member.num_classes} classes) "
+                f"is not a member of {self.widths} (input {self.input_shape}, "
+                f"{self.num_classes} classes)"
+            )
