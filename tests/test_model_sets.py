@@ -108,3 +108,90 @@ def test_embed_puts_the_member_descriptors_in_the_corners():
     assert not emb.structure_input[3:].any()
     with pytest.raises(ValueError, match="not a member"):
         big.layer_map(base_models.MLP(input_shape=(8, 8), num_classes=10, widths=(80,)))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _tiny_set(tmp_path, n=6, held_out=2):
+    family = model_sets.MLPFamily(min_depth=1, max_depth=2, widths=(8, 16))
+    return str(model_sets.save(model_sets.sample(family, n, held_out, seed=3), tmp_path / "s.json"))
+
+
+def _set_exp(path, **train):
+    from conftest import load_config
+
+    cfg = load_config("test")
+    cfg.model.model_set = path
+    cfg.generator.structure = True
+    cfg.generator.chunk_size = 0
+    for k, v in train.items():
+        cfg.train[k] = v
+    return config_lib.from_config_dict(cfg)
+
+
+def test_model_set_run_trains_all_members_with_one_compile_per_stage(tmp_path):
+    from uhn_jax import train
+
+    exp = _set_exp(_tiny_set(tmp_path), steps=6, init_steps=3)
+    results = train.run(exp, tmp_path / "run", progress=False)
+    assert results["num_members"] == 6 and results["num_hold_in"] == 4
+    assert results["train_step_compiles"] <= 2  # init and task stage; not one per member
+    splits = [r["split"] for r in results["members"]]
+    assert splits == ["hold_in"] * 2 + ["held_out"] * 2
+    for key in ("hold_in_test_metric", "held_out_test_metric"):
+        assert 0.0 <= results[key] <= 1.0
+    assert results["test_metric"] == results["held_out_test_metric"]
+    assert (tmp_path / "run" / "members.png").stat().st_size > 1000
+    # A member's generated weights are zero outside its corners.
+    ds = train.load_dataset(exp)
+    setup, stacked, mset, members = train.make_multi_setup(exp, ds)
+    state = train.init_state(setup, jax.random.key_data(jax.random.key(0)))
+    arrays = train.select_member(jax.tree.map(jnp.asarray, stacked), 1)
+    params = train.materialize_params(setup, state["params"], state["constants"], arrays)
+    w = layouts.flatten(params, setup.layout)
+    assert not np.asarray(w)[stacked.weight_mask[1] == 0].any()
+    assert np.asarray(w)[stacked.weight_mask[1] == 1].std() > 0
+
+
+def test_model_set_errors(tmp_path):
+    from uhn_jax import train
+
+    path = _tiny_set(tmp_path)
+    exp = _set_exp(path)
+    ds = train.load_dataset(exp)
+    with pytest.raises(ValueError, match="structure"):
+        from conftest import load_config
+
+        cfg = load_config("test")
+        cfg.model.model_set = path
+        train.make_multi_setup(config_lib.from_config_dict(cfg), ds)
+    import dataclasses
+
+    with pytest.raises(ValueError, match="mode='uhn'"):
+        train.make_multi_setup(dataclasses.replace(exp, mode="direct"), ds)
+
+
+def test_structure_mask_ignores_padded_layers():
+    from uhn_jax import generator
+
+    model = base_models.MLP(input_shape=(8, 8), num_classes=10, widths=(16, 16))
+    d = _desc(model)
+    gen = generator.Generator(
+        index_ranges=d.index_ranges(),
+        structure_ranges=d.structure_ranges(),
+        structure=True,
+        hidden=16,
+        n_freqs=16,
+    )
+    v = generator.init(gen, jax.random.key(0))
+    # Make the zero-initialised last layer non-zero so the vector depends on its input.
+    v = jax.tree.map(lambda a: a + 0.1, v)
+    s = jnp.asarray(d.structure_input)
+    padded = jnp.concatenate([s, jnp.zeros((2, 29))])
+    mask = jnp.asarray([1.0, 1.0, 1.0, 0.0, 0.0])
+    own = gen.apply(v, s, method=generator.Generator.structure_vector)
+    masked = gen.apply(v, padded, mask, method=generator.Generator.structure_vector)
+    unmasked = gen.apply(v, padded, method=generator.Generator.structure_vector)
+    np.testing.assert_allclose(masked, own, rtol=1e-5, atol=1e-6)
+    assert np.abs(np.asarray(unmasked - own)).max() > 1e-4

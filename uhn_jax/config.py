@@ -97,6 +97,9 @@ class ModelConfig:
     # kan
     grid_size: int = 5
     spline_order: int = 3
+    # A model-set JSON (uhn_jax.model_sets.save): train one UHN over its hold-in members and
+    # evaluate hold-in and held-out members. "" = one model, described by the fields above.
+    model_set: str = ""
 
     def validate(self):
         _choice("model.family", self.family, MODEL_FAMILIES)

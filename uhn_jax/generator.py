@@ -147,15 +147,21 @@ class StructureEncoder(nn.Module):
     hidden: int
 
     @nn.compact
-    def __call__(self, tokens_LD):
+    def __call__(self, tokens_LD, mask_L=None):
+        """``mask_L`` (optional, 0/1 per token) marks the real layers of a zero-padded
+        sequence: padded tokens are neither attended to nor pooled."""
         d = self.d_model
+        attn_mask = None if mask_L is None else (mask_L > 0)[None, None, :]
         attn = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, qkv_features=d, out_features=d, name="attention"
-        )(tokens_LD, tokens_LD)
+        )(tokens_LD, tokens_LD, mask=attn_mask)
         x = nn.LayerNorm(epsilon=1e-5)(tokens_LD + attn)
         ff = _dense(d, d)(nn.relu(_dense(d, d)(x)))
         x = nn.LayerNorm(epsilon=1e-5)(x + ff)
-        pooled = x.mean(axis=0)
+        if mask_L is None:
+            pooled = x.mean(axis=0)
+        else:
+            pooled = (x * mask_L[:, None]).sum(0) / jnp.maximum(mask_L.sum(), 1.0)
         y = nn.relu(_dense(self.hidden, d)(pooled))
         return _dense(self.hidden, self.hidden, zero=True, name="zero_out")(y)
 
@@ -235,12 +241,15 @@ class Generator(nn.Module):
             x = jnp.clip(x, lo, hi)
         return (x - mean) / std
 
-    def structure_vector(self, structure_L29):
-        """Per-model vector ``(h,)`` added to every hidden state (zeros without structure)."""
+    def structure_vector(self, structure_L29, layer_mask_L=None):
+        """Per-model vector ``(h,)`` added to every hidden state (zeros without structure).
+
+        ``layer_mask_L`` (optional) marks the real rows of a zero-padded structure input.
+        """
         if not self.structure:
             return jnp.zeros((self.hidden,), jnp.float32)
         x = self._normalize(structure_L29, self.structure_ranges)
-        return self.structure_encoder(encodings.fourier(x, self.structure_b.value))
+        return self.structure_encoder(encodings.fourier(x, self.structure_b.value), layer_mask_L)
 
     def from_index(self, index_n10, structure_h):
         """Weights ``(n,)`` for raw index descriptors ``(n, 10)`` and a structure vector."""
@@ -513,8 +522,11 @@ def generate_planned(
     chunk_size: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
     remat: bool = True,
+    layer_mask: jax.Array | None = None,
 ) -> jax.Array:
     """Generates ``w[N]`` following a :class:`Plan`; equals :func:`generate` up to rounding.
+
+    ``layer_mask`` marks the real rows of a zero-padded ``structure_L29`` (multi-model runs).
 
     ``chunk_size`` bounds the scalars generated at once on both paths: direct rows go
     ``chunk_size`` at a time under ``lax.map`` + ``jax.checkpoint``; a separable tensor with C
@@ -531,6 +543,7 @@ def generate_planned(
     s_h = gen.apply(
         variables,
         structure_L29 if structure_L29 is not None else jnp.zeros((1, 29)),
+        layer_mask,
         method=Generator.structure_vector,
     )
     if "row_tables" not in arrays:

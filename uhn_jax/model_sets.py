@@ -290,3 +290,28 @@ def embed(
         (np.arange(n_max) < n_layers).astype(np.float32),
         structure,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """``python -m uhn_jax.model_sets --out FILE [...]``: samples an MLP model set to JSON."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--n", type=int, default=100, help="number of distinct architectures")
+    p.add_argument("--held-out", type=int, default=20, help="how many (the last ones) to hold out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-depth", type=int, default=1)
+    p.add_argument("--max-depth", type=int, default=3)
+    p.add_argument("--widths", default="16,24,32,40,48,56,64", help="comma-separated choices")
+    args = p.parse_args(argv)
+    family = MLPFamily(
+        args.min_depth, args.max_depth, tuple(int(w) for w in args.widths.split(","))
+    )
+    path = save(sample(family, args.n, args.held_out, args.seed), args.out)
+    print(f"wrote {args.n} architectures ({args.held_out} held out) to {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

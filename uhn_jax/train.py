@@ -35,6 +35,7 @@ from uhn_jax import (
     generator,
     graph_data,
     layouts,
+    model_sets,
     text_data,
 )
 from uhn_jax import config as config_lib
@@ -86,6 +87,12 @@ class DescArrays(NamedTuple):
     structure: jax.Array  # (L, 29) structure input
     segment_ids: jax.Array  # (N,) tensor id of every scalar
     targets: jax.Array  # (T, 2) init-stage (mean, std) per tensor
+    # Multi-model runs only (model_sets.Embedded): which generated scalars, tensors and layers
+    # belong to the member, and the masks that run the largest model as the member.
+    weight_mask: jax.Array | None = None  # (N,)
+    tensor_present: jax.Array | None = None  # (T,)
+    layer_mask: jax.Array | None = None  # (L,)
+    model_masks: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +114,9 @@ class Setup:
     # 1-D device mesh: descriptor rows and batches split over it, the rest replicated. None on
     # one device.
     mesh: jax.sharding.Mesh | None = None
+    # Multi-model runs: the number of hold-in members the steps cycle through (0 otherwise);
+    # the descriptor arrays are then stacked over all members, hold-in first.
+    members: int = 0
 
     @property
     def metric_name(self) -> str:
@@ -278,6 +288,110 @@ def make_setup(
     return setup, desc
 
 
+def make_multi_setup(
+    exp: config_lib.Experiment, dataset: Dataset
+) -> tuple[Setup, DescArrays, model_sets.ModelSet, list]:
+    """Setup of a multi-model run over the model set ``exp.model.model_set`` (spec §5.1).
+
+    Every member is written into the layout of the family's largest member
+    (:func:`model_sets.embed`), so all members share one plan, one layout and one compiled step;
+    the returned host arrays are stacked over the members (hold-in first, then held out) and a
+    step picks its member by index. The generator's declared ranges are the union over the
+    hold-in members (a held-out member outside them is an error here, before training).
+
+    Returns:
+      ``(setup, stacked host arrays, model set, member models)``.
+    """
+    if exp.mode != "uhn":
+        raise ValueError("a model set (model.model_set) trains a UHN; set mode='uhn'")
+    if not exp.generator.structure:
+        raise ValueError(
+            "a model set needs the structure encoder to tell its members apart; set "
+            "generator.structure=True"
+        )
+    mset = model_sets.load(exp.model.model_set)
+
+    def build(arch):
+        model_cfg = model_sets.model_config(exp.model, arch)
+        return build_model(dataclasses.replace(exp, model=model_cfg), dataset)
+
+    members = [build(a) for a in mset.models]
+    largest = build(mset.family.largest())
+    if not hasattr(largest, "member_masks"):
+        raise ValueError(f"model family {exp.model.family!r} cannot run masked as its members")
+
+    def describe(model):
+        shapes = jax.eval_shape(model.init, jax.random.key(0))
+        return descriptors.build(layouts.from_params(shapes), model.layers(), model.global_fields())
+
+    big = describe(largest)
+    embedded = [model_sets.embed(describe(m), big, largest.layer_map(m)) for m in members]
+    hold_in = embedded[: len(mset.hold_in)]
+    index_ranges = descriptors.union_all([e.desc.index_ranges() for e in hold_in])
+    structure_ranges = descriptors.union_all(
+        [
+            descriptors.Ranges(
+                tuple(e.structure_input[e.layer_mask > 0].min(0).tolist()),
+                tuple(e.structure_input[e.layer_mask > 0].max(0).tolist()),
+            )
+            for e in hold_in
+        ]
+    )
+    gen = generator.from_config(exp.generator, index_ranges, structure_ranges)
+    plans = []
+    for e, arch in zip(embedded, mset.models, strict=True):
+        try:
+            generator.check(gen, e.desc)
+        except ValueError as err:
+            raise ValueError(f"member {arch}: {err}") from err
+        plans.append(generator.plan(gen, e.desc, _min_separable(exp)))
+    plan = plans[0][0]
+    if any(p != plan for p, _ in plans):
+        raise ValueError("members of one model set must share a generation plan")
+    chunk, remat = exp.generator.chunk_size or None, True
+    if chunk is None:
+        chunk, remat = generator.auto_chunking(gen, plans[0][1], exp.generator.memory_mib)
+    layout = big.layout
+    per_member = [
+        DescArrays(
+            host,
+            e.structure_input,
+            big.segment_ids,
+            e.desc.targets,
+            e.weight_mask,
+            e.tensor_present,
+            e.layer_mask,
+            largest.member_masks(m),
+        )
+        for (_, host), e, m in zip(plans, embedded, members, strict=True)
+    ]
+    stacked = jax.tree.map(lambda *a: np.stack(a), *per_member)
+    mean, std = getattr(dataset, "mean", None), getattr(dataset, "std", None)
+    norm = (tuple(mean), tuple(std)) if mean is not None else None
+    augment = exp.data.augment and exp.data.name == "cifar10"
+    setup = Setup(
+        exp.mode,
+        task_of(exp),
+        largest,
+        norm,
+        augment,
+        layout,
+        gen,
+        plan,
+        chunk,
+        remat,
+        exp.train,
+        None,
+        members=len(mset.hold_in),
+    )
+    return setup, stacked, mset, members
+
+
+def select_member(arrays: DescArrays, index) -> DescArrays:
+    """One member's arrays out of a multi-model run's stacked arrays (jit-safe)."""
+    return jax.tree.map(lambda a: a[index], arrays)
+
+
 def prepare_inputs(setup: Setup, x, key=None):
     """Device-side input pipeline: augmentation (training, when on) and normalisation."""
     if setup.input_norm is None:
@@ -323,7 +437,15 @@ def with_tables(setup: Setup, arrays: DescArrays, constants) -> DescArrays:
     constants (:func:`generator.with_tables`), so that steps skip those cos/sin evaluations."""
     if setup.gen is None:
         return arrays
+    if setup.members:  # stacked over the members of a model set
+        return arrays._replace(plan=_member_tables(setup, constants, arrays.plan))
     return arrays._replace(plan=_tables(setup, constants, arrays.plan))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _member_tables(setup: Setup, constants, plan_arrays):
+    fn = functools.partial(generator.with_tables, setup.gen, {"constants": constants})
+    return jax.vmap(fn)(plan_arrays)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -347,19 +469,32 @@ def base_params(setup: Setup, params, constants, arrays: DescArrays):
         chunk_size=setup.chunk_size,
         mesh=setup.mesh,
         remat=setup.remat,
+        layer_mask=arrays.layer_mask,
     )
+    if arrays.weight_mask is not None:
+        w_N = w_N * arrays.weight_mask  # a member's weights; zeros outside its corners
     return layouts.unflatten(w_N, setup.layout)
+
+
+def apply_model(setup: Setup, model_params, x, arrays: DescArrays, **kwargs):
+    """``setup.model.apply``, run as the step's member in a multi-model run."""
+    if arrays.model_masks is not None:
+        kwargs["masks"] = arrays.model_masks
+    return setup.model.apply(model_params, x, **kwargs)
 
 
 #: ``base_params`` compiled: materialises a run's base-model params once (export, analysis).
 materialize_params = jax.jit(base_params, static_argnums=0)
 
 
-def tensor_stats(w_N: jax.Array, segment_ids: jax.Array, num_tensors: int):
-    """Per-tensor mean and population std of a flat vector, ``(T,)`` each."""
-    count = jax.ops.segment_sum(jnp.ones_like(w_N), segment_ids, num_tensors)
-    mean = jax.ops.segment_sum(w_N, segment_ids, num_tensors) / count
-    var = jax.ops.segment_sum((w_N - mean[segment_ids]) ** 2, segment_ids, num_tensors) / count
+def tensor_stats(w_N: jax.Array, segment_ids: jax.Array, num_tensors: int, mask_N=None):
+    """Per-tensor mean and population std of a flat vector, ``(T,)`` each; with ``mask_N``,
+    over the masked scalars only."""
+    m = jnp.ones_like(w_N) if mask_N is None else mask_N
+    count = jnp.maximum(jax.ops.segment_sum(m, segment_ids, num_tensors), 1.0)
+    mean = jax.ops.segment_sum(w_N * m, segment_ids, num_tensors) / count
+    sq = m * (w_N - mean[segment_ids]) ** 2
+    var = jax.ops.segment_sum(sq, segment_ids, num_tensors) / count
     # The epsilon keeps the gradient finite for tensors whose target std is 0.
     return mean, jnp.sqrt(var + 1e-12)
 
@@ -367,8 +502,13 @@ def tensor_stats(w_N: jax.Array, segment_ids: jax.Array, num_tensors: int):
 def init_loss(setup: Setup, params, constants, arrays: DescArrays):
     """Moment-matching loss: mean over tensors and {mean, std} of (stat - target)^2."""
     w_N = layouts.flatten(base_params(setup, params, constants, arrays), setup.layout)
-    mean, std = tensor_stats(w_N, arrays.segment_ids, arrays.targets.shape[0])
-    loss = jnp.mean((jnp.stack([mean, std], axis=1) - arrays.targets) ** 2)
+    num_tensors = arrays.targets.shape[0]
+    mean, std = tensor_stats(w_N, arrays.segment_ids, num_tensors, arrays.weight_mask)
+    err = (jnp.stack([mean, std], axis=1) - arrays.targets) ** 2
+    if arrays.tensor_present is None:
+        loss = jnp.mean(err)
+    else:  # tensors a member does not have are skipped, as empty tensors in the reference
+        loss = (err * arrays.tensor_present[:, None]).sum() / (2 * arrays.tensor_present.sum())
     return loss, {"init_loss": loss}
 
 
@@ -394,9 +534,8 @@ def task_loss(setup: Setup, params, constants, arrays: DescArrays, batch, rng):
     masked nodes count.
     """
     x, y, *mask = batch
-    outputs = setup.model.apply(
-        base_params(setup, params, constants, arrays), x, train=True, rng=rng
-    )
+    model_params = base_params(setup, params, constants, arrays)
+    outputs = apply_model(setup, model_params, x, arrays, train=True, rng=rng)
     loss, score = example_terms(setup.task, outputs, y)
     weight = mask[0].astype(jnp.float32) if mask else jnp.ones_like(loss)
     total = jnp.maximum(weight.sum(), 1.0)
@@ -455,6 +594,11 @@ def train_step(setup: Setup, stage: str, state: dict, arrays: DescArrays, data, 
       ``(new_state, metrics)``.
     """
     step_key = jax.random.fold_in(jax.random.fold_in(key, 0), state["step"])
+    if setup.members:
+        # Multi-model: this step's hold-in member, from a per-epoch permutation of them.
+        n = setup.members
+        perm = jax.random.permutation(jax.random.fold_in(key, 3 + state["step"] // n), n)
+        arrays = select_member(arrays, perm[state["step"] % n])
     if stage == "init":
         loss_fn = functools.partial(init_loss, setup)
         args = (state["constants"], arrays)
@@ -486,7 +630,7 @@ def evaluate(setup: Setup, params, constants, arrays: DescArrays, data, batch_si
     model_params = base_params(setup, params, constants, arrays)
     if setup.task == "node_classification":
         graph, y, mask = data
-        loss, score = example_terms(setup.task, setup.model.apply(model_params, graph), y)
+        loss, score = example_terms(setup.task, apply_model(setup, model_params, graph, arrays), y)
         weight = mask.astype(jnp.float32)
         total = jnp.maximum(weight.sum(), 1.0)
         return {
@@ -507,7 +651,7 @@ def evaluate(setup: Setup, params, constants, arrays: DescArrays, data, batch_si
 
     def one(batch):
         xi, yi, mi = (_split_batch(setup, b) for b in batch)
-        outputs = setup.model.apply(model_params, prepare_inputs(setup, xi))
+        outputs = apply_model(setup, model_params, prepare_inputs(setup, xi), arrays)
         loss, score = example_terms(setup.task, outputs, yi)
         return jnp.sum(score * mi), jnp.sum(loss * mi)
 
@@ -679,8 +823,13 @@ def run(
     start_time = time.time()
     if dataset is None:
         dataset = load_dataset(exp)
-    setup, desc = make_setup(exp, dataset)
-    arrays = desc_arrays(setup, desc)
+    mset = members = None
+    if exp.model.model_set:
+        setup, host_arrays, mset, members = make_multi_setup(exp, dataset)
+        arrays = jax.tree.map(jnp.asarray, host_arrays)
+    else:
+        setup, desc = make_setup(exp, dataset)
+        arrays = desc_arrays(setup, desc)
     # The dataset is replicated; each step's batch is gathered from it and split over the mesh.
     train_data, test_data = device_data(setup, dataset)
     key = jax.random.key_data(jax.random.key(exp.seed))
@@ -716,8 +865,14 @@ def run(
             if done % t.log_every == 0 or done == end:
                 pending = (done, stage, metrics)
             if t.eval_every and done % t.eval_every == 0 and done > setup.init_steps:
+                ev_arrays = select_member(arrays, 0) if setup.members else arrays
                 ev = evaluate(
-                    setup, state["params"], state["constants"], arrays, test_data, t.eval_batch_size
+                    setup,
+                    state["params"],
+                    state["constants"],
+                    ev_arrays,
+                    test_data,
+                    t.eval_batch_size,
                 )
                 log.write(done, {f"test_{k}": float(v) for k, v in ev.items()})
             if done % t.checkpoint_every == 0 or done == end:
@@ -747,6 +902,12 @@ def run(
     if end < total:
         return {"step": end, "test_metric": None}
 
+    if setup.members:
+        results = _multi_results(exp, setup, state, arrays, mset, members, test_data, workdir)
+        results["wall_s"] = round(time.time() - start_time, 2)
+        if jax.process_index() == 0:
+            results_path.write_text(json.dumps(results, indent=2) + "\n")
+        return results
     ev = evaluate(setup, state["params"], state["constants"], arrays, test_data, t.eval_batch_size)
     ev_train = evaluate(
         setup, state["params"], state["constants"], arrays, train_data, t.eval_batch_size
@@ -778,6 +939,89 @@ def run(
             f.write(json.dumps(line) + "\n")
         results_path.write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _multi_results(exp, setup, state, arrays, mset, members, test_data, workdir) -> dict:
+    """Test metric of the hold-in evaluation members (the first ``num_held_out`` hold-in ones,
+    as the reference) and of every held-out member, a scatter plot of metric against
+    parameter count (``members.png``), and the number of compiles of the train step."""
+    hold_in = list(range(min(mset.num_held_out or len(mset.hold_in), len(mset.hold_in))))
+    held_out = list(range(len(mset.hold_in), len(mset.models)))
+    name = setup.metric_name
+    rows = []
+    for i in hold_in + held_out:
+        ev = evaluate(
+            setup,
+            state["params"],
+            state["constants"],
+            select_member(arrays, i),
+            test_data,
+            exp.train.eval_batch_size,
+        )
+        shapes = jax.eval_shape(members[i].init, jax.random.key(0))
+        rows.append(
+            {
+                "index": i,
+                "split": "hold_in" if i < len(mset.hold_in) else "held_out",
+                "arch": dict(mset.models[i]),
+                "num_params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)),
+                "test_metric": float(ev[name]),
+            }
+        )
+
+    def mean(split):
+        vals = [r["test_metric"] for r in rows if r["split"] == split]
+        return float(np.mean(vals)) if vals else None
+
+    results = {
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "mode": exp.mode,
+        "task": _TASK_TYPES[exp.data.name],
+        "dataset": exp.data.name,
+        "model": f"set:{Path(exp.model.model_set).name}",
+        "num_target_params": setup.layout.size,
+        "num_generator_params": sum(
+            int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state["params"])
+        ),
+        "metric_name": name,
+        "test_metric": mean("held_out"),
+        "hold_in_test_metric": mean("hold_in"),
+        "held_out_test_metric": mean("held_out"),
+        "num_members": len(mset.models),
+        "num_hold_in": len(mset.hold_in),
+        # Compiles of the jitted train step in this process (one per stage when nothing else
+        # has used it): the members share one compiled step.
+        "train_step_compiles": train_step._cache_size(),
+        "members": rows,
+        "seed": exp.seed,
+        "steps": exp.train.steps,
+        "init_steps": setup.init_steps,
+    }
+    if jax.process_index() == 0:
+        plot_members(rows, name, workdir / "members.png")
+    return results
+
+
+def plot_members(rows: list[dict], metric_name: str, path: Path) -> Path:
+    """Scatter plot of test metric against parameter count, hold-in and held-out marked apart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for split, marker, label in (("hold_in", "o", "seen (hold-in)"), ("held_out", "^", "unseen")):
+        pts = [(r["num_params"], r["test_metric"]) for r in rows if r["split"] == split]
+        if pts:
+            x, y = zip(*pts, strict=True)
+            ax.scatter(x, y, marker=marker, label=label, alpha=0.75)
+    ax.set_xlabel("parameters")
+    ax.set_ylabel(f"test {metric_name}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def checkpoint_save(mngr, step: int, state: dict) -> None:
