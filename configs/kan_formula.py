@@ -9,10 +9,10 @@ The KAN is the reference one: [2, 5, out], spline order 3, grid 5 (10 for jv and
 full-batch steps on 1000 points; the UHN uses the reference per-formula learning rates and
 initialisation stage (spec §2.4), and the reference generator (h=128, 2048 frequencies; a
 CPU-sized h=64 / 512 generator was 1.3x worse on jv, 0.0029 against 0.0018 RMSE, and doubling
-its learning rate did not help). Direct training uses lr 1e-2 (the reference has no direct baseline): of {1e-3, 1e-2, 3e-2},
-best on jv (RMSE 0.0066 / 0.0022 / 0.0052) and close to 3e-2 on lpmv1 (0.0048 / 0.0010 /
-0.0009) and sph_harm22 (0.0012 / 0.0003 / 0.0002). Results: README,
-"KAN formula regression".
+its learning rate did not help). Direct training uses lr 1e-2 (the reference has no direct
+baseline): of {1e-3, 1e-2, 3e-2}, best on jv (RMSE 0.0066 / 0.0022 / 0.0052) and close to
+3e-2 on lpmv1 (0.0048 / 0.0010 / 0.0009) and sph_harm22 (0.0012 / 0.0003 / 0.0002). Results:
+README, "KAN formula regression".
 """
 
 from uhn_jax import config as config_lib

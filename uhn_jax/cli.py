@@ -1,4 +1,4 @@
-"""The ``uhn-jax`` command line: ``train``, ``compare``, ``export`` and ``summarize``.
+"""The ``uhn-jax`` command line: ``train``, ``compare``, ``export``, ``summarize``, ``multitask``.
 
 Examples::
 
@@ -6,6 +6,7 @@ Examples::
   uhn-jax compare --config configs/digits_mlp.py --workdir runs/demo --seeds 3
   uhn-jax export  --workdir runs/digits
   uhn-jax summarize --workdir runs/kan      # one row per compare run under runs/kan/*/
+  uhn-jax multitask --config configs/multitask.py --workdir runs/multitask
 
 Any config field can be overridden with ``--config.<group>.<field>=value``. Rerunning a command
 with the same ``--workdir`` resumes where it stopped.
@@ -18,7 +19,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "compare", "export", "summarize")
+COMMANDS = ("train", "compare", "export", "summarize", "multitask")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; reused to resume).")
@@ -61,6 +62,16 @@ def _run(command: str) -> None:
         return
     if _CONFIG.value is None:
         raise app.UsageError("--config is required, e.g. --config configs/digits_mlp.py")
+    if command == "multitask":
+        from uhn_jax import multitask
+
+        results = multitask.run(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
+        for t in results["tasks"]:
+            print(
+                f"{t['task']}: test {t['metric_name']} {t['test_metric']:.4f} "
+                f"({t['steps_sampled']} steps)"
+            )
+        return
     try:
         exp = config_lib.from_config_dict(_CONFIG.value)
     except ValueError as e:

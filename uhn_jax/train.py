@@ -248,9 +248,15 @@ def device_data(setup: Setup, dataset: Dataset) -> tuple[tuple, tuple]:
 
 
 def make_setup(
-    exp: config_lib.Experiment, dataset: Dataset
+    exp: config_lib.Experiment,
+    dataset: Dataset,
+    ranges: tuple[descriptors.Ranges, descriptors.Ranges | None] | None = None,
 ) -> tuple[Setup, descriptors.ModelDescriptors]:
-    """Builds the static setup and the (cached) descriptors of a run."""
+    """Builds the static setup and the (cached) descriptors of a run.
+
+    ``ranges`` (index, structure) overrides the generator's declared ranges, which otherwise
+    come from this model's descriptors; a multi-task run passes the union over its tasks.
+    """
     task = task_of(exp)
     if task != "node_classification" and exp.train.batch_size > dataset.x_train.shape[0]:
         raise ValueError(
@@ -264,8 +270,10 @@ def make_setup(
     mesh = sharding_lib.make_mesh(exp.train.num_devices)
     gen, plan, chunk, remat = None, None, None, True
     if exp.mode == "uhn":
-        structure_ranges = desc.structure_ranges() if exp.generator.structure else None
-        gen = generator.from_config(exp.generator, desc.index_ranges(), structure_ranges)
+        if ranges is None:
+            structure = desc.structure_ranges() if exp.generator.structure else None
+            ranges = (desc.index_ranges(), structure)
+        gen = generator.from_config(exp.generator, *ranges)
         generator.check(gen, desc)
         plan, host = generator.plan(gen, desc, _min_separable(exp))
         chunk = exp.generator.chunk_size or None
@@ -286,6 +294,13 @@ def make_setup(
         exp.mode, task, model, norm, augment, layout, gen, plan, chunk, remat, exp.train, mesh
     )
     return setup, desc
+
+
+def describe(exp: config_lib.Experiment, dataset: Dataset) -> descriptors.ModelDescriptors:
+    """The descriptors of ``exp``'s base model for ``dataset``."""
+    model = build_model(exp, dataset)
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    return descriptors.build(layouts.from_params(shapes), model.layers(), model.global_fields())
 
 
 def make_multi_setup(

@@ -1,0 +1,85 @@
+"""Tests for uhn_jax.multitask: one generator trained on heterogeneous tasks."""
+
+import json
+
+import pytest
+from conftest import load_config
+
+from uhn_jax import multitask
+
+_KARATE = """
+from uhn_jax import config as config_lib
+
+
+def get_config():
+    c = config_lib.default_config_dict()
+    c.data.name = "karate_club"
+    c.model.family = "gcn"
+    c.model.widths = (16,)
+    return c
+"""
+
+
+def _cfg(tmp_path):
+    path = tmp_path / "karate.py"
+    path.write_text(_KARATE)
+    cfg = load_config("multitask")
+    cfg.tasks = ("test", str(path))
+    cfg.probs = (3.0, 1.0)
+    cfg.generator.hidden = 16
+    cfg.generator.n_freqs = 32
+    cfg.train.steps = 6
+    cfg.train.warmup_steps = 0
+    cfg.train.init_steps = 2
+    cfg.train.log_every = 2
+    cfg.train.checkpoint_every = 4
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("multitask")
+    cfg = _cfg(tmp)
+    return cfg, tmp, multitask.run(cfg, tmp / "full", progress=False)
+
+
+def test_tasks_share_one_generator_and_each_is_evaluated(full_run):
+    cfg, tmp, results = full_run
+    tasks = multitask.tasks_from_config(cfg)
+    assert [t.prob for t in tasks] == [0.75, 0.25]
+    # Shared generator and schedule; each task keeps its own batch size.
+    assert len({t.exp.generator for t in tasks}) == 1
+    assert len({t.exp.train.steps for t in tasks}) == 1
+    assert [t.exp.train.batch_size for t in tasks] == [32, 256]
+    assert [t["task"] for t in results["tasks"]] == list(cfg.tasks)
+    assert all(t["metric_name"] == "accuracy" for t in results["tasks"])
+    assert sum(t["steps_sampled"] for t in results["tasks"]) == 8
+    assert all(0.0 <= t["test_metric"] <= 1.0 for t in results["tasks"])
+    log = [json.loads(line) for line in (tmp / "full" / "metrics.jsonl").open()]
+    assert {r["task"] for r in log} <= set(cfg.tasks)
+    assert multitask.run(cfg, tmp / "full", progress=False) == results
+
+
+def test_resume_replays_the_task_sequence(full_run):
+    cfg, tmp, full = full_run
+    multitask.run(cfg, tmp / "split", progress=False, stop_after=5)
+    resumed = multitask.run(cfg, tmp / "split", progress=False)
+    assert [t["test_metric"] for t in resumed["tasks"]] == [t["test_metric"] for t in full["tasks"]]
+    seq = [multitask.task_schedule([0.5, 0.5], 3, s) for s in range(200)]
+    assert seq == [multitask.task_schedule([0.5, 0.5], 3, s) for s in range(200)]
+    assert 60 < sum(seq) < 140
+
+
+def test_bad_multitask_configs(tmp_path):
+    cfg = _cfg(tmp_path)
+    cfg.probs = (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="2 tasks and 3 probs"):
+        multitask.tasks_from_config(cfg)
+    cfg = _cfg(tmp_path)
+    cfg.tasks = ("test", "no_such_config")
+    with pytest.raises(FileNotFoundError, match="no_such_config"):
+        multitask.tasks_from_config(cfg)
+    cfg = _cfg(tmp_path)
+    cfg.generator.structure = False
+    with pytest.raises(ValueError, match="structure"):
+        multitask.run(cfg, tmp_path / "r", progress=False)

@@ -1,0 +1,201 @@
+"""Multi-task UHN (spec §5.2): one generator trained on several heterogeneous tasks.
+
+Each task is an ordinary single-model run config (``configs/<name>.py[:arg]``): its data, its
+base model and its batch sizes. The multi-task config supplies what is shared: the generator
+(with the structure encoder), the optimisation schedule and the seed. Every step samples one
+task with the configured probabilities and takes one step of that task's loss. The generator's
+declared ranges are the union over the tasks, so its parameters have one shape for all of them
+and one train state serves every task; each task compiles its own step once.
+
+The task sequence is drawn from ``fold_in(seed, step)``, so a resumed run replays it exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from uhn_jax import checkpoint, descriptors, train
+from uhn_jax import config as config_lib
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One task of a multi-task run: its config reference, experiment and probability."""
+
+    name: str
+    exp: config_lib.Experiment
+    prob: float
+
+
+def load_task_config(ref: str):
+    """The ConfigDict of a task reference ``"<config>[:<arg>]"``, e.g. ``"planetoid:cora,gcn"``
+    (a file in the repository's ``configs/`` directory, or a path to one)."""
+    name, _, arg = ref.partition(":")
+    path = Path(name) if name.endswith(".py") else CONFIG_DIR / f"{name}.py"
+    if not path.exists():
+        raise FileNotFoundError(f"task config {ref!r}: {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_task_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def tasks_from_config(cfg: Mapping[str, Any]) -> list[Task]:
+    """Resolves a multi-task config into its tasks.
+
+    ``cfg`` has ``tasks`` (references, see :func:`load_task_config`), ``probs`` (one per task;
+    normalised), ``data_dir`` (given to every task that reads files), and ``seed``, ``generator``
+    and ``train`` groups shared by every task (each task keeps its own ``batch_size`` and
+    ``eval_batch_size``).
+    """
+    refs, probs = list(cfg["tasks"]), [float(p) for p in cfg["probs"]]
+    if not refs or len(refs) != len(probs):
+        raise ValueError(f"multitask: {len(refs)} tasks and {len(probs)} probs; give one per task")
+    if any(p <= 0 for p in probs):
+        raise ValueError(f"multitask: probs must be positive, got {probs}")
+    total = sum(probs)
+    tasks = []
+    for ref, p in zip(refs, probs, strict=True):
+        task_cfg = load_task_config(ref)
+        task_cfg.mode = "uhn"
+        task_cfg.seed = cfg["seed"]
+        task_cfg.data.data_dir = task_cfg.data.data_dir or cfg["data_dir"]
+        keep = {k: task_cfg.train[k] for k in ("batch_size", "eval_batch_size")}
+        task_cfg.generator = dict(cfg["generator"])
+        task_cfg.train = dict(cfg["train"], **keep)
+        tasks.append(Task(ref, config_lib.from_config_dict(task_cfg), p / total))
+    return tasks
+
+
+def _union_ranges(descs: Sequence[descriptors.ModelDescriptors]):
+    return (
+        descriptors.union_all([d.index_ranges() for d in descs]),
+        descriptors.union_all([d.structure_ranges() for d in descs]),
+    )
+
+
+def task_schedule(probs: Sequence[float], seed: int, step: int) -> int:
+    """The task of ``step``: a draw from ``probs`` keyed by ``(seed, step)``."""
+    rng = np.random.default_rng([seed, step])
+    return int(rng.choice(len(probs), p=np.asarray(probs) / np.sum(probs)))
+
+
+def run(
+    cfg: Mapping[str, Any], workdir: str | Path, *, progress: bool = True, stop_after=None
+) -> dict[str, Any]:
+    """Trains one UHN on the tasks of ``cfg`` in ``workdir`` (resumable) and evaluates each.
+
+    Returns the results (also in ``workdir/results.json``): per task, the test metric and its
+    name, the number of steps the task was sampled, and its base model's parameter count.
+    """
+    if hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
+    workdir = Path(workdir)
+    results_path = workdir / "results.json"
+    if results_path.exists():
+        return json.loads(results_path.read_text())
+    tasks = tasks_from_config(cfg)
+    if not all(t.exp.generator.structure for t in tasks):
+        raise ValueError("multitask: set generator.structure=True (the tasks share a generator)")
+    saved = workdir / "config.json"
+    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(cfg)):
+        raise ValueError(f"workdir {workdir} holds a different multi-task run; use a new --workdir")
+    workdir.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(cfg, indent=2) + "\n")
+    start_time = time.time()
+
+    datasets = [train.load_dataset(t.exp) for t in tasks]
+    ranges = _union_ranges([train.describe(t.exp, d) for t, d in zip(tasks, datasets, strict=True)])
+    setups, arrays, data = [], [], []
+    for t, d in zip(tasks, datasets, strict=True):
+        setup, desc = train.make_setup(t.exp, d, ranges)
+        setups.append(setup)
+        arrays.append(train.desc_arrays(setup, desc))
+        data.append(train.device_data(setup, d))
+    first = setups[0]
+    key = jax.random.key_data(jax.random.key(tasks[0].exp.seed))
+    state = train.init_state(first, jax.random.fold_in(key, 2))
+    mngr = checkpoint.manager(workdir / "checkpoints")
+    state, restored = checkpoint.restore_latest(mngr, state)
+    arrays = [
+        train.with_tables(s, a, state["constants"]) for s, a in zip(setups, arrays, strict=True)
+    ]
+    start = restored or 0
+    total, t_cfg = first.total_steps, first.train
+    end = total if stop_after is None else min(total, stop_after)
+    probs = [t.prob for t in tasks]
+    seed = tasks[0].exp.seed
+    log = train._MetricsLog(workdir, start)
+    bar = train._progress_bar(total, start, progress, desc="multitask")
+    try:
+        for step in range(start, end):
+            stage = "init" if step < first.init_steps else "task"
+            if step == first.init_steps and first.init_steps:
+                state["opt_state"] = train.make_optimizer(first, "task").init(state["params"])
+            i = task_schedule(probs, seed, step)
+            state, metrics = train.train_step(setups[i], stage, state, arrays[i], data[i][0], key)
+            done = step + 1
+            if done % t_cfg.log_every == 0 or done == end:
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                loss = values.get("loss", values.get("init_loss"))
+                if not math.isfinite(loss):
+                    raise train.NonFiniteLossError(
+                        f"{stage} loss of task {tasks[i].name} is {loss} at step {done}"
+                    )
+                log.write(done, {**values, "stage": stage, "task": tasks[i].name})
+            if done % t_cfg.checkpoint_every == 0 or done == end:
+                train.checkpoint_save(mngr, done, state)
+            bar.update(1)
+    finally:
+        bar.close()
+        log.close()
+    mngr.wait_until_finished()
+    if end < total:
+        return {"step": end, "tasks": None}
+    counts = np.bincount(
+        [task_schedule(probs, seed, s) for s in range(total)], minlength=len(tasks)
+    )
+    per_task = []
+    for t, s, a, (_, test), n in zip(tasks, setups, arrays, data, counts, strict=True):
+        ev = train.evaluate(
+            s, state["params"], state["constants"], a, test, t.exp.train.eval_batch_size
+        )
+        per_task.append(
+            {
+                "task": t.name,
+                "dataset": t.exp.data.name if t.exp.data.name != "formula" else t.exp.data.formula,
+                "prob": t.prob,
+                "steps_sampled": int(n),
+                "num_target_params": s.layout.size,
+                "metric_name": s.metric_name,
+                "test_metric": float(ev[s.metric_name]),
+            }
+        )
+    results = {
+        "schema_version": train.RESULTS_SCHEMA_VERSION,
+        "mode": "uhn",
+        "task": "multitask",
+        "tasks": per_task,
+        "num_generator_params": sum(
+            int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state["params"])
+        ),
+        "seed": seed,
+        "steps": first.train.steps,
+        "init_steps": first.init_steps,
+        "wall_s": round(time.time() - start_time, 2),
+    }
+    if jax.process_index() == 0:
+        results_path.write_text(json.dumps(results, indent=2) + "\n")
+    return results
