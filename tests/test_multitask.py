@@ -83,3 +83,11 @@ def test_bad_multitask_configs(tmp_path):
     cfg.generator.structure = False
     with pytest.raises(ValueError, match="structure"):
         multitask.run(cfg, tmp_path / "r", progress=False)
+
+
+def test_the_default_config_resolves_to_its_tasks():
+    cfg = load_config("multitask")
+    tasks = multitask.tasks_from_config(cfg)
+    assert [t.exp.model.family for t in tasks] == ["mlp", "gcn", "transformer", "kan"]
+    assert [t.exp.data.name for t in tasks] == ["digits", "cora", "mr", "formula"]
+    assert sum(t.prob for t in tasks) == pytest.approx(1.0)
