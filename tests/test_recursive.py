@@ -1,5 +1,7 @@
 """Tests for the generated-UHN base model of recursive generation (spec §5.3)."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,3 +58,77 @@ def test_apply_shapes_masking_and_zero_structure_at_init():
         model.apply(params, (feats[:, :8], tokens, None))
     with pytest.raises(ValueError, match="divisible"):
         RecursiveUHN(embed_dim=10, num_heads=4)
+
+
+# ----------------------------------------------------------------------------- the chain
+
+
+def _chain_exp(depth, **train_overrides):
+    from conftest import load_config
+
+    from uhn_jax import config as config_lib
+
+    cfg = load_config("test")
+    cfg.generator.structure = True
+    cfg.generator.structure_freqs = 8
+    cfg.generator.n_freqs = 16
+    cfg.generator.chain_depth = depth
+    cfg.train.grad_clip = 0.01
+    for k, v in train_overrides.items():
+        cfg.train[k] = v
+    return config_lib.from_config_dict(cfg)
+
+
+def test_staged_init_and_learning_rate_scaling():
+    from uhn_jax import train
+
+    exp = _chain_exp(2, init_steps=7, init_lr=1e-3, lr=1e-3)
+    setup, _ = train.make_setup(exp, train.load_dataset(exp))
+    stages = [setup.stage(s) for s in range(setup.total_steps)]
+    # K + 1 sub-stages of 7 // 3 = 2 steps; the remainder goes to the last one.
+    assert stages[:8] == ["init0"] * 2 + ["init1"] * 2 + ["init2"] * 3 + ["task"]
+    assert [s for s in range(1, 9) if setup.fresh_optimizer_at(s)] == [2, 4, 7]
+    assert train.chain_lr_scale(1) == 1.0 and train.chain_lr_scale(2) == 0.5
+    assert train.chain_lr_scale(3) == train.chain_lr_scale(7) == 0.125
+
+    def peak(stage):
+        tx = train.make_optimizer(setup, stage)
+        params = {"w": jnp.zeros(())}
+        state, lrs = tx.init(params), []
+        for _ in range(3):
+            updates, state = tx.update({"w": jnp.ones(())}, state, params)
+            lrs.append(abs(float(updates["w"])))
+        return max(lrs)
+
+    # Depth >= 2: init_lr / 5 for sub-stages 0-1 and / 10 for sub-stage 2 (peaks after warm-up);
+    # the task stage at lr / 2. The clip (0.01) bounds each Adam step's input, not its size.
+    assert peak("init0") <= 1e-3 / 5 * 1.001 and peak("init2") <= 1e-3 / 10 * 1.001
+    assert peak("task") == pytest.approx(0.5e-3, rel=0.05)
+
+
+def test_chain_generates_the_base_model_and_trains_end_to_end(tmp_path):
+    from uhn_jax import train
+
+    depth = 2  # H0 -> H1 -> H2 -> f: a generated UHN generates a generated UHN
+    exp = _chain_exp(depth, init_steps=2 * (depth + 1), steps=3, init_lr=1e-3, lr=1e-3)
+    ds = train.load_dataset(exp)
+    setup, desc = train.make_setup(exp, ds)
+    assert setup.chain.depth == depth and setup.layout.size == desc.num_params
+    # H0 generates H1: its plan covers the generated UHN's parameters.
+    assert sum(int(np.prod(s)) for s in setup.plan.shapes) == setup.chain.layout.size
+    results = train.run(exp, tmp_path, progress=False)
+    assert np.isfinite(results["test_loss"]) and results["init_steps"] == 2 * (depth + 1)
+    assert results["num_target_params"] == desc.num_params
+    log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    assert {r["stage"] for r in log if "stage" in r} >= {"init1", "init2", "task"}
+
+
+def test_chain_needs_the_structure_path():
+    from conftest import load_config
+
+    from uhn_jax import config as config_lib
+
+    cfg = load_config("test")
+    cfg.generator.chain_depth = 1
+    with pytest.raises(ValueError, match="structure=True"):
+        config_lib.from_config_dict(cfg)

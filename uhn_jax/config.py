@@ -164,10 +164,20 @@ class GeneratorConfig:
     # auto = bfloat16 on GPU/TPU and CPUs with native bf16 dot products, float32 elsewhere
     # (generator.resolve_matmul_dtype).
     matmul_dtype: str = "auto"
+    # Recursive generation (spec §5.3): K generated UHNs between this generator and the base
+    # model, H0 -> H1 -> ... -> H_K -> f; 0 = H0 generates f directly. No upper limit.
+    chain_depth: int = 0
 
     def validate(self):
         for name in ("hidden", "n_freqs", "structure_freqs", "structure_heads", "memory_mib"):
             _positive_int(f"generator.{name}", getattr(self, name))
+        if not isinstance(self.chain_depth, int) or self.chain_depth < 0:
+            raise ValueError(f"generator.chain_depth must be an int >= 0, got {self.chain_depth!r}")
+        if self.chain_depth and not self.structure:
+            raise ValueError(
+                "generator.chain_depth > 0 needs generator.structure=True (a generated UHN reads "
+                "the encoded structure of the model it generates)"
+            )
         if not isinstance(self.num_blocks, int) or self.num_blocks < 0:
             raise ValueError(f"generator.num_blocks must be an int >= 0, got {self.num_blocks!r}")
         if not isinstance(self.chunk_size, int) or self.chunk_size < 0:

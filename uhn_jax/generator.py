@@ -241,6 +241,12 @@ class Generator(nn.Module):
             x = jnp.clip(x, lo, hi)
         return (x - mean) / std
 
+    def structure_tokens(self, structure_L29):
+        """The encoded structure input ``(L, 2 * structure_freqs)`` the structure encoder reads
+        (also the input of a generated UHN's structure path, spec §5.3)."""
+        x = self._normalize(structure_L29, self.structure_ranges)
+        return encodings.fourier(x, self.structure_b.value)
+
     def structure_vector(self, structure_L29, layer_mask_L=None):
         """Per-model vector ``(h,)`` added to every hidden state (zeros without structure).
 

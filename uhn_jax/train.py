@@ -93,6 +93,20 @@ class DescArrays(NamedTuple):
     tensor_present: jax.Array | None = None  # (T,)
     layer_mask: jax.Array | None = None  # (L,)
     model_masks: dict | None = None
+    # Recursive runs only: the generated UHNs' descriptors (segment_ids, targets) and, after
+    # with_tables, the encoded inputs of an H_k whose child is another H or f
+    # (feats_h/tokens_h, feats_f/tokens_f). plan/structure above describe H1, H0's child.
+    chain: dict | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Chain:
+    """H0 -> H1 -> ... -> H_K -> f (spec §5.3): K generated UHNs between the trained generator
+    H0 and the base model f. Every H_k is the same :class:`base_models.RecursiveUHN`."""
+
+    depth: int
+    model: Any  # RecursiveUHN
+    layout: layouts.Layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +131,8 @@ class Setup:
     # Multi-model runs: the number of hold-in members the steps cycle through (0 otherwise);
     # the descriptor arrays are then stacked over all members, hold-in first.
     members: int = 0
+    # Recursive runs (generator.chain_depth = K > 0): the generated UHNs' model and layout.
+    chain: Chain | None = None
 
     @property
     def metric_name(self) -> str:
@@ -130,6 +146,25 @@ class Setup:
     @property
     def total_steps(self) -> int:
         return self.init_steps + self.train.steps
+
+    @property
+    def init_stages(self) -> int:
+        """Sub-stages of the initialisation stage: one per chain element (spec §3.1)."""
+        return self.chain.depth + 1 if self.chain else 1
+
+    def stage(self, step: int) -> str:
+        """``"task"``, ``"init"`` or, in a recursive run, ``"init<d>"``: the sub-stage matching
+        chain element d's statistics (the last ``init_steps % (K+1)`` steps go to the last)."""
+        if step >= self.init_steps:
+            return "task"
+        if not self.chain:
+            return "init"
+        per = self.init_steps // self.init_stages
+        return f"init{min(step // per, self.init_stages - 1)}"
+
+    def fresh_optimizer_at(self, step: int) -> bool:
+        """Whether a new optimiser starts at ``step`` (each (sub-)stage gets its own)."""
+        return step > 0 and self.stage(step) != self.stage(step - 1)
 
 
 def task_of(exp: config_lib.Experiment) -> str:
@@ -268,14 +303,32 @@ def make_setup(
     layout = layouts.from_params(shapes)
     desc = descriptors.build(layout, model.layers(), model.global_fields())
     mesh = sharding_lib.make_mesh(exp.train.num_devices)
-    gen, plan, chunk, remat = None, None, None, True
+    gen, plan, chunk, remat, chain = None, None, None, True, None
     if exp.mode == "uhn":
+        first = desc  # what H0 generates: the base model, or H1 in a recursive run
+        if exp.generator.chain_depth:
+            h_model = base_models.RecursiveUHN(
+                embed_dim=2 * exp.generator.structure_freqs,
+                index_features=2 * exp.generator.n_freqs,
+                num_heads=exp.generator.structure_heads,
+                slope=exp.model.slope,
+            )
+            h_shapes = jax.eval_shape(h_model.init, jax.random.key(0))
+            h_layout = layouts.from_params(h_shapes)
+            first = descriptors.build(h_layout, h_model.layers(), h_model.global_fields())
+            chain = Chain(exp.generator.chain_depth, h_model, h_layout)
+            if ranges is None:  # the union over the chain (spec §1.5)
+                ranges = (
+                    desc.index_ranges().union(first.index_ranges()),
+                    desc.structure_ranges().union(first.structure_ranges()),
+                )
         if ranges is None:
             structure = desc.structure_ranges() if exp.generator.structure else None
             ranges = (desc.index_ranges(), structure)
         gen = generator.from_config(exp.generator, *ranges)
         generator.check(gen, desc)
-        plan, host = generator.plan(gen, desc, _min_separable(exp))
+        generator.check(gen, first)
+        plan, host = generator.plan(gen, first, _min_separable(exp))
         chunk = exp.generator.chunk_size or None
         if chunk is None:
             devices = 1 if mesh is None else mesh.size
@@ -291,7 +344,19 @@ def make_setup(
                     f"{mesh.size} devices of the mesh (train.num_devices={exp.train.num_devices})"
                 )
     setup = Setup(
-        exp.mode, task, model, norm, augment, layout, gen, plan, chunk, remat, exp.train, mesh
+        exp.mode,
+        task,
+        model,
+        norm,
+        augment,
+        layout,
+        gen,
+        plan,
+        chunk,
+        remat,
+        exp.train,
+        mesh,
+        chain=chain,
     )
     return setup, desc
 
@@ -428,10 +493,24 @@ SEPARABLE_MIN_SIZE = 1024
 def desc_arrays(setup: Setup, desc: descriptors.ModelDescriptors) -> DescArrays:
     """Device copies of the descriptor arrays ``train_step`` and ``evaluate`` take."""
     mesh = setup.mesh
-    plan_arrays = {}
+    plan_arrays, chain, structure = {}, None, desc.structure_input
+    first = desc
+    if setup.chain:
+        model = setup.chain.model
+        first = descriptors.build(setup.chain.layout, model.layers(), model.global_fields())
+        structure = first.structure_input
+        chain = {
+            "segment_ids": jnp.asarray(first.segment_ids),
+            "targets": jnp.asarray(first.targets),
+            # Encoded by with_tables (they need the frozen Fourier matrices).
+            "index_h": jnp.asarray(first.index),
+            "structure_h": jnp.asarray(first.structure_input),
+            "index_f": jnp.asarray(desc.index),
+            "structure_f": jnp.asarray(desc.structure_input),
+        }
     if setup.gen is not None:
         min_sep = SEPARABLE_MIN_SIZE if any(setup.plan.separable) else 0
-        host = generator.plan(setup.gen, desc, min_sep)[1]
+        host = generator.plan(setup.gen, first, min_sep)[1]
         # Descriptor rows are split over the mesh; the small column tables are replicated.
         plan_arrays = {
             "direct": sharding_lib.split_rows(mesh, host["direct"]),
@@ -442,8 +521,9 @@ def desc_arrays(setup: Setup, desc: descriptors.ModelDescriptors) -> DescArrays:
         plan_arrays,
         *sharding_lib.replicate(
             mesh,
-            [jnp.asarray(a) for a in (desc.structure_input, desc.segment_ids, desc.targets)],
+            [jnp.asarray(a) for a in (structure, desc.segment_ids, desc.targets)],
         ),
+        chain=chain,
     )
 
 
@@ -454,7 +534,25 @@ def with_tables(setup: Setup, arrays: DescArrays, constants) -> DescArrays:
         return arrays
     if setup.members:  # stacked over the members of a model set
         return arrays._replace(plan=_member_tables(setup, constants, arrays.plan))
+    if setup.chain:
+        arrays = arrays._replace(chain=_chain_inputs(setup, constants, arrays.chain))
     return arrays._replace(plan=_tables(setup, constants, arrays.plan))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _chain_inputs(setup: Setup, constants, chain: dict) -> dict:
+    """The encoded descriptors a generated UHN reads: H0's frozen normalisation and Fourier
+    matrices applied to H's and to f's descriptors (spec §5.3)."""
+    v = {"constants": constants}
+    out = dict(chain)
+    for who in ("h", "f"):
+        out[f"feats_{who}"] = setup.gen.apply(
+            v, chain[f"index_{who}"], method=generator.Generator.index_features
+        )
+        out[f"tokens_{who}"] = setup.gen.apply(
+            v, chain[f"structure_{who}"], method=generator.Generator.structure_tokens
+        )
+    return out
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -475,6 +573,7 @@ def base_params(setup: Setup, params, constants, arrays: DescArrays):
     """The base model's params: generated (uhn) or the trained params themselves (direct)."""
     if setup.mode == "direct":
         return params
+    arrays = _with_chain_inputs(setup, constants, arrays)
     w_N = generator.generate_planned(
         setup.gen,
         {"params": params, "constants": constants},
@@ -488,7 +587,34 @@ def base_params(setup: Setup, params, constants, arrays: DescArrays):
     )
     if arrays.weight_mask is not None:
         w_N = w_N * arrays.weight_mask  # a member's weights; zeros outside its corners
+    if setup.chain:
+        w_N = chain_weights(setup, w_N, arrays, setup.chain.depth)
     return layouts.unflatten(w_N, setup.layout)
+
+
+def _with_chain_inputs(setup: Setup, constants, arrays: DescArrays) -> DescArrays:
+    if setup.chain and "feats_f" not in arrays.chain:  # with_tables was not called
+        return arrays._replace(chain=_chain_inputs(setup, constants, arrays.chain))
+    return arrays
+
+
+def chain_weights(setup: Setup, w1, arrays: DescArrays, element: int):
+    """Runs the chain from H1's flat weights ``w1`` (generated by H0) for ``element`` links:
+    H_k generates H_{k+1} from H's encoded descriptors, and H_K generates f from f's. Returns
+    the flat weights of H_{element + 1}, or of f when ``element == K``. Needs the encoded
+    inputs of :func:`with_tables` in ``arrays.chain``."""
+    c = arrays.chain
+    w = w1
+    for k in range(1, element + 1):
+        params_k = layouts.unflatten(w, setup.chain.layout)
+        child_is_f = k == setup.chain.depth
+        inputs = (
+            (c["feats_f"], c["tokens_f"], None)
+            if child_is_f
+            else (c["feats_h"], c["tokens_h"], None)
+        )
+        w = setup.chain.model.apply(params_k, inputs)
+    return w
 
 
 def apply_model(setup: Setup, model_params, x, arrays: DescArrays, **kwargs):
@@ -514,12 +640,26 @@ def tensor_stats(w_N: jax.Array, segment_ids: jax.Array, num_tensors: int, mask_
     return mean, jnp.sqrt(var + 1e-12)
 
 
-def init_loss(setup: Setup, params, constants, arrays: DescArrays):
-    """Moment-matching loss: mean over tensors and {mean, std} of (stat - target)^2."""
-    w_N = layouts.flatten(base_params(setup, params, constants, arrays), setup.layout)
-    num_tensors = arrays.targets.shape[0]
-    mean, std = tensor_stats(w_N, arrays.segment_ids, num_tensors, arrays.weight_mask)
-    err = (jnp.stack([mean, std], axis=1) - arrays.targets) ** 2
+def init_loss(setup: Setup, params, constants, arrays: DescArrays, sub_stage: int = 0):
+    """Moment-matching loss: mean over tensors and {mean, std} of (stat - target)^2.
+
+    In a recursive run, sub-stage d matches chain element d's generated weights: H_{d+1}'s
+    for d < K, f's for d = K.
+    """
+    segment_ids, targets = arrays.segment_ids, arrays.targets
+    arrays = _with_chain_inputs(setup, constants, arrays)
+    if setup.chain and sub_stage < setup.chain.depth:
+        chain_setup = dataclasses.replace(setup, chain=None, layout=setup.chain.layout)
+        w1 = layouts.flatten(
+            base_params(chain_setup, params, constants, arrays), chain_setup.layout
+        )
+        w_N = chain_weights(setup, w1, arrays, sub_stage)
+        segment_ids, targets = arrays.chain["segment_ids"], arrays.chain["targets"]
+    else:
+        w_N = layouts.flatten(base_params(setup, params, constants, arrays), setup.layout)
+    num_tensors = targets.shape[0]
+    mean, std = tensor_stats(w_N, segment_ids, num_tensors, arrays.weight_mask)
+    err = (jnp.stack([mean, std], axis=1) - targets) ** 2
     if arrays.tensor_present is None:
         loss = jnp.mean(err)
     else:  # tensors a member does not have are skipped, as empty tensors in the reference
@@ -570,10 +710,27 @@ def make_optimizer(setup: Setup, stage: str) -> optax.GradientTransformation:
     (as the reference's LambdaLR), then cosine decay to 0 at ``steps``.
     """
     t = setup.train
-    if stage == "init":
-        schedule = optax.cosine_decay_schedule(t.init_lr, max(setup.init_steps, 1))
+    if stage.startswith("init") and setup.chain and setup.chain.depth >= 2:
+        # Recursive (spec §3.1): init_lr / 5 for sub-stages 0-1, / 10 for 2, / 40 after, each
+        # with a linear warm-up (1000 steps in the reference, at most half the sub-stage here).
+        d = int(stage[4:])
+        peak = t.init_lr / (5 if d <= 1 else 10 if d == 2 else 40)
+        length = max(setup.init_steps // setup.init_stages, 2)
+        warm = min(1000, length // 2)
+        schedule = optax.join_schedules(
+            [
+                optax.linear_schedule(peak / (warm + 1), peak, warm),
+                optax.cosine_decay_schedule(peak, length - warm),
+            ],
+            [warm],
+        )
+    elif stage.startswith("init"):
+        length = max(setup.init_steps // setup.init_stages, 1)
+        schedule = optax.cosine_decay_schedule(t.init_lr, length)
     else:
         lr = t.direct_lr if setup.mode == "direct" and t.direct_lr > 0 else t.lr
+        if setup.chain:
+            lr *= chain_lr_scale(setup.chain.depth)
         cosine = optax.cosine_decay_schedule(lr, t.steps - t.warmup_steps)
         if t.warmup_steps:
             warm = optax.linear_schedule(lr / (t.warmup_steps + 1), lr, t.warmup_steps)
@@ -582,6 +739,12 @@ def make_optimizer(setup: Setup, stage: str) -> optax.GradientTransformation:
             schedule = cosine
     clip = optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity()
     return optax.chain(clip, optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=0.0))
+
+
+def chain_lr_scale(depth: int) -> float:
+    """Task learning-rate factor of a recursive chain of ``depth`` generated UHNs: the
+    reference's 1, 1/2, 1/8 for K = 1, 2, 3 (spec §5.3), and 1/8 beyond (no reference value)."""
+    return 1.0 if depth <= 1 else 0.5 if depth == 2 else 0.125
 
 
 def sample_batch(x, y, step, key, batch_size: int):
@@ -614,8 +777,9 @@ def train_step(setup: Setup, stage: str, state: dict, arrays: DescArrays, data, 
         n = setup.members
         perm = jax.random.permutation(jax.random.fold_in(key, 3 + state["step"] // n), n)
         arrays = select_member(arrays, perm[state["step"] % n])
-    if stage == "init":
-        loss_fn = functools.partial(init_loss, setup)
+    if stage.startswith("init"):
+        sub_stage = int(stage[4:] or 0)
+        loss_fn = functools.partial(init_loss, setup, sub_stage=sub_stage)
         args = (state["constants"], arrays)
     else:
         if setup.task == "node_classification":
@@ -686,8 +850,7 @@ def init_state(setup: Setup, key: jax.Array) -> dict:
         params, constants = variables["params"], variables["constants"]
     else:
         params, constants = setup.model.init(key), {}
-    stage = "init" if setup.init_steps else "task"
-    opt_state = make_optimizer(setup, stage).init(params)
+    opt_state = make_optimizer(setup, setup.stage(0)).init(params)
     state = {
         "step": jnp.zeros((), jnp.int32),
         "params": params,
@@ -864,11 +1027,11 @@ def run(
     last_log_time, last_log_step = time.time(), start
     try:
         for step in range(start, end):
-            stage = "init" if step < setup.init_steps else "task"
-            if step == setup.init_steps and setup.init_steps:
-                # A fresh optimiser for the task stage, as in the reference.
+            stage = setup.stage(step)
+            if setup.fresh_optimizer_at(step):
+                # A fresh optimiser for every (sub-)stage, as in the reference.
                 state["opt_state"] = sharding_lib.replicate(
-                    setup.mesh, make_optimizer(setup, "task").init(state["params"])
+                    setup.mesh, make_optimizer(setup, stage).init(state["params"])
                 )
             state, metrics = train_step(setup, stage, state, arrays, train_data, key)
             if pending is not None:

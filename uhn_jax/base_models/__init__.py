@@ -13,6 +13,7 @@ from uhn_jax.base_models.cnn import CNN
 from uhn_jax.base_models.gnn import GAT, GCN
 from uhn_jax.base_models.kan import KAN
 from uhn_jax.base_models.mlp import MLP
+from uhn_jax.base_models.recursive import RecursiveUHN
 from uhn_jax.base_models.transformer import Transformer
 
-__all__ = ["CNN", "GAT", "GCN", "KAN", "MLP", "Transformer"]
+__all__ = ["CNN", "GAT", "GCN", "KAN", "MLP", "RecursiveUHN", "Transformer"]
