@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data
-PY_SRC := uhn_jax configs tests benchmarks
+PY_SRC := uhn_jax configs tests benchmarks notebooks
 
 .PHONY: demo test lint format bench mnist fashion-data clean
 

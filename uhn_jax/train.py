@@ -802,40 +802,44 @@ def train_step(setup: Setup, stage: str, state: dict, arrays: DescArrays, data, 
     return new_state, metrics
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
 def evaluate(setup: Setup, params, constants, arrays: DescArrays, data, batch_size: int):
-    """The metric (accuracy or RMSE) and mean loss on ``data``; the weights are generated once
-    for the whole set. Node classification evaluates the whole graph on the masked nodes."""
-    model_params = base_params(setup, params, constants, arrays)
+    """The metric (accuracy or RMSE) and mean loss on ``data``.
+
+    The weights are generated once (:data:`materialize_params`), then batches of
+    ``batch_size`` (the last one padded and masked) go through one jitted function, so the
+    train and test sets, and every member of a model set, share the same two compiles. Node
+    classification evaluates the whole graph on the masked nodes.
+    """
+    model_params = materialize_params(setup, params, constants, arrays)
     if setup.task == "node_classification":
         graph, y, mask = data
-        loss, score = example_terms(setup.task, apply_model(setup, model_params, graph, arrays), y)
-        weight = mask.astype(jnp.float32)
-        total = jnp.maximum(weight.sum(), 1.0)
-        return {
-            setup.metric_name: _metric(setup.task, (score * weight).sum() / total),
-            "loss": (loss * weight).sum() / total,
-        }
-    x, y = data
-    n = x.shape[0]
-    num_batches = -(-n // batch_size)
-    pad = num_batches * batch_size - n
-    xb = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(
-        num_batches, batch_size, *x.shape[1:]
-    )
-    yb = jnp.pad(y, [(0, pad)] + [(0, 0)] * (y.ndim - 1)).reshape(
-        num_batches, batch_size, *y.shape[1:]
-    )
-    mask = (jnp.arange(num_batches * batch_size) < n).reshape(num_batches, batch_size)
+        score, loss, total = _evaluate_batch(setup, model_params, arrays, graph, y, mask)
+    else:
+        x, y = data
+        n = x.shape[0]
+        score = loss = 0.0
+        for start in range(0, n, batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            pad = batch_size - xb.shape[0]
+            valid = jnp.arange(batch_size) < xb.shape[0]
+            if pad:
+                xb = jnp.pad(xb, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+                yb = jnp.pad(yb, [(0, pad)] + [(0, 0)] * (y.ndim - 1))
+            batch_score, batch_loss, _ = _evaluate_batch(setup, model_params, arrays, xb, yb, valid)
+            score, loss = score + batch_score, loss + batch_loss
+        total = n
+    return {setup.metric_name: _metric(setup.task, score / total), "loss": loss / total}
 
-    def one(batch):
-        xi, yi, mi = (_split_batch(setup, b) for b in batch)
-        outputs = apply_model(setup, model_params, prepare_inputs(setup, xi), arrays)
-        loss, score = example_terms(setup.task, outputs, yi)
-        return jnp.sum(score * mi), jnp.sum(loss * mi)
 
-    score, loss = jax.lax.map(one, (xb, yb, mask))
-    return {setup.metric_name: _metric(setup.task, score.sum() / n), "loss": loss.sum() / n}
+@functools.partial(jax.jit, static_argnums=0)
+def _evaluate_batch(setup: Setup, model_params, arrays: DescArrays, x, y, valid):
+    """Sums of the per-example score and loss over the ``valid`` examples, and their count."""
+    if setup.task != "node_classification":
+        x, y, valid = (_split_batch(setup, b) for b in (x, y, valid))
+        x = prepare_inputs(setup, x)
+    loss, score = example_terms(setup.task, apply_model(setup, model_params, x, arrays), y)
+    w = valid.astype(jnp.float32)
+    return (score * w).sum(), (loss * w).sum(), jnp.maximum(w.sum(), 1.0)
 
 
 def _split_batch(setup: Setup, x: jax.Array) -> jax.Array:
