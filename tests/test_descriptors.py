@@ -122,6 +122,7 @@ def test_unclaimed_leaf_and_bad_shapes_raise():
 def test_new_layer_types_register_in_one_place():
     # Everything a layer type needs is one registered function naming its tensors' roles.
     calls = []
+    saved = descriptors._LAYER_FNS[descriptors.LayerType.EMBEDDING]
 
     @descriptors.register_layer(descriptors.LayerType.EMBEDDING)
     def embedding(layer):
@@ -135,4 +136,4 @@ def test_new_layer_types_register_in_one_place():
         assert calls == ["emb"]
         np.testing.assert_array_equal(desc.index[7], [0, 4, 0, 1, M, M, M, 2, M, M])
     finally:
-        descriptors._LAYER_FNS.pop(descriptors.LayerType.EMBEDDING)
+        descriptors._LAYER_FNS[descriptors.LayerType.EMBEDDING] = saved

@@ -378,10 +378,8 @@ def check(gen: Generator, desc: descriptors.ModelDescriptors) -> None:
         descriptors.check_in_range(own.lo, own.hi, gen.structure_ranges, names)
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def init(gen: Generator, key: jax.Array) -> dict:
-    """Initialises ``{"params": ..., "constants": ...}`` of a generator (jitted: one compile
-    instead of dispatching every initialiser op by op)."""
+    """Initialises ``{"params": ..., "constants": ...}`` of a generator."""
     structure = jnp.zeros((1, 29), jnp.float32) if gen.structure else None
     return gen.init(key, jnp.zeros((1, len(descriptors.INDEX_FIELDS)), jnp.float32), structure)
 

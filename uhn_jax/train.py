@@ -159,7 +159,8 @@ class Setup:
             return "task"
         if not self.chain:
             return "init"
-        per = self.init_steps // self.init_stages
+        # With fewer steps than sub-stages, the later sub-stages get none.
+        per = max(self.init_steps // self.init_stages, 1)
         return f"init{min(step // per, self.init_stages - 1)}"
 
     def fresh_optimizer_at(self, step: int) -> bool:
