@@ -17,11 +17,12 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/uhn-jax compare --config configs/digits_mlp.py --workdir runs/demo --seeds 3
 
-# Lint, then the test suite.
+# Lint, then the test suite on 2 workers (pytest-xdist): most tests are dominated by XLA
+# compilation, which runs on one core.
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check $(PY_SRC)
-	UHN_DATA_DIR=$(DATA) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	UHN_DATA_DIR=$(DATA) $(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
 format: $(BIN)/.installed
 	$(BIN)/ruff format $(PY_SRC)
