@@ -6,12 +6,12 @@ Commands (``:K``, the number of generated UHNs between H0 and f; default 1, no u
   uhn-jax train --config configs/digits_recursive.py:3 --workdir runs/recursive/k3
 
 f is the digits MLP 64-64 (8,970 params); H0 is a UHN with the structure encoder (h=64, 256
-frequencies); every generated H_k is a RecursiveUHN with 512-wide index features (82,625
+frequencies); every generated H_k is a RecursiveUHN with 512-wide index features (82,817
 params) that reuses H0's frozen encoders. Only H0 is trained. As the reference: the
 initialisation stage has K+1 sub-stages (H1's statistics first, ..., f's last), each with a
 fresh optimiser and, for K >= 2, init_lr / 5, / 10, / 40 with warm-up; gradients clipped at
 0.01; the task learning rate scaled by 1, 1/2, 1/8 for K = 1, 2, 3+. CPU-sized: 150 init steps
-per sub-stage and 1,500 task steps instead of 4,000 per sub-stage... and 30,000.
+per sub-stage and 1,500 task steps (the reference: 2,000 per sub-stage and 30,000).
 """
 
 from uhn_jax import config as config_lib
