@@ -20,12 +20,15 @@ def load_config(name: str):
 
 
 def real_data_dir(subdir: str) -> Path:
-    """``$UHN_DATA_DIR/<subdir>`` for tests on real data files; skips the test when
-    ``UHN_DATA_DIR`` is unset. Once it is set, missing or broken files fail the test (the
-    loaders raise), so a CI run with the data can't pass by skipping."""
+    """``$UHN_DATA_DIR/<subdir>`` for tests on real data files. The test fails when
+    ``UHN_DATA_DIR`` is unset, and missing or broken files fail it too (the loaders raise), so
+    no run passes by skipping them."""
     root = os.environ.get("UHN_DATA_DIR", "")
     if not root:
-        pytest.skip(f"set UHN_DATA_DIR to the data directory (holding {subdir}/) to run this")
+        pytest.fail(
+            f"UHN_DATA_DIR is unset: set it to the data directory holding {subdir}/ (`make test` "
+            "sets it), or deselect the real-data tests with -k 'not real'"
+        )
     return Path(root) / subdir
 
 

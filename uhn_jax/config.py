@@ -49,7 +49,7 @@ class DataConfig:
     max_len: int = 0
     vocab_size: int = 5000
     # "auto" = train.csv + test.csv when both exist, else a fixed stratified 80/20 split of
-    # test.csv ("test_only", what ../shared/data holds); see text_data.load_ag_news.
+    # test.csv alone ("test_only"); see text_data.load_ag_news.
     ag_news_split: str = "auto"
     # Formula regression: which formula, and the seed of its 1000 + 1000 sampled points (fixed
     # across run seeds, so every seed and both modes see the same data).

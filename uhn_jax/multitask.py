@@ -141,9 +141,9 @@ def run(
     bar = train._progress_bar(total, start, progress, desc="multitask")
     try:
         for step in range(start, end):
-            stage = "init" if step < first.init_steps else "task"
-            if step == first.init_steps and first.init_steps:
-                state["opt_state"] = train.make_optimizer(first, "task").init(state["params"])
+            stage = first.stage(step)
+            if first.fresh_optimizer_at(step):
+                state["opt_state"] = train.make_optimizer(first, stage).init(state["params"])
             i = task_schedule(probs, seed, step)
             state, metrics = train.train_step(setups[i], stage, state, arrays[i], data[i][0], key)
             done = step + 1

@@ -362,11 +362,15 @@ def make_setup(
     return setup, desc
 
 
-def describe(exp: config_lib.Experiment, dataset: Dataset) -> descriptors.ModelDescriptors:
-    """The descriptors of ``exp``'s base model for ``dataset``."""
-    model = build_model(exp, dataset)
+def model_descriptors(model) -> descriptors.ModelDescriptors:
+    """The (cached) descriptors of a base model."""
     shapes = jax.eval_shape(model.init, jax.random.key(0))
     return descriptors.build(layouts.from_params(shapes), model.layers(), model.global_fields())
+
+
+def describe(exp: config_lib.Experiment, dataset: Dataset) -> descriptors.ModelDescriptors:
+    """The descriptors of ``exp``'s base model for ``dataset``."""
+    return model_descriptors(build_model(exp, dataset))
 
 
 def make_multi_setup(
@@ -401,12 +405,8 @@ def make_multi_setup(
     if not hasattr(largest, "member_masks"):
         raise ValueError(f"model family {exp.model.family!r} cannot run masked as its members")
 
-    def describe(model):
-        shapes = jax.eval_shape(model.init, jax.random.key(0))
-        return descriptors.build(layouts.from_params(shapes), model.layers(), model.global_fields())
-
-    big = describe(largest)
-    embedded = [model_sets.embed(describe(m), big, largest.layer_map(m)) for m in members]
+    big = model_descriptors(largest)
+    embedded = [model_sets.embed(model_descriptors(m), big, largest.layer_map(m)) for m in members]
     hold_in = embedded[: len(mset.hold_in)]
     index_ranges = descriptors.union_all([e.desc.index_ranges() for e in hold_in])
     structure_ranges = descriptors.union_all(
