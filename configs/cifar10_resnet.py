@@ -1,7 +1,8 @@
-"""ResNet-{20,32,44,56} on CIFAR-10: configs/cifar10_resnet20.py with 6/10/14/18 convs a stage.
+"""ResNet-{8,20,32,44,56} on CIFAR-10: configs/cifar10_resnet20.py with 2/6/10/14/18 convs a stage.
 
-Parameters: ResNet-20 269,034; ResNet-32 463,018; ResNet-44 657,002; ResNet-56 850,986.
-The spec's scalability runs use the ResNet-20 schedule unchanged.
+Parameters: ResNet-8 75,050; ResNet-20 269,034; ResNet-32 463,018; ResNet-44 657,002;
+ResNet-56 850,986. The spec's scalability runs use the ResNet-20 schedule unchanged; ResNet-8 is
+the CPU-sized CNN of configs/multitask.py.
 
 Command:
 
@@ -13,7 +14,7 @@ Append ",runlocal" (e.g. `:32,runlocal`) for the CPU-sized generator and step bu
 
 from configs import cifar10_resnet20
 
-DEPTHS = {20: 6, 32: 10, 44: 14, 56: 18}
+DEPTHS = {8: 2, 20: 6, 32: 10, 44: 14, 56: 18}
 
 
 def get_config(arg: str | None = "20"):

@@ -21,6 +21,7 @@ def _desc(model):
     "shape, depth, count",
     [
         ((28, 28), 2, 74_762),  # reference MNIST CNN
+        ((32, 32, 3), 2, 75_050),  # ResNet-8 (multi-task CPU mix)
         ((32, 32, 3), 6, 269_034),  # ResNet-20
         ((32, 32, 3), 10, 463_018),  # ResNet-32
         ((32, 32, 3), 14, 657_002),  # ResNet-44

@@ -225,6 +225,16 @@ def test_load_mnist_full_from_fake_idx_files(tmp_path):
     np.testing.assert_allclose(ds.x_test, _mnist_norm(test_images.astype(np.float64)), rtol=1e-5)
 
 
+def test_load_finds_files_in_the_dataset_named_subdirectory(tmp_path):
+    (tmp_path / "mnist").mkdir()
+    _, labels = _write_fake_split(tmp_path / "mnist", "t10k", 6, seed=5)
+    _write_fake_split(tmp_path / "mnist", "train", 8, seed=6)
+    ds = data.load("mnist", tmp_path, train="full")
+    np.testing.assert_array_equal(ds.y_test, labels)
+    with pytest.raises(data.MissingDataError, match="t10k"):
+        data.load("mnist", tmp_path / "mnist" / "nowhere", train="full")
+
+
 def test_load_fashion_mnist_normalisation(tmp_path):
     train_images, _ = _write_fake_split(tmp_path, "train", 12, seed=3)
     test_images, test_labels = _write_fake_split(tmp_path, "t10k", 6, seed=4)

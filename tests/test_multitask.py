@@ -88,6 +88,29 @@ def test_bad_multitask_configs(tmp_path):
 def test_the_default_config_resolves_to_its_tasks():
     cfg = load_config("multitask")
     tasks = multitask.tasks_from_config(cfg)
-    assert [t.exp.model.family for t in tasks] == ["mlp", "gcn", "transformer", "kan"]
-    assert [t.exp.data.name for t in tasks] == ["digits", "cora", "mr", "formula"]
+    assert [t.exp.model.family for t in tasks] == ["mlp", "cnn", "gcn", "transformer", "kan"]
+    assert [t.exp.data.name for t in tasks] == ["mnist", "cifar10", "cora", "mr", "formula"]
+    assert tasks[1].exp.model.depths == (2, 2, 2) and tasks[1].exp.train.batch_size == 32
     assert sum(t.prob for t in tasks) == pytest.approx(1.0)
+
+
+def test_baselines_train_each_task_alone_with_its_share_of_steps(full_run):
+    cfg, tmp, multi = full_run
+    first, second = multitask.baseline_config(cfg, 0), multitask.baseline_config(cfg, 1)
+    assert first["tasks"] == ["test"] and first["probs"] == [1.0]
+    # probs 3:1 of 6 task + 2 init steps -> 4 (+2 init) and 2 (+0 init) steps.
+    assert (first["train"]["steps"], first["train"]["init_steps"]) == (4, 2)
+    assert (second["train"]["steps"], second["train"]["init_steps"]) == (2, 0)
+    assert first["generator"] == cfg.generator.to_dict()
+    assert cfg.tasks == ("test", str(tmp / "karate.py"))  # the input config is untouched
+    single = multitask.run_baselines(cfg, tmp / "full", progress=False)
+    assert [s["task"] for s in single] == list(cfg.tasks)
+    assert [s["steps_sampled"] for s in single] == [6, 2]
+    table = multitask.comparison_table(multi, single)
+    gap = 100 * (multi["tasks"][1]["test_metric"] - single[1]["test_metric"])
+    assert f"{gap:+.2f} pp" in table.splitlines()[3]
+    rmse = multitask.comparison_table(
+        {"tasks": [{"task": "kv", "metric_name": "rmse", "test_metric": 0.3, "steps_sampled": 5}]},
+        [{"task": "kv", "metric_name": "rmse", "test_metric": 0.2, "steps_sampled": 5}],
+    )
+    assert "1.50×" in rmse

@@ -244,7 +244,7 @@ def test_resnet_variants_derive_from_resnet20():
 
     variants = importlib.import_module("configs.cifar10_resnet")
     base = load_config("cifar10_resnet20")
-    for depth, n in ((20, 6), (32, 10), (44, 14), (56, 18)):
+    for depth, n in ((8, 2), (20, 6), (32, 10), (44, 14), (56, 18)):
         variant = variants.get_config(str(depth))
         assert tuple(variant.model.depths) == (n, n, n)
         assert variant.train.lr == base.train.lr and variant.generator.n_freqs == 2048

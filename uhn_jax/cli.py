@@ -6,7 +6,7 @@ Examples::
   uhn-jax compare --config configs/digits_mlp.py --workdir runs/demo --seeds 3
   uhn-jax export  --workdir runs/digits
   uhn-jax summarize --workdir runs/kan      # one row per compare run under runs/kan/*/
-  uhn-jax multitask --config configs/multitask.py --workdir runs/multitask
+  uhn-jax multitask --config configs/multitask.py --workdir runs/multitask --baselines
 
 Any config field can be overridden with ``--config.<group>.<field>=value``. Rerunning a command
 with the same ``--workdir`` resumes where it stopped.
@@ -15,6 +15,7 @@ with the same ``--workdir`` resumes where it stopped.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -26,6 +27,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; reused 
 _SEEDS = flags.DEFINE_integer("seeds", 3, "compare: number of seeds (seed, seed+1, ...).")
 _OUT = flags.DEFINE_string("out", None, "export: output directory (default WORKDIR/export).")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+_BASELINES = flags.DEFINE_boolean(
+    "baselines",
+    False,
+    "multitask: also train each task's single-task UHN (same generator, steps scaled by the "
+    "task's probability) and write WORKDIR/compare.md.",
+)
 _DISTRIBUTED = flags.DEFINE_boolean(
     "distributed",
     False,
@@ -71,6 +78,13 @@ def _run(command: str) -> None:
                 f"{t['task']}: test {t['metric_name']} {t['test_metric']:.4f} "
                 f"({t['steps_sampled']} steps)"
             )
+        if _BASELINES.value:
+            single = multitask.run_baselines(
+                _CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value
+            )
+            table = multitask.comparison_table(results, single)
+            (Path(_WORKDIR.value) / "compare.md").write_text(table + "\n")
+            print(table)
         return
     try:
         exp = config_lib.from_config_dict(_CONFIG.value)

@@ -743,8 +743,9 @@ def load(name: str, data_dir: str | os.PathLike[str] = "", **kwargs: Any) -> Arr
     Args:
         name: One of the keys of ``DATASETS``: ``"digits"``, ``"mnist"``, ``"fashion_mnist"``,
             ``"cifar10"``.
-        data_dir: Directory holding the dataset's files (the files themselves, not a parent
-            directory). Ignored by datasets that need no files, such as ``"digits"``.
+        data_dir: Directory holding the dataset's files, or a parent directory whose ``<name>/``
+            subdirectory holds them (``../shared/data`` finds ``../shared/data/mnist``). Ignored
+            by datasets that need no files, such as ``"digits"``.
         **kwargs: Passed on to the dataset's loader, e.g. ``train="full"`` for MNIST or
             ``source="jpeg", cache_dir=...`` for CIFAR-10.
 
@@ -764,7 +765,13 @@ def load(name: str, data_dir: str | os.PathLike[str] = "", **kwargs: Any) -> Arr
             f"Dataset {name!r} reads files from disk, so data.data_dir must be set to the "
             f"directory holding them. {spec.source}"
         )
-    return spec.loader(data_dir, **kwargs)
+    try:
+        return spec.loader(data_dir, **kwargs)
+    except MissingDataError:
+        subdir = Path(data_dir) / name
+        if not subdir.is_dir():
+            raise
+        return spec.loader(subdir, **kwargs)
 
 
 # --- On-device augmentation ------------------------------------------------------------------

@@ -199,3 +199,67 @@ def run(
     if jax.process_index() == 0:
         results_path.write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _scaled(n: int, p: float) -> int:
+    return int(round(n * p))
+
+
+def baseline_config(cfg: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """The single-task UHN that task ``index`` of ``cfg`` is compared against.
+
+    It is the same run restricted to that one task: the same generator (structure encoder
+    included), learning rates and seed, with the step counts (initialisation, warm-up, training)
+    scaled by the task's probability, so the task gets as many steps alone as it gets on
+    average in the mix.
+    """
+    if hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
+    cfg = json.loads(json.dumps(cfg))  # a deep, plain copy
+    probs = [float(p) for p in cfg["probs"]]
+    p = probs[index] / sum(probs)
+    t = cfg["train"]
+    steps = max(1, _scaled(t["steps"], p))
+    t["warmup_steps"] = min(_scaled(t["warmup_steps"], p), steps - 1)
+    t["init_steps"] = _scaled(t["init_steps"], p)
+    t["steps"] = steps
+    t["eval_every"] = 0
+    cfg["tasks"], cfg["probs"] = [cfg["tasks"][index]], [1.0]
+    return cfg
+
+
+def run_baselines(
+    cfg: Mapping[str, Any], workdir: str | Path, *, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Trains the single-task UHN of every task (:func:`baseline_config`) under
+    ``workdir/single/<k>-<task>`` (each resumable) and returns their per-task results."""
+    if hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
+    out = []
+    for k, ref in enumerate(cfg["tasks"]):
+        slug = "".join(c if c.isalnum() else "_" for c in ref)
+        sub = Path(workdir) / "single" / f"{k}-{slug}"
+        out.append(run(baseline_config(cfg, k), sub, progress=progress)["tasks"][0])
+    return out
+
+
+def comparison_table(multi: Mapping[str, Any], single: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown: each task's test metric in the multi-task run next to its single-task UHN,
+    with the gap in percentage points (accuracy) or the multi/single ratio (RMSE)."""
+    lines = [
+        "| task | metric | multi-task | steps | single-task UHN | steps | multi vs single |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for m, s in zip(multi["tasks"], single, strict=True):
+        name = m["metric_name"]
+        if name == "rmse":
+            shown = (f"{m['test_metric']:.4g}", f"{s['test_metric']:.4g}")
+            diff = f"{m['test_metric'] / s['test_metric']:.2f}×"
+        else:
+            shown = (f"{100 * m['test_metric']:.2f} %", f"{100 * s['test_metric']:.2f} %")
+            diff = f"{100 * (m['test_metric'] - s['test_metric']):+.2f} pp"
+        lines.append(
+            f"| {m['task']} | {name} | {shown[0]} | {m['steps_sampled']} | {shown[1]} "
+            f"| {s['steps_sampled']} | {diff} |"
+        )
+    return "\n".join(lines)
