@@ -270,6 +270,20 @@ def test_cnn_runlocal_variants_derive_and_reject_unknown_names():
             module.get_config("fast")
 
 
+def test_planetoid_cpu_variant_changes_only_the_generator_and_rate():
+    from configs import planetoid
+
+    full, cpu = planetoid.get_config("citeseer,gat"), planetoid.get_config("citeseer,gat,cpu")
+    assert (full.generator.hidden, full.generator.n_freqs, full.generator.sigma) == (128, 2048, 100)
+    assert (full.train.lr, full.train.init_steps, full.train.steps) == (5e-5, 200, 400)
+    assert (cpu.generator.hidden, cpu.generator.n_freqs, cpu.generator.sigma) == (64, 256, 3000)
+    assert cpu.train.lr == 1e-3 and cpu.model == full.model and cpu.data == full.data
+    assert (cpu.train.init_steps, cpu.train.steps) == (full.train.init_steps, full.train.steps)
+    for bad in ("cora,mlp", "cora,gcn,gpu"):
+        with pytest.raises(ValueError, match="planetoid config"):
+            planetoid.get_config(bad)
+
+
 def test_cifar_training_augments_and_evaluation_normalises(tmp_path):
     cfg = load_config("cifar10_resnet20")
     cfg.data.data_dir = _fake_data_dir("cifar10", tmp_path)
