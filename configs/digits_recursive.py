@@ -11,8 +11,9 @@ features and 32-wide structure tokens (20,929 params) that reuses H0's frozen en
 H0 is trained. As the reference: the initialisation stage has K+1 sub-stages (H1's statistics
 first, ..., f's last), each with a fresh optimiser and, for K >= 2, init_lr / 5, / 10, / 40
 with warm-up; gradients clipped at 0.01; the task learning rate scaled by 1, 1/2, 1/8 for
-K = 1, 2, 3+. CPU-sized: 150 init steps per sub-stage and 1,500 task steps at lr 1e-4 (the
-reference: 2,000 per sub-stage and 30,000 at 2e-5).
+K = 1, 2, 3 and a further 1/4 per level beyond (train.chain_lr_scale). CPU-sized: 150 init
+steps per sub-stage and 1,500 task steps at lr 1e-4 (the reference: 2,000 per sub-stage and
+30,000 at 2e-5).
 """
 
 from uhn_jax import config as config_lib
