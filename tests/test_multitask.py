@@ -58,6 +58,10 @@ def test_tasks_share_one_generator_and_each_is_evaluated(full_run):
     log = [json.loads(line) for line in (tmp / "full" / "metrics.jsonl").open()]
     assert {r["task"] for r in log} <= set(cfg.tasks)
     assert multitask.run(cfg, tmp / "full", progress=False) == results
+    # A workdir written before a train field existed still matches its config.
+    saved = json.loads((tmp / "full" / "config.json").read_text())
+    del saved["train"]["normalize_grads"]
+    assert multitask._with_new_defaults(saved) == json.loads(json.dumps(cfg.to_dict()))
 
 
 def test_resume_replays_the_task_sequence(full_run):

@@ -95,6 +95,28 @@ def test_schedule_warmup_and_cosine():
     assert lrs[4] == pytest.approx(1.0, rel=1e-3) and lrs[-1] < 0.1
 
 
+def test_normalize_grads_makes_updates_blind_to_each_steps_gradient_scale():
+    def updates(normalize, scales):
+        exp = _exp(train__steps=10, train__lr=0.1, train__normalize_grads=normalize)
+        setup, *_ = _prepare(exp)
+        tx = train.make_optimizer(setup, "task")
+        params = {"w": jnp.zeros(2)}
+        state = tx.init(params)
+        out = []
+        for s in scales:
+            u, state = tx.update({"w": s * jnp.asarray([3.0, 4.0])}, state, params)
+            out.append(u["w"])
+        return np.stack(out)
+
+    # One task with gradients 100x another's: with normalisation Adam sees the same unit-norm
+    # gradients whatever the scale; without it, the large steps dominate its moments.
+    np.testing.assert_allclose(updates(True, [100, 1, 100]), updates(True, [1, 1, 1]), rtol=1e-4)
+    plain, even = updates(False, [100, 1, 100]), updates(False, [1, 1, 1])
+    assert np.abs(plain[1]).max() < 0.8 * np.abs(even[1]).max()
+    with pytest.raises(ValueError, match="normalize_grads"):
+        config_lib.TrainConfig(normalize_grads=1).validate()
+
+
 def test_workdir_refuses_other_config_but_accepts_fields_added_since(tmp_path):
     exp = _exp(train__steps=4)
     train.run(exp, tmp_path, progress=False, stop_after=2)

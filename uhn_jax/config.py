@@ -202,6 +202,10 @@ class TrainConfig:
     direct_lr: float = 0.0
     warmup_steps: int = 0  # linear warm-up, then cosine decay to 0
     grad_clip: float = 0.0  # global-norm clipping; 0 = off
+    # Scale every step's gradient to unit global norm before AdamW (after clipping). In a
+    # multi-task run this keeps tasks with small gradients from being drowned by the others in
+    # Adam's shared second-moment estimate. Off in the reference.
+    normalize_grads: bool = False
     init_steps: int = 100  # UHN moment-matching stage (ignored in direct mode)
     init_lr: float = 2e-4
     eval_every: int = 0  # 0 = only at the end
@@ -229,6 +233,8 @@ class TrainConfig:
         _in_range("train.direct_lr", self.direct_lr, 0.0, 1.0)
         _in_range("train.init_lr", self.init_lr, 0.0, 1.0)
         _in_range("train.grad_clip", self.grad_clip, 0.0, float("inf"))
+        if not isinstance(self.normalize_grads, bool):
+            raise ValueError(f"train.normalize_grads must be a bool, got {self.normalize_grads!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -79,6 +79,16 @@ def tasks_from_config(cfg: Mapping[str, Any]) -> list[Task]:
     return tasks
 
 
+def _with_new_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved multi-task config with generator and train fields added since it was written
+    set to their defaults, so older workdirs stay resumable."""
+    defaults = json.loads(json.dumps(config_lib.Experiment().to_dict()))
+    return {
+        **saved,
+        **{g: {**defaults[g], **saved[g]} for g in ("generator", "train") if g in saved},
+    }
+
+
 def _union_ranges(descs: Sequence[descriptors.ModelDescriptors]):
     return (
         descriptors.union_all([d.index_ranges() for d in descs]),
@@ -110,7 +120,9 @@ def run(
     if not all(t.exp.generator.structure for t in tasks):
         raise ValueError("multitask: set generator.structure=True (the tasks share a generator)")
     saved = workdir / "config.json"
-    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(cfg)):
+    if saved.exists() and _with_new_defaults(json.loads(saved.read_text())) != json.loads(
+        json.dumps(cfg)
+    ):
         raise ValueError(f"workdir {workdir} holds a different multi-task run; use a new --workdir")
     workdir.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(cfg, indent=2) + "\n")

@@ -701,7 +701,7 @@ def task_loss(setup: Setup, params, constants, arrays: DescArrays, batch, rng):
 
 
 def make_optimizer(setup: Setup, stage: str) -> optax.GradientTransformation:
-    """AdamW (wd 0) with optional global-norm clipping.
+    """AdamW (wd 0) with optional global-norm clipping and gradient normalisation.
 
     The task stage's peak rate is ``train.lr``, or ``train.direct_lr`` for direct training when
     that is set.
@@ -739,7 +739,8 @@ def make_optimizer(setup: Setup, stage: str) -> optax.GradientTransformation:
         else:
             schedule = cosine
     clip = optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity()
-    return optax.chain(clip, optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=0.0))
+    norm = optax.normalize_by_update_norm() if t.normalize_grads else optax.identity()
+    return optax.chain(clip, norm, optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=0.0))
 
 
 def chain_lr_scale(depth: int) -> float:
