@@ -212,7 +212,7 @@ def test_planetoid_configs_are_the_reference_models():
         shapes = jax.eval_shape(built.init, jax.random.key(0))
         assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == size
         assert exp.train.lr == planetoid.REFERENCE[name, model][2]
-    with pytest.raises(ValueError, match="unknown dataset,model"):
+    with pytest.raises(ValueError, match="unknown planetoid config"):
         planetoid.get_config("cora,mlp")
 
 
