@@ -11,12 +11,12 @@ the last step, the reference generator (h=128, 2048 frequencies, sigma 100). Dir
 uses Adam at 1e-2, the usual rate for these models (the reference has no direct baseline).
 
 ``,cpu`` is the CPU-sized variant of the README's figures: a generator of h=64 with 256
-frequencies, 400 task steps (as direct training), task learning rate 1e-3 (the reference rates
-are far too small for it: 54 % on Cora at 2e-5), and Fourier scale sigma = 3000 instead of 100.
-With sigma = 100 the features of neighbouring input indices are nearly identical (adjacent words
-of Cora's 1,433-word vocabulary have a feature correlation of about 0.97), so every update to
-one word's weights spills onto its neighbours; sigma = 3000 decorrelates them (Cora, seed 0:
-76.8 % at sigma 100, 78.6 % at 1000, 78.5 % at 3000).
+frequencies, task learning rate 1e-3 (the reference rates are far too small for it: 54 % on Cora
+at 2e-5), and Fourier scale sigma = 3000 instead of 100. With sigma = 100 the features of
+neighbouring input indices are nearly identical (adjacent words of Cora's 1,433-word vocabulary
+have a feature correlation of about 0.97), so every update to one word's weights spills onto
+its neighbours; sigma = 3000 decorrelates them (Cora, seed 0: 76.8 % at sigma 100, 78.6 % at
+1000, 78.5 % at 3000).
 """
 
 from uhn_jax import config as config_lib
@@ -64,9 +64,6 @@ def get_config(arg: str | None = None):
         config.generator.n_freqs = 256
         config.generator.sigma = 3000.0
         config.train.lr = 1e-3
-        # As many task steps as direct training; the reference's 200 (CiteSeer and PubMed GCN)
-        # left CiteSeer's training loss at 1.4 with this generator.
-        config.train.steps = 400
     config.train.log_every = 50
     config.train.checkpoint_every = 200
     return config

@@ -292,7 +292,7 @@ def test_cnn_runlocal_variants_derive_and_reject_unknown_names():
             module.get_config("fast")
 
 
-def test_planetoid_cpu_variant_changes_only_the_generator_rate_and_steps():
+def test_planetoid_cpu_variant_changes_only_the_generator_and_rate():
     from configs import planetoid
 
     full, cpu = planetoid.get_config("citeseer,gat"), planetoid.get_config("citeseer,gat,cpu")
@@ -301,9 +301,6 @@ def test_planetoid_cpu_variant_changes_only_the_generator_rate_and_steps():
     assert (cpu.generator.hidden, cpu.generator.n_freqs, cpu.generator.sigma) == (64, 256, 3000)
     assert cpu.train.lr == 1e-3 and cpu.model == full.model and cpu.data == full.data
     assert (cpu.train.init_steps, cpu.train.steps) == (full.train.init_steps, full.train.steps)
-    # 400 task steps everywhere, as direct training (the reference has 200 for CiteSeer GCN).
-    cite_gcn = planetoid.get_config("citeseer,gcn,cpu")
-    assert (cite_gcn.train.steps, planetoid.get_config("citeseer,gcn").train.steps) == (400, 200)
     for bad in ("cora,mlp", "cora,gcn,gpu"):
         with pytest.raises(ValueError, match="planetoid config"):
             planetoid.get_config(bad)
