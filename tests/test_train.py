@@ -442,3 +442,20 @@ def test_interrupt_saves_a_checkpoint_and_the_run_resumes(tmp_path, monkeypatch)
     resumed = train.run(exp, tmp_path, progress=False)
     full = train.run(exp, tmp_path / "full", progress=False)
     assert resumed["test_metric"] == full["test_metric"]
+
+
+def test_init_fit_is_written_and_a_poor_fit_is_named(tmp_path, capsys):
+    exp = _exp(train__init_steps=2, train__steps=2)
+    train.run(exp, tmp_path, progress=False)
+    rows = json.loads((tmp_path / "init_fit.json").read_text())
+    setup, desc, arrays, *_ = _prepare(exp)
+    assert [r["tensor"] for r in rows] == ["/".join(leaf.keys) for leaf in setup.layout.leaves]
+    np.testing.assert_allclose([[r["target_mean"], r["target_std"]] for r in rows], desc.targets)
+    # Two steps cannot fit the targets: the warning names the worst tensor.
+    bad = train.poorly_fit(rows)
+    assert bad, rows
+    assert f"{bad[0]['tensor']} std" in capsys.readouterr().out
+    # A fit within 50 % of every target is not reported; zero targets are never relative.
+    good = [dict(r, std=1.4 * r["target_std"]) for r in rows]
+    assert train.poorly_fit(good) == []
+    assert train.poorly_fit([dict(rows[0], target_std=0.0, std=5.0)]) == []

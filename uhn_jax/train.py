@@ -668,6 +668,52 @@ def init_loss(setup: Setup, params, constants, arrays: DescArrays, sub_stage: in
     return loss, {"init_loss": loss}
 
 
+def init_fit(setup: Setup, params, constants, arrays: DescArrays) -> list[dict[str, Any]]:
+    """How well the generated weights match the initialisation targets, one row per tensor.
+
+    Rows (layout order) hold the tensor's name, its generated ``mean`` and ``std`` and the
+    ``target_mean`` / ``target_std`` of the moment-matching stage. In a multi-model run the
+    figures are for the first hold-in member; in a recursive run, for the base model f.
+    """
+    if setup.members:
+        arrays = select_member(arrays, 0)
+    mean, std = _generated_stats(setup, params, constants, arrays)
+    mean, std, targets = (np.asarray(a) for a in (mean, std, arrays.targets))
+    present = (
+        np.ones(len(targets), bool)
+        if arrays.tensor_present is None
+        else np.asarray(arrays.tensor_present) > 0
+    )
+    return [
+        {
+            "tensor": "/".join(leaf.keys),
+            "mean": float(mean[i]),
+            "std": float(std[i]),
+            "target_mean": float(targets[i, 0]),
+            "target_std": float(targets[i, 1]),
+        }
+        for i, leaf in enumerate(setup.layout.leaves)
+        if present[i]
+    ]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _generated_stats(setup: Setup, params, constants, arrays: DescArrays):
+    w_N = layouts.flatten(base_params(setup, params, constants, arrays), setup.layout)
+    return tensor_stats(w_N, arrays.segment_ids, arrays.targets.shape[0], arrays.weight_mask)
+
+
+def poorly_fit(rows: list[dict[str, Any]], rel: float = 0.5) -> list[dict[str, Any]]:
+    """The rows of :func:`init_fit` whose std is off its (non-zero) target by more than
+    ``rel`` (relative), worst first."""
+
+    def err(r):
+        return abs(r["std"] - r["target_std"]) / r["target_std"]
+
+    bad = [r for r in rows if r["target_std"] > 0 and err(r) > rel]
+    return sorted(bad, key=err, reverse=True)
+
+
 def example_terms(task: str, outputs: jax.Array, y: jax.Array):
     """Per-example ``(loss, score)``: cross-entropy and 0/1 correctness for classification,
     the squared error averaged over outputs (as both) for regression."""
@@ -1052,6 +1098,8 @@ def run(
             done = step + 1
             if done % t.log_every == 0 or done == end:
                 pending = (done, stage, metrics)
+            if done == setup.init_steps:
+                _report_init_fit(setup, state, arrays, workdir)
             if t.eval_every and done % t.eval_every == 0 and done > setup.init_steps:
                 ev_arrays = select_member(arrays, 0) if setup.members else arrays
                 ev = evaluate(
@@ -1127,6 +1175,25 @@ def run(
             f.write(json.dumps(line) + "\n")
         results_path.write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _report_init_fit(setup: Setup, state: dict, arrays: DescArrays, workdir: Path) -> None:
+    """Writes ``init_fit.json`` at the end of the initialisation stage and warns about tensors
+    whose generated std is far from its target (a sign the stage needs more steps or a
+    higher ``train.init_lr``)."""
+    rows = init_fit(setup, state["params"], state["constants"], arrays)
+    if jax.process_index() == 0:
+        (workdir / "init_fit.json").write_text(json.dumps(rows, indent=1) + "\n")
+    bad = poorly_fit(rows)
+    if bad:
+        worst = ", ".join(
+            f"{r['tensor']} std {r['std']:.3g} (target {r['target_std']:.3g})" for r in bad[:3]
+        )
+        print(
+            f"[uhn_jax] warning: after the initialisation stage {len(bad)} of {len(rows)} "
+            f"tensors have a std more than 50 % off target: {worst}. Consider more "
+            "train.init_steps or a higher train.init_lr (details in init_fit.json)."
+        )
 
 
 def _multi_results(exp, setup, state, arrays, mset, members, test_data, workdir) -> dict:
