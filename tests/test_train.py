@@ -292,7 +292,7 @@ def test_cnn_runlocal_variants_derive_and_reject_unknown_names():
             module.get_config("fast")
 
 
-def test_planetoid_cpu_variant_changes_only_the_generator_and_rate():
+def test_planetoid_cpu_variant_changes_the_generator_rates_and_citeseer_gcn_init():
     from configs import planetoid
 
     full, cpu = planetoid.get_config("citeseer,gat"), planetoid.get_config("citeseer,gat,cpu")
@@ -301,6 +301,10 @@ def test_planetoid_cpu_variant_changes_only_the_generator_and_rate():
     assert (cpu.generator.hidden, cpu.generator.n_freqs, cpu.generator.sigma) == (64, 256, 3000)
     assert cpu.train.lr == 1e-3 and cpu.model == full.model and cpu.data == full.data
     assert (cpu.train.init_steps, cpu.train.steps) == (full.train.init_steps, full.train.steps)
+    # Only CiteSeer GCN gets a longer initialisation stage.
+    gcn = planetoid.get_config("citeseer,gcn,cpu")
+    assert (gcn.train.init_lr, gcn.train.init_steps, gcn.train.steps) == (3e-3, 200, 200)
+    assert planetoid.get_config("citeseer,gcn").train.init_steps == 50
     for bad in ("cora,mlp", "cora,gcn,gpu"):
         with pytest.raises(ValueError, match="planetoid config"):
             planetoid.get_config(bad)
