@@ -744,7 +744,7 @@ def load(name: str, data_dir: str | os.PathLike[str] = "", **kwargs: Any) -> Arr
         name: One of the keys of ``DATASETS``: ``"digits"``, ``"mnist"``, ``"fashion_mnist"``,
             ``"cifar10"``.
         data_dir: Directory holding the dataset's files, or a parent directory whose ``<name>/``
-            subdirectory holds them (``../shared/data`` finds ``../shared/data/mnist``). Ignored
+            subdirectory holds them (``/data`` finds ``/data/mnist``). Ignored
             by datasets that need no files, such as ``"digits"``.
         **kwargs: Passed on to the dataset's loader, e.g. ``train="full"`` for MNIST or
             ``source="jpeg", cache_dir=...`` for CIFAR-10.
