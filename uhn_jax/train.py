@@ -641,11 +641,11 @@ def tensor_stats(w_N: jax.Array, segment_ids: jax.Array, num_tensors: int, mask_
     return mean, jnp.sqrt(var + 1e-12)
 
 
-def init_loss(setup: Setup, params, constants, arrays: DescArrays, sub_stage: int = 0):
-    """Moment-matching loss: mean over tensors and {mean, std} of (stat - target)^2.
+def generated_stats(setup: Setup, params, constants, arrays: DescArrays, sub_stage: int = 0):
+    """Per-tensor ``(mean, std, targets)`` of the weights the initialisation stage matches.
 
-    In a recursive run, sub-stage d matches chain element d's generated weights: H_{d+1}'s
-    for d < K, f's for d = K.
+    In a recursive run, sub-stage d looks at chain element d's generated weights: H_{d+1}'s
+    for d < K, f's for d = K. ``targets`` is ``(T, 2)`` (mean, std) per tensor.
     """
     segment_ids, targets = arrays.segment_ids, arrays.targets
     arrays = _with_chain_inputs(setup, constants, arrays)
@@ -658,8 +658,14 @@ def init_loss(setup: Setup, params, constants, arrays: DescArrays, sub_stage: in
         segment_ids, targets = arrays.chain["segment_ids"], arrays.chain["targets"]
     else:
         w_N = layouts.flatten(base_params(setup, params, constants, arrays), setup.layout)
-    num_tensors = targets.shape[0]
-    mean, std = tensor_stats(w_N, segment_ids, num_tensors, arrays.weight_mask)
+    mean, std = tensor_stats(w_N, segment_ids, targets.shape[0], arrays.weight_mask)
+    return mean, std, targets
+
+
+def init_loss(setup: Setup, params, constants, arrays: DescArrays, sub_stage: int = 0):
+    """Moment-matching loss: mean over tensors and {mean, std} of (stat - target)^2 (see
+    :func:`generated_stats` for what sub-stage d of a recursive run matches)."""
+    mean, std, targets = generated_stats(setup, params, constants, arrays, sub_stage)
     err = (jnp.stack([mean, std], axis=1) - targets) ** 2
     if arrays.tensor_present is None:
         loss = jnp.mean(err)
@@ -677,8 +683,9 @@ def init_fit(setup: Setup, params, constants, arrays: DescArrays) -> list[dict[s
     """
     if setup.members:
         arrays = select_member(arrays, 0)
-    mean, std = _generated_stats(setup, params, constants, arrays)
-    mean, std, targets = (np.asarray(a) for a in (mean, std, arrays.targets))
+    stats = jax.jit(generated_stats, static_argnums=(0, 4))
+    last = setup.init_stages - 1  # the base model f's sub-stage
+    mean, std, targets = (np.asarray(a) for a in stats(setup, params, constants, arrays, last))
     present = (
         np.ones(len(targets), bool)
         if arrays.tensor_present is None
@@ -695,12 +702,6 @@ def init_fit(setup: Setup, params, constants, arrays: DescArrays) -> list[dict[s
         for i, leaf in enumerate(setup.layout.leaves)
         if present[i]
     ]
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _generated_stats(setup: Setup, params, constants, arrays: DescArrays):
-    w_N = layouts.flatten(base_params(setup, params, constants, arrays), setup.layout)
-    return tensor_stats(w_N, arrays.segment_ids, arrays.targets.shape[0], arrays.weight_mask)
 
 
 def poorly_fit(rows: list[dict[str, Any]], rel: float = 0.5) -> list[dict[str, Any]]:
@@ -1055,6 +1056,7 @@ def run(
     if results_path.exists():
         return json.loads(results_path.read_text())
     start_time = time.time()
+    compiles_before = train_step._cache_size() if exp.model.model_set else 0
     if dataset is None:
         dataset = load_dataset(exp)
     mset = members = None
@@ -1140,6 +1142,9 @@ def run(
 
     if setup.members:
         results = _multi_results(exp, setup, state, arrays, mset, members, test_data, workdir)
+        # Compiles of the jitted train step made by this run (one per stage): the members share
+        # one compiled step. Counted as a difference, so other runs in the process don't count.
+        results["train_step_compiles"] = train_step._cache_size() - compiles_before
         results["wall_s"] = round(time.time() - start_time, 2)
         if jax.process_index() == 0:
             results_path.write_text(json.dumps(results, indent=2) + "\n")
@@ -1244,9 +1249,6 @@ def _multi_results(exp, setup, state, arrays, mset, members, test_data, workdir)
         "held_out_test_metric": mean("held_out"),
         "num_members": len(mset.models),
         "num_hold_in": len(mset.hold_in),
-        # Compiles of the jitted train step in this process (one per stage when nothing else
-        # has used it): the members share one compiled step.
-        "train_step_compiles": train_step._cache_size(),
         "members": rows,
         "seed": exp.seed,
         "steps": exp.train.steps,
