@@ -248,6 +248,7 @@ def test_text_classification_end_to_end(mode, tmp_path):
         model__dropout_rate=0.0,
         generator__hidden=16,
         generator__n_freqs=32,
+        generator__sigma=100.0,
         train__batch_size=32,
         train__eval_batch_size=24,
         train__steps=80,
@@ -279,6 +280,9 @@ def test_text_configs_are_the_reference_models():
     shapes = jax.eval_shape(train.build_model(exp, ds).init, jax.random.key(0))
     assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == 377_858
     assert exp.train.lr == 1e-4 and exp.train.init_steps == 100
+    cpu = text.get_config("mr,cpu")
+    assert (cpu.generator.hidden, cpu.generator.n_freqs, cpu.generator.sigma) == (64, 256, 3000)
+    assert (cpu.train.init_steps, cpu.train.init_lr, cpu.train.lr) == (200, 3e-3, 3e-4)
     with pytest.raises(ValueError, match="unknown text config"):
         text.get_config("ag_news,gpu")
 
