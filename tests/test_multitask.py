@@ -7,6 +7,10 @@ from conftest import load_config
 
 from uhn_jax import multitask
 
+# One worker runs all of this module's tests, so its module fixture is built once (the
+# Makefile runs pytest-xdist with --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("multitask")
+
 _KARATE = """
 from uhn_jax import config as config_lib
 

@@ -17,6 +17,10 @@ import pytest
 
 from uhn_jax import sharding
 
+# One worker runs all of this module's tests, so its module fixture is built once (the
+# Makefile runs pytest-xdist with --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("sharding")
+
 # A small CNN on digits with the separable path and chunking both active, so that every code
 # path that takes a mesh is exercised: direct chunks, separable groups, the batch and evaluation.
 _SCRIPT = textwrap.dedent(
