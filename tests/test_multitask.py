@@ -61,6 +61,11 @@ def test_tasks_share_one_generator_and_each_is_evaluated(full_run):
     assert all(0.0 <= t["test_metric"] <= 1.0 for t in results["tasks"])
     log = [json.loads(line) for line in (tmp / "full" / "metrics.jsonl").open()]
     assert {r["task"] for r in log} <= set(cfg.tasks)
+    # The initialisation stage's fit, per task: every tensor of each task's own base model.
+    fits = json.loads((tmp / "full" / "init_fit.json").read_text())
+    assert list(fits) == list(cfg.tasks)
+    assert all(rows and {"tensor", "std", "target_std"} <= set(rows[0]) for rows in fits.values())
+    assert len(fits[cfg.tasks[0]]) != len(fits[cfg.tasks[1]])
     assert multitask.run(cfg, tmp / "full", progress=False) == results
     # A workdir written before a train field existed still matches its config.
     saved = json.loads((tmp / "full" / "config.json").read_text())

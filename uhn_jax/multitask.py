@@ -159,6 +159,12 @@ def run(
             i = task_schedule(probs, seed, step)
             state, metrics = train.train_step(setups[i], stage, state, arrays[i], data[i][0], key)
             done = step + 1
+            if done == first.init_steps:
+                fits = {
+                    t.name: train.init_fit(s, state["params"], state["constants"], a)
+                    for t, s, a in zip(tasks, setups, arrays, strict=True)
+                }
+                train.report_init_fit(workdir, fits)
             if done % t_cfg.log_every == 0 or done == end:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 loss = values.get("loss", values.get("init_loss"))

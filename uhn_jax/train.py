@@ -1101,7 +1101,8 @@ def run(
             if done % t.log_every == 0 or done == end:
                 pending = (done, stage, metrics)
             if done == setup.init_steps:
-                _report_init_fit(setup, state, arrays, workdir)
+                fit = init_fit(setup, state["params"], state["constants"], arrays)
+                report_init_fit(workdir, {"": fit})
             if t.eval_every and done % t.eval_every == 0 and done > setup.init_steps:
                 ev_arrays = select_member(arrays, 0) if setup.members else arrays
                 ev = evaluate(
@@ -1182,21 +1183,28 @@ def run(
     return results
 
 
-def _report_init_fit(setup: Setup, state: dict, arrays: DescArrays, workdir: Path) -> None:
+def report_init_fit(workdir: Path, fits: dict[str, list[dict[str, Any]]]) -> None:
     """Writes ``init_fit.json`` at the end of the initialisation stage and warns about tensors
     whose generated std is far from its target (a sign the stage needs more steps or a
-    higher ``train.init_lr``)."""
-    rows = init_fit(setup, state["params"], state["constants"], arrays)
+    higher ``train.init_lr``).
+
+    ``fits`` maps a label to :func:`init_fit` rows: ``{"": rows}`` for a single run (the file
+    holds the rows), one entry per task in a multi-task run (the file maps task to rows).
+    """
     if jax.process_index() == 0:
-        (workdir / "init_fit.json").write_text(json.dumps(rows, indent=1) + "\n")
-    bad = poorly_fit(rows)
-    if bad:
+        payload = fits[""] if list(fits) == [""] else fits
+        (workdir / "init_fit.json").write_text(json.dumps(payload, indent=1) + "\n")
+    for label, rows in fits.items():
+        bad = poorly_fit(rows)
+        if not bad:
+            continue
         worst = ", ".join(
             f"{r['tensor']} std {r['std']:.3g} (target {r['target_std']:.3g})" for r in bad[:3]
         )
+        where = f" of task {label}" if label else ""
         print(
             f"[uhn_jax] warning: after the initialisation stage {len(bad)} of {len(rows)} "
-            f"tensors have a std more than 50 % off target: {worst}. Consider more "
+            f"tensors{where} have a std more than 50 % off target: {worst}. Consider more "
             "train.init_steps or a higher train.init_lr (details in init_fit.json)."
         )
 
