@@ -22,7 +22,7 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check $(PY_SRC)
-	UHN_DATA_DIR=$(DATA) $(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15 $(PYTEST_ARGS)
+	UHN_DATA_DIR=$(DATA) $(BIN)/python -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS)
 
 format: $(BIN)/.installed
 	$(BIN)/ruff format $(PY_SRC)

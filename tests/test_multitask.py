@@ -7,10 +7,6 @@ from conftest import load_config
 
 from uhn_jax import multitask
 
-# One worker runs all of this module's tests, so its module fixture is built once (the
-# Makefile runs pytest-xdist with --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("multitask")
-
 _KARATE = """
 from uhn_jax import config as config_lib
 
@@ -40,15 +36,17 @@ def _cfg(tmp_path):
     return cfg
 
 
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("multitask")
-    cfg = _cfg(tmp)
-    return cfg, tmp, multitask.run(cfg, tmp / "full", progress=False)
+def test_run_resume_and_baselines(tmp_path):
+    """One multi-task run (most of its minute is compilation) checked three ways, in one test
+    so that pytest-xdist does not build it on both workers."""
+    cfg = _cfg(tmp_path)
+    results = multitask.run(cfg, tmp_path / "full", progress=False)
+    _check_tasks_share_one_generator_and_each_is_evaluated(cfg, tmp_path, results)
+    _check_resume_replays_the_task_sequence(cfg, tmp_path, results)
+    _check_baselines_train_each_task_alone_with_its_share_of_steps(cfg, tmp_path, results)
 
 
-def test_tasks_share_one_generator_and_each_is_evaluated(full_run):
-    cfg, tmp, results = full_run
+def _check_tasks_share_one_generator_and_each_is_evaluated(cfg, tmp, results):
     tasks = multitask.tasks_from_config(cfg)
     assert [t.prob for t in tasks] == [0.75, 0.25]
     # Shared generator and schedule; each task keeps its own batch size.
@@ -75,8 +73,7 @@ def test_tasks_share_one_generator_and_each_is_evaluated(full_run):
     assert multitask._with_new_defaults(saved) == expected
 
 
-def test_resume_replays_the_task_sequence(full_run):
-    cfg, tmp, full = full_run
+def _check_resume_replays_the_task_sequence(cfg, tmp, full):
     multitask.run(cfg, tmp / "split", progress=False, stop_after=5)
     resumed = multitask.run(cfg, tmp / "split", progress=False)
     assert [t["test_metric"] for t in resumed["tasks"]] == [t["test_metric"] for t in full["tasks"]]
@@ -109,8 +106,7 @@ def test_the_default_config_resolves_to_its_tasks():
     assert sum(t.prob for t in tasks) == pytest.approx(1.0)
 
 
-def test_baselines_train_each_task_alone_with_its_share_of_steps(full_run):
-    cfg, tmp, multi = full_run
+def _check_baselines_train_each_task_alone_with_its_share_of_steps(cfg, tmp, multi):
     first, second = multitask.baseline_config(cfg, 0), multitask.baseline_config(cfg, 1)
     assert first["tasks"] == ["test"] and first["probs"] == [1.0]
     # probs 3:1 of 6 task + 2 init steps -> 4 (+2 init) and 2 (+0 init) steps.

@@ -17,10 +17,6 @@ import pytest
 
 from uhn_jax import sharding
 
-# One worker runs all of this module's tests, so its module fixture is built once (the
-# Makefile runs pytest-xdist with --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("sharding")
-
 # A small CNN on digits with the separable path and chunking both active, so that every code
 # path that takes a mesh is exercised: direct chunks, separable groups, the batch and evaluation.
 _SCRIPT = textwrap.dedent(
@@ -95,21 +91,23 @@ _SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def eight_devices():
+def test_sharded_step_equals_single_device_step_with_params_replicated_and_inputs_split():
+    # One test for both modes and both checks, so that pytest-xdist runs the subprocess (about
+    # a minute of compilation) once rather than on each worker.
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
         [sys.executable, "-c", _SCRIPT], capture_output=True, text=True, env=env, timeout=900
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 8
+    for mode in ("uhn", "direct"):
+        _check_sharded_step_equals_single_device_step(out[mode])
+        _check_params_replicated_and_inputs_split(out[mode], mode)
 
 
-@pytest.mark.parametrize("mode", ["uhn", "direct"])
-def test_sharded_step_equals_single_device_step(eight_devices, mode):
-    assert eight_devices["devices"] == 8
-    r = eight_devices[mode]
+def _check_sharded_step_equals_single_device_step(r):
     # Sharded reductions and chunk boundaries (rows are aligned to 8 x devices) sum in another
     # order: float32 rounding, which the σ=100 Fourier phases (~1e3) lift to ~1e-4 of the output
     # scale (as between chunked and unchunked generation). The gradient at the same params,
@@ -125,9 +123,7 @@ def test_sharded_step_equals_single_device_step(eight_devices, mode):
     assert r["acc_8"] == pytest.approx(r["acc_1"], abs=0.02)
 
 
-@pytest.mark.parametrize("mode", ["uhn", "direct"])
-def test_params_replicated_and_inputs_split(eight_devices, mode):
-    r = eight_devices[mode]
+def _check_params_replicated_and_inputs_split(r, mode):
     assert r["params_replicated"] and r["params_devices"] == 8
     assert r["batch_spec"] == ["d"]
     if mode == "uhn":
