@@ -662,6 +662,9 @@ def generated_stats(setup: Setup, params, constants, arrays: DescArrays, sub_sta
     return mean, std, targets
 
 
+_generated_stats_jit = jax.jit(generated_stats, static_argnums=(0, 4))
+
+
 def init_loss(setup: Setup, params, constants, arrays: DescArrays, sub_stage: int = 0):
     """Moment-matching loss: mean over tensors and {mean, std} of (stat - target)^2 (see
     :func:`generated_stats` for what sub-stage d of a recursive run matches)."""
@@ -683,9 +686,9 @@ def init_fit(setup: Setup, params, constants, arrays: DescArrays) -> list[dict[s
     """
     if setup.members:
         arrays = select_member(arrays, 0)
-    stats = jax.jit(generated_stats, static_argnums=(0, 4))
     last = setup.init_stages - 1  # the base model f's sub-stage
-    mean, std, targets = (np.asarray(a) for a in stats(setup, params, constants, arrays, last))
+    stats = _generated_stats_jit(setup, params, constants, arrays, last)
+    mean, std, targets = (np.asarray(a) for a in stats)
     present = (
         np.ones(len(targets), bool)
         if arrays.tensor_present is None
@@ -1101,8 +1104,9 @@ def run(
             if done % t.log_every == 0 or done == end:
                 pending = (done, stage, metrics)
             if done == setup.init_steps:
-                fit = init_fit(setup, state["params"], state["constants"], arrays)
-                report_init_fit(workdir, {"": fit})
+                report_init_fit(
+                    workdir, init_fit(setup, state["params"], state["constants"], arrays)
+                )
             if t.eval_every and done % t.eval_every == 0 and done > setup.init_steps:
                 ev_arrays = select_member(arrays, 0) if setup.members else arrays
                 ev = evaluate(
@@ -1183,18 +1187,19 @@ def run(
     return results
 
 
-def report_init_fit(workdir: Path, fits: dict[str, list[dict[str, Any]]]) -> None:
+def report_init_fit(
+    workdir: Path, fits: list[dict[str, Any]] | dict[str, list[dict[str, Any]]]
+) -> None:
     """Writes ``init_fit.json`` at the end of the initialisation stage and warns about tensors
     whose generated std is far from its target (a sign the stage needs more steps or a
     higher ``train.init_lr``).
 
-    ``fits`` maps a label to :func:`init_fit` rows: ``{"": rows}`` for a single run (the file
-    holds the rows), one entry per task in a multi-task run (the file maps task to rows).
+    ``fits`` is :func:`init_fit`'s rows for a single run, or a dict of them by task name for a
+    multi-task run; the file holds it as given.
     """
     if jax.process_index() == 0:
-        payload = fits[""] if list(fits) == [""] else fits
-        (workdir / "init_fit.json").write_text(json.dumps(payload, indent=1) + "\n")
-    for label, rows in fits.items():
+        (workdir / "init_fit.json").write_text(json.dumps(fits, indent=1) + "\n")
+    for label, rows in fits.items() if isinstance(fits, dict) else [("", fits)]:
         bad = poorly_fit(rows)
         if not bad:
             continue
