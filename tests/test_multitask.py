@@ -5,7 +5,7 @@ import json
 import pytest
 from conftest import load_config
 
-from uhn_jax import multitask
+from uhn_jax import multitask, train
 
 _KARATE = """
 from uhn_jax import config as config_lib
@@ -95,6 +95,21 @@ def test_bad_multitask_configs(tmp_path):
     cfg.generator.structure = False
     with pytest.raises(ValueError, match="structure"):
         multitask.run(cfg, tmp_path / "r", progress=False)
+
+
+def test_range_tasks_widen_the_declared_ranges_without_being_trained(tmp_path):
+    cfg = _cfg(tmp_path).to_dict()
+    tasks = multitask.tasks_from_config(cfg)
+    data = [train.load_dataset(t.exp) for t in tasks]
+    union = multitask.declared_ranges(cfg, tasks, data)
+    alone = {**cfg, "tasks": cfg["tasks"][:1], "probs": [1.0]}
+    own = multitask.declared_ranges(alone, tasks[:1], data[:1])
+    widened = multitask.declared_ranges(
+        {**alone, "range_tasks": cfg["tasks"][1:]}, tasks[:1], data[:1]
+    )
+    assert own != union and widened == union
+    # The baseline of a run with range_tasks keeps them, so it sees the same ranges.
+    assert multitask.baseline_config({**cfg, "range_tasks": ["x"]}, 0)["range_tasks"] == ["x"]
 
 
 def test_the_default_config_resolves_to_its_tasks():

@@ -58,7 +58,7 @@ def tasks_from_config(cfg: Mapping[str, Any]) -> list[Task]:
     ``cfg`` has ``tasks`` (references, see :func:`load_task_config`), ``probs`` (one per task;
     normalised), ``data_dir`` (given to every task that reads files), and ``seed``, ``generator``
     and ``train`` groups shared by every task (each task keeps its own ``batch_size`` and
-    ``eval_batch_size``).
+    ``eval_batch_size``). An optional ``range_tasks`` is read by :func:`declared_ranges`.
     """
     refs, probs = list(cfg["tasks"]), [float(p) for p in cfg["probs"]]
     if not refs or len(refs) != len(probs):
@@ -80,16 +80,26 @@ def tasks_from_config(cfg: Mapping[str, Any]) -> list[Task]:
 
 
 def _with_new_defaults(saved: dict[str, Any]) -> dict[str, Any]:
-    """A saved multi-task config with generator and train fields added since it was written
-    set to their defaults, so older workdirs stay resumable."""
+    """A saved multi-task config with fields added since it was written set to their
+    defaults, so older workdirs stay resumable."""
     defaults = json.loads(json.dumps(config_lib.Experiment().to_dict()))
     return {
+        "range_tasks": [],
         **saved,
         **{g: {**defaults[g], **saved[g]} for g in ("generator", "train") if g in saved},
     }
 
 
-def _union_ranges(descs: Sequence[descriptors.ModelDescriptors]):
+def declared_ranges(cfg: Mapping[str, Any], tasks: Sequence[Task], datasets: Sequence[Any]):
+    """The generator's declared ``(index, structure)`` ranges: the union over the descriptors
+    of ``tasks`` (with their loaded ``datasets``) and of ``cfg["range_tasks"]``, optional task
+    references that widen the ranges without being trained (e.g. to train one task alone with
+    the ranges of a mix, or to leave room for tasks added later)."""
+    descs = [train.describe(t.exp, d) for t, d in zip(tasks, datasets, strict=True)]
+    refs = list(cfg.get("range_tasks") or ())
+    if refs:
+        extra = tasks_from_config({**cfg, "tasks": refs, "probs": [1.0] * len(refs)})
+        descs += [train.describe(t.exp, train.load_dataset(t.exp)) for t in extra]
     return (
         descriptors.union_all([d.index_ranges() for d in descs]),
         descriptors.union_all([d.structure_ranges() for d in descs]),
@@ -120,16 +130,16 @@ def run(
     if not all(t.exp.generator.structure for t in tasks):
         raise ValueError("multitask: set generator.structure=True (the tasks share a generator)")
     saved = workdir / "config.json"
-    if saved.exists() and _with_new_defaults(json.loads(saved.read_text())) != json.loads(
-        json.dumps(cfg)
-    ):
+    if saved.exists() and _with_new_defaults(
+        json.loads(saved.read_text())
+    ) != _with_new_defaults(json.loads(json.dumps(cfg))):
         raise ValueError(f"workdir {workdir} holds a different multi-task run; use a new --workdir")
     workdir.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(cfg, indent=2) + "\n")
     start_time = time.time()
 
     datasets = [train.load_dataset(t.exp) for t in tasks]
-    ranges = _union_ranges([train.describe(t.exp, d) for t, d in zip(tasks, datasets, strict=True)])
+    ranges = declared_ranges(cfg, tasks, datasets)
     setups, arrays, data = [], [], []
     for t, d in zip(tasks, datasets, strict=True):
         setup, desc = train.make_setup(t.exp, d, ranges)
