@@ -130,9 +130,9 @@ def run(
     if not all(t.exp.generator.structure for t in tasks):
         raise ValueError("multitask: set generator.structure=True (the tasks share a generator)")
     saved = workdir / "config.json"
-    if saved.exists() and _with_new_defaults(
-        json.loads(saved.read_text())
-    ) != _with_new_defaults(json.loads(json.dumps(cfg))):
+    if saved.exists() and _with_new_defaults(json.loads(saved.read_text())) != _with_new_defaults(
+        json.loads(json.dumps(cfg))
+    ):
         raise ValueError(f"workdir {workdir} holds a different multi-task run; use a new --workdir")
     workdir.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(cfg, indent=2) + "\n")
