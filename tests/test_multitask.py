@@ -91,6 +91,9 @@ def test_bad_multitask_configs(tmp_path):
     cfg.tasks = ("test", "no_such_config")
     with pytest.raises(FileNotFoundError, match="no_such_config"):
         multitask.tasks_from_config(cfg)
+    cfg = _cfg(tmp_path).to_dict()
+    with pytest.raises(ValueError, match="range_tasks must be a tuple"):
+        multitask.declared_ranges({**cfg, "range_tasks": "mnist_mlp"}, [], [])
     cfg = _cfg(tmp_path)
     cfg.generator.structure = False
     with pytest.raises(ValueError, match="structure"):

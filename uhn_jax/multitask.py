@@ -96,7 +96,10 @@ def declared_ranges(cfg: Mapping[str, Any], tasks: Sequence[Task], datasets: Seq
     references that widen the ranges without being trained (e.g. to train one task alone with
     the ranges of a mix, or to leave room for tasks added later)."""
     descs = [train.describe(t.exp, d) for t, d in zip(tasks, datasets, strict=True)]
-    refs = list(cfg.get("range_tasks") or ())
+    refs = cfg.get("range_tasks") or ()
+    if isinstance(refs, str) or not all(isinstance(r, str) for r in refs):
+        raise ValueError(f"multitask: range_tasks must be a tuple of task references, got {refs!r}")
+    refs = list(refs)
     if refs:
         extra = tasks_from_config({**cfg, "tasks": refs, "probs": [1.0] * len(refs)})
         descs += [train.describe(t.exp, train.load_dataset(t.exp)) for t in extra]
