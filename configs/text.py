@@ -16,8 +16,8 @@ AG News architecture. Only AG News' test.csv is in ../shared/data, so ``data.ag_
 
 ``,cpu`` is the CPU-sized variant the README's figures use: the same architecture and data
 with a vocabulary of 1,000 words, a generator of h=64 with 256 frequencies and Fourier scale
-sigma = 3000, a 200-step initialisation stage at 1e-2, then 20 epochs at lr 1e-3 (direct
-training: the same schedule with Adam at 1e-3; the reference has no direct baseline). The
+sigma = 3000, a 200-step initialisation stage at 1e-2, then 20 epochs at lr 1e-3 (2e-3 for MR;
+direct training: the same schedule with Adam at 1e-3; the reference has no direct baseline). The
 settings come from MR (README): with 100 init steps at 1e-3 every generated tensor ended with
 about the same std (token table 0.20 against its target 1.0) and the UHN stayed at chance; 200
 steps at 3e-3 fit the tensors for seed 0 only (token std 0.90, against 0.40 for seeds 1 and 2),
@@ -33,6 +33,9 @@ REFERENCE = {
     "imdb": (512, 1, 0.4, 5e-5, 100, 1e-4, 100),
     "mr": (64, 2, 0.2, 0.0, 0, 5e-5, 50),
 }
+# The UHN's learning rate in the ``,cpu`` variant (direct training stays at 1e-3). MR's UHN
+# underfit at 1e-3 (seed 0: 68.6 % train accuracy against 73.1 % direct) and fit at 2e-3 (README).
+CPU_LR = {"ag_news": 1e-3, "imdb": 1e-3, "mr": 2e-3}
 # Training examples of each dataset's default split (the schedule is set in epochs).
 TRAIN_SIZES = {"ag_news": 6080, "imdb": 25000, "mr": 9596}
 
@@ -66,7 +69,7 @@ def get_config(arg: str | None = None):
         config.generator.hidden = 64
         config.generator.n_freqs = 256
         config.generator.sigma = 3000.0
-        config.train.lr = 1e-3
+        config.train.lr = CPU_LR[name]
         config.train.init_lr = 1e-2
         config.train.init_steps = 200
         epochs = 20

@@ -131,6 +131,31 @@ def test_workdir_refuses_other_config_but_accepts_fields_added_since(tmp_path):
     assert train.run(exp, tmp_path, progress=False)["steps"] == 4
 
 
+def test_direct_workdir_ignores_the_fields_direct_training_never_reads(tmp_path):
+    exp = _exp(mode="direct", train__steps=4, train__direct_lr=1e-3)
+    first = train.run(exp, tmp_path, progress=False)
+    # New UHN settings (generator, initialisation stage, UHN lr) reuse the finished direct run.
+    uhn_side = _exp(
+        mode="direct",
+        train__steps=4,
+        train__direct_lr=1e-3,
+        train__lr=5e-3,
+        train__init_steps=7,
+        train__init_lr=1e-2,
+        generator__sigma=300.0,
+        generator__hidden=8,
+    )
+    assert train.run(uhn_side, tmp_path, progress=False) == first
+    # What direct training reads still has to match.
+    with pytest.raises(ValueError, match=r"fields differ: train\.direct_lr"):
+        train.run(_exp(mode="direct", train__steps=4, train__direct_lr=2e-3), tmp_path)
+    # Without direct_lr, direct training runs at train.lr, so lr is checked.
+    exp = _exp(mode="direct", train__steps=4)
+    train.run(exp, tmp_path / "plain", progress=False)
+    with pytest.raises(ValueError, match=r"fields differ: train\.lr"):
+        train.run(_exp(mode="direct", train__steps=4, train__lr=5e-3), tmp_path / "plain")
+
+
 def test_resume_is_bit_identical(tmp_path):
     exp = _exp(train__steps=6, train__checkpoint_every=2, model__dropout_rate=0.2)
     full = train.run(exp, tmp_path / "full", progress=False)
