@@ -282,7 +282,8 @@ def test_text_configs_are_the_reference_models():
     assert exp.train.lr == 1e-4 and exp.train.init_steps == 100
     cpu = text.get_config("mr,cpu")
     assert (cpu.generator.hidden, cpu.generator.n_freqs, cpu.generator.sigma) == (64, 256, 3000)
-    assert (cpu.train.init_steps, cpu.train.init_lr, cpu.train.lr) == (200, 1e-2, 1e-3)
+    assert (cpu.train.init_steps, cpu.train.init_lr, cpu.train.lr) == (200, 1e-2, 2e-3)
+    assert text.get_config("ag_news,cpu").train.lr == 1e-3 and cpu.train.direct_lr == 1e-3
     assert cpu.data.vocab_size == 1000 and cpu.train.steps == 20 * (9596 // 256)
     with pytest.raises(ValueError, match="unknown text config"):
         text.get_config("ag_news,gpu")
