@@ -149,6 +149,9 @@ def test_direct_workdir_ignores_the_fields_direct_training_never_reads(tmp_path)
     # What direct training reads still has to match.
     with pytest.raises(ValueError, match=r"fields differ: train\.direct_lr"):
         train.run(_exp(mode="direct", train__steps=4, train__direct_lr=2e-3), tmp_path)
+    # A UHN run in a direct run's workdir: the error names the mode, not every UHN field.
+    with pytest.raises(ValueError, match=r"fields differ: mode\)"):
+        train.run(_exp(mode="uhn", train__steps=4, train__direct_lr=1e-3), tmp_path)
     # Without direct_lr, direct training runs at train.lr, so lr is checked.
     exp = _exp(mode="direct", train__steps=4)
     train.run(exp, tmp_path / "plain", progress=False)

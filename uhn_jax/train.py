@@ -985,14 +985,15 @@ class _MetricsLog:
             self.tb.close()
 
 
-def _fields_read(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The part of a config dict (``Experiment.to_dict`` layout) that the run reads.
+def _fields_read(cfg: dict[str, Any], mode: str) -> dict[str, Any]:
+    """The part of a config dict (``Experiment.to_dict`` layout) that a ``mode`` run reads.
 
     Direct training never reads the generator, the initialisation stage or, when
     ``train.direct_lr`` is set, ``train.lr``; a direct run's workdir then accepts other values
-    for them, so a ``compare`` with new UHN settings reuses its finished direct runs.
+    for them, so a ``compare`` with new UHN settings reuses its finished direct runs. ``mode``
+    is the new run's, so a mode mismatch is reported as ``mode`` alone.
     """
-    if cfg["mode"] != "direct":
+    if mode != "direct":
         return cfg
     ignored = {"init_steps", "init_lr"} | ({"lr"} if cfg["train"]["direct_lr"] > 0 else set())
     train_cfg = {k: v for k, v in cfg["train"].items() if k not in ignored}
@@ -1006,9 +1007,10 @@ def _check_workdir_config(workdir: Path, exp: config_lib.Experiment) -> None:
         # A field added to the config after the run started takes its default, so older
         # workdirs stay resumable.
         defaults = _flat(json.loads(json.dumps(config_lib.Experiment().to_dict())))
-        saved = _fields_read(_unflat({**defaults, **_flat(json.loads(path.read_text()))}))
+        saved = _unflat({**defaults, **_flat(json.loads(path.read_text()))})
+        saved = _fields_read(saved, exp.mode)
         # JSON turns tuples into lists; compare through one JSON round trip.
-        current_json = _fields_read(json.loads(json.dumps(current)))
+        current_json = _fields_read(json.loads(json.dumps(current)), exp.mode)
         if saved != current_json:
             diffs = sorted(_flat(saved).items() ^ _flat(current_json).items())
             keys = sorted({k for k, _ in diffs})
