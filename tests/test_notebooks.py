@@ -1,12 +1,12 @@
 """Executes the notebooks' code cells with tiny settings (UHN_NOTEBOOK_TINY=1)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
@@ -18,7 +18,7 @@ def test_notebook_runs(path, tmp_path):
     assert cells, f"{path.name} has no code"
     script = tmp_path / "notebook.py"
     script.write_text("\n\n".join(cells) + "\n")
-    env = dict(os.environ, UHN_NOTEBOOK_TINY="1", UHN_NOTEBOOK_WORKDIR=str(tmp_path / "runs"))
+    env = subprocess_env(UHN_NOTEBOOK_TINY="1", UHN_NOTEBOOK_WORKDIR=str(tmp_path / "runs"))
     proc = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=900
     )

@@ -6,7 +6,6 @@ as JSON and the assertions are made here.
 """
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 from uhn_jax import sharding
 
@@ -94,8 +94,7 @@ _SCRIPT = textwrap.dedent(
 def test_sharded_step_equals_single_device_step_with_params_replicated_and_inputs_split():
     # One test for both modes and both checks, so that pytest-xdist runs the subprocess (about
     # a minute of compilation) once rather than on each worker.
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    env["JAX_PLATFORMS"] = "cpu"
+    env = subprocess_env("--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     proc = subprocess.run(
         [sys.executable, "-c", _SCRIPT], capture_output=True, text=True, env=env, timeout=900
     )
