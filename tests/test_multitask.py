@@ -135,11 +135,37 @@ def _check_baselines_train_each_task_alone_with_its_share_of_steps(cfg, tmp, mul
     single = multitask.run_baselines(cfg, tmp / "full", progress=False)
     assert [s["task"] for s in single] == list(cfg.tasks)
     assert [s["steps_sampled"] for s in single] == [6, 2]
-    table = multitask.comparison_table(multi, single)
+    table = multitask.comparison_table([(multi, single)])
     gap = 100 * (multi["tasks"][1]["test_metric"] - single[1]["test_metric"])
     assert f"{gap:+.2f} pp" in table.splitlines()[3]
-    rmse = multitask.comparison_table(
-        {"tasks": [{"task": "kv", "metric_name": "rmse", "test_metric": 0.3, "steps_sampled": 5}]},
-        [{"task": "kv", "metric_name": "rmse", "test_metric": 0.2, "steps_sampled": 5}],
-    )
-    assert "1.50×" in rmse
+    # `compare` over the finished runs: no training, the same table, written to compare.md.
+    assert multitask.compare(cfg, tmp / "full", 1, progress=False) == table
+    assert (tmp / "full" / "compare.md").read_text() == table + "\n"
+    with pytest.raises(ValueError, match="seeds"):
+        multitask.compare(cfg, tmp / "full", 0)
+
+
+def test_comparison_table_over_seeds_compares_means():
+    def res(metric, *values):
+        return [
+            {"task": "t", "metric_name": metric, "test_metric": v, "steps_sampled": 4}
+            for v in values
+        ]
+
+    # Accuracy: two seeds, multi 0.50 / 0.70 against single 0.60 / 0.62.
+    runs = [({"tasks": res("accuracy", 0.5)}, res("accuracy", 0.6))]
+    runs.append(({"tasks": res("accuracy", 0.7)}, res("accuracy", 0.62)))
+    row = multitask.comparison_table(runs).splitlines()[2]
+    assert "| 2 | 60.00 ± 10.00 % |" in row and "| 61.00 ± 1.00 % |" in row
+    assert "| -1.00 pp | -10.00 / +8.00 |" in row
+    # RMSE: the ratio of the means, not the mean of the ratios.
+    runs = [({"tasks": res("rmse", 0.3)}, res("rmse", 0.1))]
+    runs.append(({"tasks": res("rmse", 0.1)}, res("rmse", 0.3)))
+    row = multitask.comparison_table(runs).splitlines()[2]
+    assert "| 1.00× | 3.00× / 0.33× |" in row
+    one = multitask.comparison_table(runs[:1]).splitlines()[2]
+    assert "| 0.3 |" in one and "| 3.00× |  |" in one
+    with pytest.raises(ValueError, match="disagree"):
+        multitask.comparison_table(
+            [({"tasks": res("rmse", 0.3)}, [{**res("rmse", 0.1)[0], "task": "u"}])]
+        )

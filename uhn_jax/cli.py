@@ -6,7 +6,7 @@ Examples::
   uhn-jax compare --config configs/digits_mlp.py --workdir runs/demo --seeds 3
   uhn-jax export  --workdir runs/digits
   uhn-jax summarize --workdir runs/kan      # one row per compare run under runs/kan/*/
-  uhn-jax multitask --config configs/multitask.py --workdir runs/multitask --baselines
+  uhn-jax multitask --config configs/multitask.py --workdir runs/multitask --baselines [--seeds 3]
 
 Any config field can be overridden with ``--config.<group>.<field>=value``. Rerunning a command
 with the same ``--workdir`` resumes where it stopped.
@@ -15,7 +15,6 @@ with the same ``--workdir`` resumes where it stopped.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -24,7 +23,9 @@ COMMANDS = ("train", "compare", "export", "summarize", "multitask")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; reused to resume).")
-_SEEDS = flags.DEFINE_integer("seeds", 3, "compare: number of seeds (seed, seed+1, ...).")
+_SEEDS = flags.DEFINE_integer(
+    "seeds", 3, "compare (and multitask, where it defaults to 1): seeds seed, seed+1, ..."
+)
 _OUT = flags.DEFINE_string("out", None, "export: output directory (default WORKDIR/export).")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 _BASELINES = flags.DEFINE_boolean(
@@ -72,18 +73,15 @@ def _run(command: str) -> None:
     if command == "multitask":
         from uhn_jax import multitask
 
-        results = multitask.run(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
-        for t in results["tasks"]:
-            print(
-                f"{t['task']}: test {t['metric_name']} {t['test_metric']:.4f} "
-                f"({t['steps_sampled']} steps)"
-            )
-        if _BASELINES.value:
-            single = multitask.run_baselines(
-                _CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value
-            )
-            table = multitask.comparison_table(results, single)
-            (Path(_WORKDIR.value) / "compare.md").write_text(table + "\n")
+        seeds = _SEEDS.value if flags.FLAGS["seeds"].present else 1
+        table = multitask.compare(
+            _CONFIG.value,
+            _WORKDIR.value,
+            seeds,
+            baselines=_BASELINES.value,
+            progress=_PROGRESS.value,
+        )
+        if table is not None:
             print(table)
         return
     try:

@@ -274,23 +274,89 @@ def run_baselines(
     return out
 
 
-def comparison_table(multi: Mapping[str, Any], single: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown: each task's test metric in the multi-task run next to its single-task UHN,
-    with the gap in percentage points (accuracy) or the multi/single ratio (RMSE)."""
+def compare(
+    cfg: Mapping[str, Any],
+    workdir: str | Path,
+    seeds: int = 1,
+    *,
+    baselines: bool = True,
+    progress: bool = True,
+) -> str | None:
+    """The multi-task run of ``cfg`` for ``seeds`` seeds (``cfg["seed"]``, +1, ...), each with
+    its single-task baselines when ``baselines`` is set, and their comparison table.
+
+    One seed runs in ``workdir`` itself; several go to ``workdir/seed<s>``. Every run resumes.
+    The table (:func:`comparison_table`) is also written to ``workdir/compare.md``; without
+    baselines there is none and this returns ``None``.
+    """
+    if hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    workdir = Path(workdir)
+    pairs = []
+    for seed in range(cfg["seed"], cfg["seed"] + seeds):
+        run_cfg = {**cfg, "seed": seed}
+        sub = workdir if seeds == 1 else workdir / f"seed{seed}"
+        results = run(run_cfg, sub, progress=progress)
+        for t in results["tasks"]:
+            print(
+                f"seed {seed}, {t['task']}: test {t['metric_name']} {t['test_metric']:.4f} "
+                f"({t['steps_sampled']} steps)",
+                flush=True,
+            )
+        if baselines:
+            pairs.append((results, run_baselines(run_cfg, sub, progress=progress)))
+    if not baselines:
+        return None
+    table = comparison_table(pairs)
+    (workdir / "compare.md").write_text(table + "\n")
+    return table
+
+
+def comparison_table(
+    runs: Sequence[tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]],
+) -> str:
+    """Markdown: each task's test metric in the multi-task run next to its single-task UHN.
+
+    ``runs`` holds one ``(multi-task results, single-task results)`` pair per seed. The gap is
+    in percentage points for an accuracy and the multi / single ratio for an RMSE, between the
+    means over seeds; with several seeds the metrics are shown as mean ± std and the last
+    column lists the gap of each seed.
+    """
+    if not runs:
+        raise ValueError("comparison_table: no runs")
+    n = len(runs)
     lines = [
-        "| task | metric | multi-task | steps | single-task UHN | steps | multi vs single |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| task | metric | seeds | multi-task | steps | single-task UHN | steps "
+        "| multi vs single | per seed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for m, s in zip(multi["tasks"], single, strict=True):
-        name = m["metric_name"]
-        if name == "rmse":
-            shown = (f"{m['test_metric']:.4g}", f"{s['test_metric']:.4g}")
-            diff = f"{m['test_metric'] / s['test_metric']:.2f}×"
+    for k, first in enumerate(runs[0][0]["tasks"]):
+        multi = [r[0]["tasks"][k] for r in runs]
+        single = [r[1][k] for r in runs]
+        if any(t["task"] != first["task"] for t in multi + single):
+            raise ValueError(f"comparison_table: runs disagree on task {k} ({first['task']})")
+        m = np.array([t["test_metric"] for t in multi])
+        s = np.array([t["test_metric"] for t in single])
+        rmse = first["metric_name"] == "rmse"
+        if rmse:
+            gaps = [f"{a / b:.2f}×" for a, b in zip(m, s, strict=True)]
+            gap = f"{m.mean() / s.mean():.2f}×"
         else:
-            shown = (f"{100 * m['test_metric']:.2f} %", f"{100 * s['test_metric']:.2f} %")
-            diff = f"{100 * (m['test_metric'] - s['test_metric']):+.2f} pp"
+            gaps = [f"{100 * (a - b):+.2f}" for a, b in zip(m, s, strict=True)]
+            gap = f"{100 * (m.mean() - s.mean()):+.2f} pp"
+        steps = [round(np.mean([t["steps_sampled"] for t in ts])) for ts in (multi, single)]
         lines.append(
-            f"| {m['task']} | {name} | {shown[0]} | {m['steps_sampled']} | {shown[1]} "
-            f"| {s['steps_sampled']} | {diff} |"
+            f"| {first['task']} | {first['metric_name']} | {n} | {_shown(m, rmse)} | {steps[0]} "
+            f"| {_shown(s, rmse)} | {steps[1]} | {gap} | {' / '.join(gaps) if n > 1 else ''} |"
         )
     return "\n".join(lines)
+
+
+def _shown(values: np.ndarray, rmse: bool) -> str:
+    """An RMSE as is, an accuracy in percent; mean ± std over several seeds."""
+    if rmse:
+        return f"{values.mean():.4g}" + (f" ± {values.std():.2g}" if len(values) > 1 else "")
+    v = 100 * values
+    return f"{v.mean():.2f}" + (f" ± {v.std():.2f}" if len(v) > 1 else "") + " %"
