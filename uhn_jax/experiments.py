@@ -51,6 +51,15 @@ def compare(
     return table
 
 
+def format_metric(values: np.ndarray, rmse: bool, spread: bool = True) -> str:
+    """Test metrics over seeds as ``mean ± std``: an RMSE as is, an accuracy in percent.
+    ``spread=False`` shows the mean alone."""
+    if rmse:
+        return f"{values.mean():.4g}" + (f" ± {values.std():.2g}" if spread else "")
+    v = 100 * values
+    return f"{v.mean():.2f}" + (f" ± {v.std():.2f}" if spread else "") + " %"
+
+
 def comparison_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of mean ± std test metric per mode, with the UHN - direct gap.
 
@@ -73,11 +82,7 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
         means[mode] = vals.mean()
         r0 = rs[0]
         steps = f"{r0['init_steps']}+{r0['steps']}" if r0["init_steps"] else f"{r0['steps']}"
-        shown = (
-            f"{vals.mean():.4g} ± {vals.std():.2g}"
-            if rmse
-            else f"{100 * vals.mean():.2f} ± {100 * vals.std():.2f} %"
-        )
+        shown = format_metric(vals, rmse)
         lines.append(
             f"| {mode} | {r0['dataset']} | {r0['model']} | {r0['num_target_params']:,} "
             f"| {r0['num_generator_params']:,} | {len(rs)} | {steps} "

@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from uhn_jax import checkpoint, descriptors, train
+from uhn_jax import checkpoint, descriptors, experiments, train
 from uhn_jax import config as config_lib
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -340,6 +340,7 @@ def comparison_table(
         m = np.array([t["test_metric"] for t in multi])
         s = np.array([t["test_metric"] for t in single])
         rmse = first["metric_name"] == "rmse"
+        shown = [experiments.format_metric(v, rmse, spread=n > 1) for v in (m, s)]
         if rmse:
             gaps = [f"{a / b:.2f}×" for a, b in zip(m, s, strict=True)]
             gap = f"{m.mean() / s.mean():.2f}×"
@@ -348,15 +349,7 @@ def comparison_table(
             gap = f"{100 * (m.mean() - s.mean()):+.2f} pp"
         steps = [round(np.mean([t["steps_sampled"] for t in ts])) for ts in (multi, single)]
         lines.append(
-            f"| {first['task']} | {first['metric_name']} | {n} | {_shown(m, rmse)} | {steps[0]} "
-            f"| {_shown(s, rmse)} | {steps[1]} | {gap} | {' / '.join(gaps) if n > 1 else ''} |"
+            f"| {first['task']} | {first['metric_name']} | {n} | {shown[0]} | {steps[0]} "
+            f"| {shown[1]} | {steps[1]} | {gap} | {' / '.join(gaps) if n > 1 else ''} |"
         )
     return "\n".join(lines)
-
-
-def _shown(values: np.ndarray, rmse: bool) -> str:
-    """An RMSE as is, an accuracy in percent; mean ± std over several seeds."""
-    if rmse:
-        return f"{values.mean():.4g}" + (f" ± {values.std():.2g}" if len(values) > 1 else "")
-    v = 100 * values
-    return f"{v.mean():.2f}" + (f" ± {v.std():.2f}" if len(v) > 1 else "") + " %"
