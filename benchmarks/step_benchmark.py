@@ -187,6 +187,7 @@ def run_case(args) -> dict:
     cfg.generator.chunk_size = args.chunk_size
     cfg.generator.separable = bool(args.separable)
     cfg.generator.matmul_dtype = args.matmul_dtype
+    cfg.generator.separable_method = args.separable_method
     cfg.train.batch_size = args.batch_size
     cfg.train.init_steps = 0
     exp = config_lib.from_config_dict(cfg)
@@ -209,6 +210,9 @@ def run_case(args) -> dict:
     arrays = train.with_tables(setup, arrays, state["constants"])  # as train.run does
     num_weights = setup.layout.size
     path = "separable" if args.separable else "direct-path"
+    if args.separable and setup.gen is not None:
+        nufft = generator.use_nufft(setup.gen, setup.plan, setup.chunk_size, setup.mesh)
+        path += f" (nufft {sum(nufft)}/{len(nufft)} groups)" if any(nufft) else " (matmul)"
     dtype = generator.resolve_matmul_dtype(args.matmul_dtype).name
     chunk = setup.chunk_size or "none"
     if args.chunk_size == 0 and setup.gen is not None:
@@ -315,6 +319,11 @@ def main() -> None:
         help="generator.matmul_dtype (auto: bf16 on CPUs with native bf16 and accelerators)",
     )
     parser.add_argument("--paths", default="separable", help="separable and/or direct-path")
+    parser.add_argument(
+        "--separable-methods",
+        default="auto",
+        help="generator.separable_method values to run (comma-separated: auto, matmul, nufft)",
+    )
     parser.add_argument("--no-direct", action="store_true", help="skip the direct-training case")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=0, help="generator width (0: the preset's)")
@@ -326,6 +335,7 @@ def main() -> None:
     parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # internal: one case
     parser.add_argument("--chunk-size", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--separable", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--separable-method", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode is not None:
         print(json.dumps(run_case(args)))
@@ -349,10 +359,12 @@ def main() -> None:
 def _run_model(args, model: str, chunks: list[int]) -> list[dict]:
     """Runs every case of one model, each in its own subprocess."""
     steps = args.steps or PRESETS[model].get("steps", 5)
-    cases = [] if args.no_direct or args.kind == "generation" else [("direct", 0, 0)]
-    cases += [("uhn", c, int(p == "separable")) for p in args.paths.split(",") for c in chunks]
+    cases = [] if args.no_direct or args.kind == "generation" else [("direct", 0, 0, "auto")]
+    for p in args.paths.split(","):
+        methods = args.separable_methods.split(",") if p == "separable" else ["matmul"]
+        cases += [("uhn", c, int(p == "separable"), m) for m in methods for c in chunks]
     rows = []
-    for mode, chunk, sep in cases:
+    for mode, chunk, sep, method in cases:
         cmd = [
             sys.executable,
             __file__,
@@ -368,6 +380,8 @@ def _run_model(args, model: str, chunks: list[int]) -> list[dict]:
             str(sep),
             "--matmul-dtype",
             args.matmul_dtype,
+            "--separable-method",
+            method,
             "--batch-size",
             str(args.batch_size),
             "--hidden",

@@ -1,5 +1,7 @@
 """Tests for uhn_jax.generator and uhn_jax.encodings."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -335,3 +337,88 @@ def test_precomputed_tables_give_the_same_weights_without_cos():
     # Direct features above the cache size stay on the per-step path.
     big = dict(arrays, direct=np.zeros((generator.DIRECT_FEATURE_CACHE_BYTES // 512 + 1, 10)))
     assert "direct_features" not in jax.eval_shape(lambda a: generator.with_tables(gen, v, a), big)
+
+
+def _nufft_pair(model, sigma, **kw):
+    desc = _model_desc(model)
+    gens = {
+        m: generator.Generator(
+            index_ranges=desc.index_ranges(),
+            hidden=16,
+            n_freqs=64,
+            sigma=sigma,
+            separable_method=m,
+            **kw,
+        )
+        for m in ("matmul", "nufft")
+    }
+    v = generator.init(gens["matmul"], jax.random.key(0))
+    plan, arrays = generator.plan(gens["nufft"], desc, min_separable=16)
+    return gens, v, plan, arrays
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "cnn"])
+@pytest.mark.parametrize("sigma", [100.0, 1.0])
+def test_nufft_first_layer_equals_matmul(model_name, sigma):
+    """The non-uniform FFT evaluates the same first layer as the matmul, weights and gradients.
+
+    The CNN's kernel positions exercise the phases of the column axes before the input index.
+    FINUFFT at upsampling 1.25 in float32 reaches ~3e-4 relative error; bf16 matmuls ~4e-3.
+    """
+    models = _tiny_models()
+    if model_name == "mlp":  # one tensor large enough for a 2-D grid of many points
+        from uhn_jax.base_models.mlp import MLP
+
+        models["mlp"] = MLP(input_shape=(12, 10), num_classes=3, widths=(40,))
+    gens, v, plan, arrays = _nufft_pair(models[model_name], sigma)
+    nufft = generator.use_nufft(gens["nufft"], plan, None)
+    assert any(nufft) and nufft == plan.linear
+    assert not any(generator.use_nufft(gens["matmul"], plan, None))
+
+    def loss(p, gen):
+        w = generator.generate_planned(
+            gen, {"params": p, "constants": v["constants"]}, plan, arrays
+        )
+        return jnp.sum(jnp.sin(3 * w)), w
+
+    grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+    g_ref, ref = grad(v["params"], gens["matmul"])
+    g_nu, out = grad(v["params"], gens["nufft"])
+    err = float(jnp.abs(out - ref).max() / jnp.abs(ref).max())
+    gerr = max(
+        float(jnp.abs(b - a).max() / jnp.abs(a).max())
+        for a, b in zip(
+            jax.tree_util.tree_leaves(g_ref), jax.tree_util.tree_leaves(g_nu), strict=True
+        )
+    )
+    # FINUFFT in float32 at upsampling 1.25 (tolerance relative to the sum of |strengths|): here
+    # 3e-4 (sigma=1) and 1.5e-3 (sigma=100) of the largest weight, 2e-3 and 1.5e-2 of the
+    # largest gradient entry; bf16 matmuls differ by up to 3e-2
+    # (test_bfloat16_matmuls_stay_close_to_float32).
+    tol, gtol = (5e-3, 5e-2) if sigma > 1 else (1e-3, 5e-3)
+    assert 0 < err < tol  # a different computation, not the matmul again
+    assert gerr < gtol
+
+
+def test_nufft_only_for_affine_one_pass_groups():
+    from uhn_jax.base_models.mlp import MLP
+
+    model = MLP(input_shape=(12, 10), num_classes=3, widths=(40,))
+    gens, v, plan, arrays = _nufft_pair(model, 100.0)
+    auto = dataclasses.replace(gens["nufft"], separable_method="auto")
+    # A chunked or sharded generation keeps the matmul; auto skips grids below NUFFT_MIN_GRID.
+    assert not any(generator.use_nufft(gens["nufft"], plan, 64))
+    assert not any(generator.use_nufft(auto, plan, None))
+    # Clipped index values break the affine form: those groups keep the matmul.
+    desc = _model_desc(model)
+    r = desc.index_ranges()
+    narrow = descriptors.Ranges(r.lo, tuple(min(h, 20.0) for h in r.hi))
+    clipped = generator.Generator(
+        index_ranges=narrow, hidden=16, n_freqs=64, out_of_range="clip", separable_method="nufft"
+    )
+    plan_c, _ = generator.plan(clipped, desc, min_separable=16)
+    assert plan_c.groups and not any(plan_c.linear)
+    with pytest.raises(ValueError, match="separable_method"):
+        generator.init(
+            generator.Generator(index_ranges=r, separable_method="fft"), jax.random.key(0)
+        )

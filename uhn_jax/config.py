@@ -31,6 +31,7 @@ CIFAR_SOURCES = ("auto", "pickle", "jpeg")
 ENCODINGS = ("fourier", "positional", "raw")
 OUT_OF_RANGE = ("error", "clip")
 MATMUL_DTYPES = ("float32", "bfloat16", "auto")
+SEPARABLE_METHODS = ("matmul", "nufft", "auto")
 MNIST_TRAIN = ("mlxtend5k", "full")
 
 
@@ -164,6 +165,10 @@ class GeneratorConfig:
     # auto = bfloat16 on GPU/TPU and CPUs with native bf16 dot products, float32 elsewhere
     # (generator.resolve_matmul_dtype).
     matmul_dtype: str = "auto"
+    # First layer of separable tensors: matmul, nufft (a non-uniform FFT, O(N log N) instead of
+    # O(N F H); needs jax-finufft and a CPU backend), or auto = nufft on CPU for large tensors
+    # generated in one pass (generator.use_nufft).
+    separable_method: str = "auto"
     # Recursive generation (spec §5.3): K generated UHNs between this generator and the base
     # model, H0 -> H1 -> ... -> H_K -> f; 0 = H0 generates f directly. No upper limit.
     chain_depth: int = 0
@@ -189,6 +194,7 @@ class GeneratorConfig:
         _choice("generator.encoding", self.encoding, ENCODINGS)
         _choice("generator.out_of_range", self.out_of_range, OUT_OF_RANGE)
         _choice("generator.matmul_dtype", self.matmul_dtype, MATMUL_DTYPES)
+        _choice("generator.separable_method", self.separable_method, SEPARABLE_METHODS)
 
 
 @dataclasses.dataclass(frozen=True)

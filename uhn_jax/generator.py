@@ -53,6 +53,15 @@ def _dense(
     )
 
 
+#: Values of ``Generator.separable_method``.
+SEPARABLE_METHODS = ("matmul", "nufft", "auto")
+#: Requested relative accuracy of the non-uniform FFT first layer (:meth:`Generator.nufft_hidden`),
+#: near the float32 limit. The float32 Fourier phases themselves carry ~1e-4 rad of rounding.
+NUFFT_EPS = 1e-6
+#: FINUFFT's grid upsampling factor: 1.25 (smaller FFTs, wider kernels) was 2-4x faster than 2.0
+#: for the reference generator's first layer on a 2-core CPU.
+NUFFT_UPSAMPLING = 1.25
+
 # ----------------------------------------------------------------------------- matmul precision
 
 #: Values of ``Generator.matmul_dtype``.
@@ -185,6 +194,9 @@ class Generator(nn.Module):
       matmul_dtype: operand dtype of the first Linear's matmuls (forward and weight gradient),
         the bulk of the FLOPs; accumulation, the rest of the network and the parameters stay
         float32. "float32", "bfloat16" or "auto" (:func:`resolve_matmul_dtype`).
+      separable_method: how :func:`generate_planned` evaluates the first layer of separable
+        tensors: "matmul" (:meth:`separable_hidden`), "nufft" (:meth:`nufft_hidden`, needs the
+        ``jax-finufft`` package and a CPU backend) or "auto" (:func:`use_nufft`).
     """
 
     index_ranges: descriptors.Ranges
@@ -199,8 +211,14 @@ class Generator(nn.Module):
     structure_heads: int = 4
     out_of_range: str = "error"
     matmul_dtype: str = "float32"
+    separable_method: str = "matmul"
 
     def setup(self):
+        if self.separable_method not in SEPARABLE_METHODS:
+            raise ValueError(
+                f"separable_method must be one of {SEPARABLE_METHODS}, "
+                f"got {self.separable_method!r}"
+            )
         if self.encoding not in encodings.ENCODINGS:
             raise ValueError(
                 f"encoding must be one of {encodings.ENCODINGS}, got {self.encoding!r}"
@@ -302,6 +320,74 @@ class Generator(nn.Module):
         cos_FR, sin_FR = (t.T for t in jnp.split(row_table_R2F, 2, axis=1))
         dtype = resolve_matmul_dtype(self.matmul_dtype)
         h_CRH = _separable_linear(layer["kernel"], cos_FR, sin_FR, col_table_C2F, dtype)
+        c, r, h = h_CRH.shape
+        return h_CRH.reshape(c * r, h) + layer["bias"]
+
+    def nufft_hidden(self, rows_R10, cols_C10, row_counts, col_shape):
+        """:meth:`separable_hidden` by a non-uniform FFT, for descriptors linear in the indices.
+
+        Within one tensor the normalised descriptors are affine in the integer indices:
+        ``row_o = r_0 + o dr`` and ``col = c_0 + sum_j g_j dc_j``. The first Linear's output
+        ``sum_f W_c[f] cos(p_f) + W_s[f] sin(p_f)`` with ``p_f = (row + col) B_f`` is then the
+        real part of ``sum_f a_f exp(i (o beta_f + g_in delta_f))`` with
+        ``a_f = (W_c[f] - i W_s[f]) exp(i (alpha_f + psi_f))``: a 2-D type-1 non-uniform
+        discrete Fourier transform of the F complex strengths onto the (rows x input-index)
+        grid, batched over H and over the other column axes (``psi`` carries e.g. the kernel
+        position of a conv). FINUFFT evaluates it in ``O(F H + R C H log(R C))`` work instead of
+        the ``2 R C 2F H`` of the matmul, to a relative error of :data:`NUFFT_EPS`; gradients
+        (with respect to the kernel) come from its adjoint, a type-2 transform.
+
+        Args:
+          rows_R10, cols_C10: the group's normalised row and column descriptors (:func:`plan`),
+            whose group :func:`plan` marked ``linear``.
+          row_counts: rows of each tensor of the group (static).
+          col_shape: the column axes' sizes, the input index last (static).
+        """
+        from jax_finufft import nufft1, options
+
+        layer = self.input_layer.variables["params"]
+        f = self.n_freqs
+        kernel = layer["kernel"]
+        a_HF = (kernel[:f] - 1j * kernel[f:]).T.astype(jnp.complex64)
+        b_DF = self.index_b.value
+        strides = np.cumprod((1,) + tuple(col_shape[::-1]))[::-1][1:]
+        col0 = cols_C10[0]
+        delta = [
+            (cols_C10[s] - col0) @ b_DF if n > 1 else jnp.zeros((f,), jnp.float32)
+            for s, n in zip(strides, col_shape, strict=True)
+        ]
+        n_in, lead = col_shape[-1], tuple(col_shape[:-1])
+        if lead:  # phases of the other column axes' index combinations, (Q, F)
+            grid_QK = np.indices(lead).reshape(len(lead), -1).T.astype(np.float32)
+            psi_QF = jnp.asarray(grid_QK) @ jnp.stack(delta[:-1])
+        else:
+            psi_QF = jnp.zeros((1, f), jnp.float32)
+        opts = options.Opts(upsampfac=NUFFT_UPSAMPLING)
+
+        def wrap(x):  # integer grids only see the phase step modulo 2 pi
+            return jnp.mod(x + jnp.pi, 2 * jnp.pi) - jnp.pi
+
+        outs, start = [], 0
+        for n_out in row_counts:
+            r0 = rows_R10[start]
+            dr = rows_R10[start + 1] - r0 if n_out > 1 else jnp.zeros_like(r0)
+            beta = dr @ b_DF
+            # Output index o is mode o - n_out // 2 of the centred transform (same for inputs).
+            phase_F = (r0 + col0) @ b_DF + (n_out // 2) * beta + (n_in // 2) * delta[-1]
+            c_QHF = a_HF[None] * jnp.exp(1j * (phase_F + psi_QF))[:, None, :]
+            q, h = c_QHF.shape[:2]
+            z = nufft1(
+                (n_out, n_in),
+                c_QHF.reshape(q * h, f),  # one batch axis: the transforms share their points
+                wrap(beta),
+                wrap(delta[-1]),
+                eps=NUFFT_EPS,
+                iflag=1,
+                opts=opts,
+            ).reshape(q, h, n_out, n_in)
+            outs.append(jnp.real(z).transpose(0, 3, 2, 1).reshape(q * n_in, n_out, h))
+            start += n_out
+        h_CRH = jnp.concatenate(outs, axis=1)
         c, r, h = h_CRH.shape
         return h_CRH.reshape(c * r, h) + layer["bias"]
 
@@ -452,6 +538,9 @@ class Plan:
     shapes: tuple[tuple[int, ...], ...]
     separable: tuple[bool, ...]
     groups: tuple[tuple[int, ...], ...] = ()  # tensor indices of each separable group
+    # Per group: descriptors affine in the indices (nothing clipped), so the first layer can be
+    # a non-uniform FFT (Generator.nufft_hidden).
+    linear: tuple[bool, ...] = ()
 
 
 def plan(
@@ -474,6 +563,7 @@ def plan(
     lo, hi, mean, std = descriptors.minmax_stats(gen.index_ranges)
     separable, direct = [], []
     groups: dict[tuple, list[int]] = {}
+    linear: dict[tuple, bool] = {}
     group_rows: dict[tuple, list[np.ndarray]] = {}
     group_cols: dict[tuple, np.ndarray] = {}
     for t, g in enumerate(desc.grids):
@@ -485,6 +575,9 @@ def plan(
         const = np.asarray(g.const, np.float32)
         if gen.out_of_range == "clip":
             const = const.clip(lo, hi)
+        # Index values past their declared range are clipped: not affine in the index any more.
+        top = np.asarray(g.shape) - 1
+        affine = bool(np.all((lo[list(g.axes)] <= 0) & (top <= hi[list(g.axes)])))
         base = np.where(np.isin(np.arange(len(const)), g.axes), 0.0, (const - mean) / std)
         r_field = g.axes[-1]
         r_vals = np.arange(g.shape[-1], dtype=np.float32)
@@ -496,6 +589,7 @@ def plan(
             col[:, field] = (np.clip(grid[k], lo[field], hi[field]) - mean[field]) / std[field]
         key = (g.shape[:-1], g.axes[:-1])
         groups.setdefault(key, []).append(t)
+        linear[key] = linear.get(key, True) and affine
         group_rows.setdefault(key, []).append(row.astype(np.float32))
         group_cols[key] = col
     arrays = {
@@ -507,6 +601,7 @@ def plan(
         tuple(g.shape for g in desc.grids),
         tuple(separable),
         tuple(tuple(ts) for ts in groups.values()),
+        tuple(linear[k] for k in groups),
     )
     return plan_, arrays
 
@@ -573,9 +668,10 @@ def generate_planned(
     def tail(h):
         return gen.apply(variables, h, s_h, method=Generator.from_hidden)
 
+    nufft = use_nufft(gen, plan_, chunk_size, mesh)
     pieces: dict[int, jax.Array] = {}
-    for group, row_tab, col_tab in zip(
-        plan_.groups, arrays["row_tables"], arrays["col_tables"], strict=True
+    for g, (group, row_tab, col_tab) in enumerate(
+        zip(plan_.groups, arrays["row_tables"], arrays["col_tables"], strict=True)
     ):
 
         def run(row_tab, col_tab=col_tab):
@@ -583,8 +679,22 @@ def generate_planned(
             w = _chunked_rows(tail, h, TAIL_ROWS, mesh)
             return w.reshape(col_tab.shape[0], row_tab.shape[0]).T
 
-        per_chunk = None if chunk_size is None else max(1, chunk_size // col_tab.shape[0])
-        w_RC = _chunked_rows(run, row_tab, per_chunk, mesh, remat)
+        if nufft[g]:
+            counts = tuple(plan_.shapes[t][-1] for t in group)
+            col_shape = plan_.shapes[group[0]][:-1]
+            h = gen.apply(
+                variables,
+                arrays["rows"][g],
+                arrays["cols"][g],
+                counts,
+                col_shape,
+                method=Generator.nufft_hidden,
+            )
+            w = _chunked_rows(tail, h, TAIL_ROWS, mesh)
+            w_RC = w.reshape(col_tab.shape[0], row_tab.shape[0]).T
+        else:
+            per_chunk = None if chunk_size is None else max(1, chunk_size // col_tab.shape[0])
+            w_RC = _chunked_rows(run, row_tab, per_chunk, mesh, remat)
         start = 0
         for t in group:
             r = plan_.shapes[t][-1]
@@ -599,6 +709,54 @@ def generate_planned(
             d_off += size
     w = jnp.concatenate([pieces[t] for t in range(len(plan_.shapes))])
     return sharding_lib.constrain(w, sharding_lib.replicated(mesh))
+
+
+#: ``separable_method="auto"`` takes the non-uniform FFT for groups whose tensors average at
+#: least this many (rows x input-index) grid points; below it FINUFFT's per-transform overhead
+#: loses to the matmul (the reference MNIST CNN's 16-64 channel convs, for one).
+NUFFT_MIN_GRID = 8192
+
+
+@functools.cache
+def _have_finufft() -> bool:
+    try:
+        import jax_finufft  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def use_nufft(
+    gen: Generator, plan_: Plan, chunk_size: int | None, mesh: jax.sharding.Mesh | None = None
+) -> tuple[bool, ...]:
+    """Per separable group, whether :func:`generate_planned` evaluates its first layer with
+    :meth:`Generator.nufft_hidden` instead of the matmul.
+
+    Only affine groups (``plan_.linear``) generated in one pass (``chunk_size is None``) on one
+    device qualify: the transform makes a group's whole ``(rows x columns, H)`` first-layer output
+    at once. ``"nufft"`` takes every such group and raises if ``jax-finufft`` is missing or the
+    backend is not a CPU (its GPU build is separate); ``"auto"`` takes those of at least
+    :data:`NUFFT_MIN_GRID` grid points per tensor when both are available.
+    """
+    method = gen.separable_method
+    none = (False,) * len(plan_.groups)
+    if method == "matmul":
+        return none
+    if method == "nufft" and not (_have_finufft() and jax.default_backend() == "cpu"):
+        raise ValueError(
+            "generator.separable_method='nufft' needs the jax-finufft package and a CPU backend "
+            f"(jax-finufft installed: {_have_finufft()}, backend: {jax.default_backend()})"
+        )
+    if not _have_finufft() or jax.default_backend() != "cpu":
+        return none
+    if chunk_size is not None or (mesh is not None and mesh.size > 1):
+        return none
+    out = []
+    for group, linear in zip(plan_.groups, plan_.linear, strict=True):
+        shape = plan_.shapes[group[0]]
+        grid = sum(plan_.shapes[t][-1] for t in group) / len(group) * shape[-2]
+        out.append(linear and (method == "nufft" or grid >= NUFFT_MIN_GRID))
+    return tuple(out)
 
 
 #: The direct path's encoded descriptors are cached by :func:`with_tables` up to this size.
