@@ -400,15 +400,46 @@ def test_nufft_first_layer_equals_matmul(model_name, sigma):
     assert gerr < gtol
 
 
-def test_nufft_only_for_affine_one_pass_groups():
+@pytest.mark.parametrize("remat", [True, False])
+def test_chunked_nufft_equals_one_pass(remat):
+    """Row chunks of the transform (a phase shift of the first row) give the one-pass weights."""
+    from uhn_jax.base_models.mlp import MLP
+
+    model = MLP(input_shape=(12, 10), num_classes=3, widths=(40,))
+    gens, v, plan, arrays = _nufft_pair(model, 100.0)
+
+    def loss(p, chunk):
+        w = generator.generate_planned(
+            gens["nufft"],
+            {"params": p, "constants": v["constants"]},
+            plan,
+            arrays,
+            chunk_size=chunk,
+            remat=remat,
+        )
+        return jnp.sum(jnp.sin(3 * w)), w
+
+    grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+    g_one, w_one = grad(v["params"], None)
+    g_chunk, w_chunk = grad(v["params"], 7 * 120)  # 7 of a 40-row tensor's rows: 6 chunks, padded
+    # Different grids (7 x 120 against 40 x 120) carry FINUFFT's float32 error differently: the
+    # same bounds as test_nufft_first_layer_equals_matmul at sigma=100.
+    scale = float(jnp.abs(w_one).max())
+    np.testing.assert_allclose(w_chunk, w_one, rtol=0, atol=5e-3 * scale)
+    leaves = zip(jax.tree_util.tree_leaves(g_one), jax.tree_util.tree_leaves(g_chunk), strict=True)
+    for a, b in leaves:
+        np.testing.assert_allclose(b, a, rtol=0, atol=5e-2 * float(jnp.abs(a).max()))
+
+
+def test_nufft_only_for_affine_groups():
     from uhn_jax.base_models.mlp import MLP
 
     model = MLP(input_shape=(12, 10), num_classes=3, widths=(40,))
     gens, v, plan, arrays = _nufft_pair(model, 100.0)
     auto = dataclasses.replace(gens["nufft"], separable_method="auto")
-    # A chunked or sharded generation keeps the matmul; auto skips grids below NUFFT_MIN_GRID.
-    assert not any(generator.use_nufft(gens["nufft"], plan, 64))
+    # auto skips grids below NUFFT_MIN_GRID (rows per chunk x inputs); "nufft" takes them.
     assert not any(generator.use_nufft(auto, plan, None))
+    assert any(generator.use_nufft(gens["nufft"], plan, 64))
     # Clipped index values break the affine form: those groups keep the matmul.
     desc = _model_desc(model)
     r = desc.index_ranges()

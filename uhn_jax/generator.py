@@ -323,8 +323,8 @@ class Generator(nn.Module):
         c, r, h = h_CRH.shape
         return h_CRH.reshape(c * r, h) + layer["bias"]
 
-    def nufft_hidden(self, rows_R10, cols_C10, row_counts, col_shape):
-        """:meth:`separable_hidden` by a non-uniform FFT, for descriptors linear in the indices.
+    def nufft_hidden(self, row0_10, drow_10, cols_C10, n_rows, col_shape):
+        """:meth:`separable_hidden` by a non-uniform FFT, for descriptors affine in the indices.
 
         Within one tensor the normalised descriptors are affine in the integer indices:
         ``row_o = r_0 + o dr`` and ``col = c_0 + sum_j g_j dc_j``. The first Linear's output
@@ -334,14 +334,21 @@ class Generator(nn.Module):
         discrete Fourier transform of the F complex strengths onto the (rows x input-index)
         grid, batched over H and over the other column axes (``psi`` carries e.g. the kernel
         position of a conv). FINUFFT evaluates it in ``O(F H + R C H log(R C))`` work instead of
-        the ``2 R C 2F H`` of the matmul, to a relative error of :data:`NUFFT_EPS`; gradients
-        (with respect to the kernel) come from its adjoint, a type-2 transform.
+        the ``2 R C 2F H`` of the matmul. Its tolerance (:data:`NUFFT_EPS`) is relative to the
+        sum of the strengths' magnitudes; in float32 at :data:`NUFFT_UPSAMPLING` the weights come
+        out within ~1e-3 of the matmul's scale (tested). Gradients (with respect to the kernel)
+        come from its adjoint, a type-2 transform.
 
         Args:
-          rows_R10, cols_C10: the group's normalised row and column descriptors (:func:`plan`),
-            whose group :func:`plan` marked ``linear``.
-          row_counts: rows of each tensor of the group (static).
+          row0_10: normalised descriptor of the first of ``n_rows`` consecutive rows of one
+            tensor (:func:`plan`'s rows, of a group it marked ``linear``).
+          drow_10: the step between consecutive rows' descriptors.
+          cols_C10: the group's normalised column descriptors.
+          n_rows: rows to generate (static).
           col_shape: the column axes' sizes, the input index last (static).
+
+        Returns:
+          ``(C * n_rows, H)``, column-major over the rows, as :meth:`separable_hidden`.
         """
         from jax_finufft import nufft1, options
 
@@ -362,34 +369,26 @@ class Generator(nn.Module):
             psi_QF = jnp.asarray(grid_QK) @ jnp.stack(delta[:-1])
         else:
             psi_QF = jnp.zeros((1, f), jnp.float32)
-        opts = options.Opts(upsampfac=NUFFT_UPSAMPLING)
+        beta = drow_10 @ b_DF
+        # Row o is mode o - n_rows // 2 of the centred transform (input index likewise).
+        phase_F = (row0_10 + col0) @ b_DF + (n_rows // 2) * beta + (n_in // 2) * delta[-1]
+        c_QHF = a_HF[None] * jnp.exp(1j * (phase_F + psi_QF))[:, None, :]
+        q, h = c_QHF.shape[:2]
 
         def wrap(x):  # integer grids only see the phase step modulo 2 pi
             return jnp.mod(x + jnp.pi, 2 * jnp.pi) - jnp.pi
 
-        outs, start = [], 0
-        for n_out in row_counts:
-            r0 = rows_R10[start]
-            dr = rows_R10[start + 1] - r0 if n_out > 1 else jnp.zeros_like(r0)
-            beta = dr @ b_DF
-            # Output index o is mode o - n_out // 2 of the centred transform (same for inputs).
-            phase_F = (r0 + col0) @ b_DF + (n_out // 2) * beta + (n_in // 2) * delta[-1]
-            c_QHF = a_HF[None] * jnp.exp(1j * (phase_F + psi_QF))[:, None, :]
-            q, h = c_QHF.shape[:2]
-            z = nufft1(
-                (n_out, n_in),
-                c_QHF.reshape(q * h, f),  # one batch axis: the transforms share their points
-                wrap(beta),
-                wrap(delta[-1]),
-                eps=NUFFT_EPS,
-                iflag=1,
-                opts=opts,
-            ).reshape(q, h, n_out, n_in)
-            outs.append(jnp.real(z).transpose(0, 3, 2, 1).reshape(q * n_in, n_out, h))
-            start += n_out
-        h_CRH = jnp.concatenate(outs, axis=1)
-        c, r, h = h_CRH.shape
-        return h_CRH.reshape(c * r, h) + layer["bias"]
+        z = nufft1(
+            (n_rows, n_in),
+            c_QHF.reshape(q * h, f),  # one batch axis: the transforms share their points
+            wrap(beta),
+            wrap(delta[-1]),
+            eps=NUFFT_EPS,
+            iflag=1,
+            opts=options.Opts(upsampfac=NUFFT_UPSAMPLING),
+        ).reshape(q, h, n_rows, n_in)
+        h_CRH = jnp.real(z).transpose(0, 3, 2, 1).reshape(q * n_in * n_rows, h)
+        return h_CRH + layer["bias"]
 
     def from_hidden(self, h_nH, structure_h):
         """Weights ``(n,)`` from first-layer outputs ``(n, H)``: residual blocks and the head."""
@@ -680,18 +679,7 @@ def generate_planned(
             return w.reshape(col_tab.shape[0], row_tab.shape[0]).T
 
         if nufft[g]:
-            counts = tuple(plan_.shapes[t][-1] for t in group)
-            col_shape = plan_.shapes[group[0]][:-1]
-            h = gen.apply(
-                variables,
-                arrays["rows"][g],
-                arrays["cols"][g],
-                counts,
-                col_shape,
-                method=Generator.nufft_hidden,
-            )
-            w = _chunked_rows(tail, h, TAIL_ROWS, mesh)
-            w_RC = w.reshape(col_tab.shape[0], row_tab.shape[0]).T
+            w_RC = _nufft_group(gen, variables, plan_, arrays, g, tail, chunk_size, remat)
         else:
             per_chunk = None if chunk_size is None else max(1, chunk_size // col_tab.shape[0])
             w_RC = _chunked_rows(run, row_tab, per_chunk, mesh, remat)
@@ -709,6 +697,41 @@ def generate_planned(
             d_off += size
     w = jnp.concatenate([pieces[t] for t in range(len(plan_.shapes))])
     return sharding_lib.constrain(w, sharding_lib.replicated(mesh))
+
+
+def _nufft_group(gen, variables, plan_, arrays, g, tail, chunk_size, remat):
+    """Weights ``(R, C)`` of separable group ``g`` through :meth:`Generator.nufft_hidden`.
+
+    Each tensor's rows go ``max(1, chunk_size // C)`` at a time under ``lax.map`` (with
+    ``jax.checkpoint`` when ``remat``): a chunk starting at row ``o0`` is the transform with its
+    first row's descriptor ``r_0 + o0 dr``. Rows past a tensor's end are computed and dropped.
+    """
+    group, rows, cols = plan_.groups[g], arrays["rows"][g], arrays["cols"][g]
+    col_shape = plan_.shapes[group[0]][:-1]
+    n_cols = cols.shape[0]
+    out, start = [], 0
+    for t in group:
+        n_out = plan_.shapes[t][-1]
+        per = n_out if chunk_size is None else min(n_out, max(1, chunk_size // n_cols))
+        r0 = rows[start]
+        dr = rows[start + 1] - r0 if n_out > 1 else jnp.zeros_like(r0)
+
+        def run(o0, r0=r0, dr=dr, per=per):
+            h = gen.apply(
+                variables, r0 + o0 * dr, dr, cols, per, col_shape, method=Generator.nufft_hidden
+            )
+            return _chunked_rows(tail, h, TAIL_ROWS).reshape(n_cols, per).T
+
+        num = -(-n_out // per)
+        if num == 1:
+            w = run(jnp.float32(0))
+        else:
+            offsets = jnp.arange(num, dtype=jnp.float32) * per
+            w = jax.lax.map(jax.checkpoint(run) if remat else run, offsets)
+            w = w.reshape(num * per, n_cols)[:n_out]
+        out.append(w)
+        start += n_out
+    return jnp.concatenate(out)
 
 
 #: ``separable_method="auto"`` takes the non-uniform FFT for groups whose tensors average at
@@ -732,11 +755,11 @@ def use_nufft(
     """Per separable group, whether :func:`generate_planned` evaluates its first layer with
     :meth:`Generator.nufft_hidden` instead of the matmul.
 
-    Only affine groups (``plan_.linear``) generated in one pass (``chunk_size is None``) on one
-    device qualify: the transform makes a group's whole ``(rows x columns, H)`` first-layer output
-    at once. ``"nufft"`` takes every such group and raises if ``jax-finufft`` is missing or the
-    backend is not a CPU (its GPU build is separate); ``"auto"`` takes those of at least
-    :data:`NUFFT_MIN_GRID` grid points per tensor when both are available.
+    Only affine groups (``plan_.linear``) on one device qualify (sharded generation keeps the
+    matmul). ``"nufft"`` takes every such group and raises if ``jax-finufft`` is missing or the
+    backend is not a CPU (its GPU build is separate); ``"auto"`` takes those whose transforms
+    (a tensor's rows, or a chunk's, by the input index) average at least
+    :data:`NUFFT_MIN_GRID` grid points, when both are available.
     """
     method = gen.separable_method
     none = (False,) * len(plan_.groups)
@@ -749,12 +772,15 @@ def use_nufft(
         )
     if not _have_finufft() or jax.default_backend() != "cpu":
         return none
-    if chunk_size is not None or (mesh is not None and mesh.size > 1):
+    if mesh is not None and mesh.size > 1:
         return none
     out = []
     for group, linear in zip(plan_.groups, plan_.linear, strict=True):
         shape = plan_.shapes[group[0]]
-        grid = sum(plan_.shapes[t][-1] for t in group) / len(group) * shape[-2]
+        rows = sum(plan_.shapes[t][-1] for t in group) / len(group)
+        if chunk_size is not None:
+            rows = min(rows, max(1, chunk_size // math.prod(shape[:-1])))
+        grid = rows * shape[-2]
         out.append(linear and (method == "nufft" or grid >= NUFFT_MIN_GRID))
     return tuple(out)
 
