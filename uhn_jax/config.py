@@ -167,7 +167,7 @@ class GeneratorConfig:
     matmul_dtype: str = "auto"
     # First layer of separable tensors: matmul, nufft (a non-uniform FFT, O(N log N) instead of
     # O(N F H); needs jax-finufft and a CPU backend), or auto = nufft on CPU for large tensors
-    # generated in one pass (generator.use_nufft).
+    # on one device (generator.use_nufft); sharded generation keeps the matmul.
     separable_method: str = "auto"
     # Recursive generation (spec §5.3): K generated UHNs between this generator and the base
     # model, H0 -> H1 -> ... -> H_K -> f; 0 = H0 generates f directly. No upper limit.

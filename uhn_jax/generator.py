@@ -636,7 +636,9 @@ def generate_planned(
     (memory set by the chunk) or its ``(chunk, H)`` output kept (memory ``4 N H`` bytes, no
     recomputation of the dominant matmul); :func:`auto_chunking` picks both from a budget. With
     a ``mesh`` the rows of every chunk are split over its devices (the chunk is rounded up to a
-    multiple of the device count) and the returned ``w`` is replicated.
+    multiple of the device count) and the returned ``w`` is replicated. Separable groups that
+    :func:`use_nufft` picks take :meth:`Generator.nufft_hidden` instead of the matmul, with the
+    same chunks (:func:`_nufft_group`).
     """
     if gen.structure and structure_L29 is None:
         raise ValueError("this generator has a structure path; pass structure_L29")
@@ -765,12 +767,13 @@ def use_nufft(
     none = (False,) * len(plan_.groups)
     if method == "matmul":
         return none
-    if method == "nufft" and not (_have_finufft() and jax.default_backend() == "cpu"):
-        raise ValueError(
-            "generator.separable_method='nufft' needs the jax-finufft package and a CPU backend "
-            f"(jax-finufft installed: {_have_finufft()}, backend: {jax.default_backend()})"
-        )
-    if not _have_finufft() or jax.default_backend() != "cpu":
+    backend = jax.default_backend()
+    if not (_have_finufft() and backend == "cpu"):
+        if method == "nufft":
+            raise ValueError(
+                "generator.separable_method='nufft' needs the jax-finufft package and a CPU "
+                f"backend (jax-finufft installed: {_have_finufft()}, backend: {backend})"
+            )
         return none
     if mesh is not None and mesh.size > 1:
         return none
