@@ -189,8 +189,9 @@ def test_separable_path_equals_direct_generation(model_name, chunk, sigma):
     g_ref, ref = jax.grad(loss, has_aux=True)(v["params"], False)
     g_sep, out = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)(v["params"], True)
     # At sigma=100 the Fourier phases reach ~1e3 and the two paths round them differently in
-    # float32, so they agree only to that noise; at sigma=1 the identity is checked tightly.
-    tol, gtol = (5e-4, 1e-2) if sigma > 1 else (1e-5, 2e-5)
+    # float32, so they agree only to that noise (gradients within 1.9 % of the largest entry
+    # under the tests' XLA settings); at sigma=1 the identity is checked tightly.
+    tol, gtol = (5e-4, 3e-2) if sigma > 1 else (1e-5, 2e-5)
     np.testing.assert_allclose(out, ref, atol=tol * float(jnp.abs(ref).max()), rtol=0)
     for a, b in zip(
         jax.tree_util.tree_leaves(g_ref), jax.tree_util.tree_leaves(g_sep), strict=True

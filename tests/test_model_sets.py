@@ -130,6 +130,7 @@ def _set_exp(path, **train):
     return config_lib.from_config_dict(cfg)
 
 
+@pytest.mark.slow
 def test_model_set_run_trains_all_members_with_one_compile_per_stage(tmp_path):
     from uhn_jax import train
 

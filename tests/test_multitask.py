@@ -36,6 +36,7 @@ def _cfg(tmp_path):
     return cfg
 
 
+@pytest.mark.slow
 def test_run_resume_and_baselines(tmp_path):
     """One multi-task run (most of its minute is compilation) checked three ways, in one test
     so that pytest-xdist does not build it on both workers."""

@@ -106,6 +106,7 @@ def test_staged_init_and_learning_rate_scaling():
     assert peak("task") == pytest.approx(0.5e-3, rel=0.05)
 
 
+@pytest.mark.slow
 def test_chain_generates_the_base_model_and_trains_end_to_end(tmp_path):
     from uhn_jax import train
 

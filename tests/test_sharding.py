@@ -91,6 +91,7 @@ _SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device_step_with_params_replicated_and_inputs_split():
     # One test for both modes and both checks, so that pytest-xdist runs the subprocess (about
     # a minute of compilation) once rather than on each worker.

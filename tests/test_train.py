@@ -359,6 +359,7 @@ def test_cifar_training_augments_and_evaluation_normalises(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_digits_end_to_end_well_above_chance(tmp_path):
     exp = _exp("digits_mlp", train__steps=200)
     results = train.run(exp, tmp_path, progress=False)
