@@ -1,10 +1,7 @@
 """Shared test helpers: CPU only, small shapes, config loading."""
 
-import atexit
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,18 +12,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 #: most of its time compiling programs it runs once or a few times. Whole suite, 2 workers:
 #: 1,309 s with XLA's defaults, 1,008 s at optimisation level 1, 829 s at level 0 (each without
 #: LLVM's expensive passes). The settings change how XLA optimises, so float rounding, not what
-#: is computed; benchmarks and user runs keep XLA's defaults.
+#: is computed; benchmarks and user runs keep XLA's defaults. (A persistent compilation cache
+#: shared by the workers was tried and dropped: no test got faster with it.)
 CHEAP_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
 os.environ["XLA_FLAGS"] = " ".join((os.environ.get("XLA_FLAGS", ""), *CHEAP_XLA_FLAGS)).strip()
-
-# One persistent compilation cache per pytest session, shared by the xdist workers and the
-# subprocess tests (they inherit the environment): a program compiled by one test is loaded,
-# not compiled again, by the others. The session that creates it deletes it at exit.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _cache = tempfile.mkdtemp(prefix="uhn-jax-test-xla-cache-")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
-    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -39,8 +28,8 @@ def pytest_collection_modifyitems(items):
 
 def subprocess_env(*xla_flags: str, **extra: str) -> dict[str, str]:
     """The environment for a test that runs a whole program in a subprocess (the notebook,
-    the 8-device sharding check): ``os.environ`` (with :data:`CHEAP_XLA_FLAGS` and the shared
-    compilation cache) plus ``extra``, with ``xla_flags`` appended to ``XLA_FLAGS``."""
+    the 8-device sharding check): ``os.environ`` (with :data:`CHEAP_XLA_FLAGS`) plus ``extra``,
+    with ``xla_flags`` appended to ``XLA_FLAGS``."""
     flags = " ".join((os.environ.get("XLA_FLAGS", ""), *xla_flags))
     return dict(os.environ, XLA_FLAGS=flags.strip(), **extra)
 

@@ -361,7 +361,7 @@ def test_cifar_training_augments_and_evaluation_normalises(tmp_path):
 
 @pytest.mark.slow
 def test_digits_end_to_end_well_above_chance(tmp_path):
-    exp = _exp("digits_mlp", train__steps=200)
+    exp = _exp("digits_mlp", train__steps=100)  # 95.6 % at 100 steps, 97.2 % at 200 (seed 0)
     results = train.run(exp, tmp_path, progress=False)
     assert results["test_metric"] > 0.85, results
 
