@@ -398,7 +398,10 @@ def _run_model(args, model: str, chunks: list[int]) -> list[dict]:
         )
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            sys.exit(f"case {model} {mode}/{chunk} failed:\n{proc.stderr[-3000:]}")
+            sys.exit(
+                f"case {model} {mode}/{chunk} failed (exit status {proc.returncode}):\n"
+                f"{proc.stderr[-3000:]}"
+            )
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return rows
 

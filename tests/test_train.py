@@ -279,7 +279,9 @@ def test_every_config_runs_one_step(name, tmp_path):
     cfg.train.steps = 1
     cfg.train.warmup_steps = 0
     cfg.train.init_steps = min(cfg.train.init_steps, 1)
+    # A small generator: the step is the same program; its size only sets the run time.
     cfg.generator.n_freqs = min(cfg.generator.n_freqs, 64)
+    cfg.generator.hidden = min(cfg.generator.hidden, 32)
     exp = config_lib.from_config_dict(cfg)
     results = train.run(exp, tmp_path / "run", progress=False)
     assert results["steps"] == 1 and np.isfinite(results["test_metric"])
