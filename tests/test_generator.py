@@ -432,6 +432,47 @@ def test_chunked_nufft_equals_one_pass(remat):
         np.testing.assert_allclose(b, a, rtol=0, atol=5e-2 * float(jnp.abs(a).max()))
 
 
+def test_one_pass_mixes_transform_and_matmul_groups():
+    """Unchunked generation with one group on the transform and one on the matmul (its column
+    index clipped, so not affine): the matmul and direct tensors share one residual-block loop,
+    the transform's group keeps its own, and the weights and gradients are the all-matmul ones."""
+    from uhn_jax.base_models.mlp import MLP
+
+    desc = _model_desc(MLP(input_shape=(12, 10), num_classes=3, widths=(40,)))
+    r = desc.index_ranges()
+    # Index values up to 50: the 120-input weight's columns are clipped, the 40-input one's not.
+    narrow = descriptors.Ranges(r.lo, tuple(min(h, 50.0) for h in r.hi))
+    gens = {
+        m: generator.Generator(
+            index_ranges=narrow, hidden=16, n_freqs=64, out_of_range="clip", separable_method=m
+        )
+        for m in ("matmul", "nufft")
+    }
+    v = generator.init(gens["matmul"], jax.random.key(0))
+    plan, arrays = generator.plan(gens["nufft"], desc, min_separable=16)
+    assert generator.use_nufft(gens["nufft"], plan, None) == plan.linear == (False, True)
+    assert not all(plan.separable)  # biases: the direct path
+
+    def loss(p, gen):
+        w = generator.generate_planned(
+            gen, {"params": p, "constants": v["constants"]}, plan, arrays
+        )
+        return jnp.sum(jnp.sin(3 * w)), w
+
+    grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+    g_ref, ref = grad(v["params"], gens["matmul"])
+    g_mix, out = grad(v["params"], gens["nufft"])
+    scale = float(jnp.abs(ref).max())
+    np.testing.assert_allclose(out, ref, rtol=0, atol=5e-3 * scale)  # FINUFFT float32, sigma=100
+    assert float(jnp.abs(out - ref).max()) > 0  # the transform ran
+    leaves = zip(jax.tree_util.tree_leaves(g_ref), jax.tree_util.tree_leaves(g_mix), strict=True)
+    for a, b in leaves:
+        np.testing.assert_allclose(b, a, rtol=0, atol=5e-2 * float(jnp.abs(a).max()))
+    # Against the reference generator (no plan): the same weights from the matmul path.
+    w_direct = generator.generate(gens["matmul"], v, jnp.asarray(desc.index))
+    np.testing.assert_allclose(ref, w_direct, rtol=0, atol=1e-4 * scale)
+
+
 def test_nufft_only_for_affine_groups():
     from uhn_jax.base_models.mlp import MLP
 

@@ -642,7 +642,8 @@ def generate_planned(
     a ``mesh`` the rows of every chunk are split over its devices (the chunk is rounded up to a
     multiple of the device count) and the returned ``w`` is replicated. Separable groups that
     :func:`use_nufft` picks take :meth:`Generator.nufft_hidden` instead of the matmul, with the
-    same chunks (:func:`_nufft_group`).
+    same chunks (:func:`_nufft_group`). Without ``chunk_size`` every tensor outside those groups
+    shares one residual-block loop (:func:`_one_pass`).
     """
     if gen.structure and structure_L29 is None:
         raise ValueError("this generator has a structure path; pass structure_L29")
@@ -711,8 +712,9 @@ def _one_pass(gen, variables, plan_, arrays, s_h, nufft, mesh):
     """:func:`generate_planned` without chunks. The first-layer outputs of every tensor on the
     matmul and direct paths, put in weight order, go through one :data:`TAIL_ROWS`-chunked pass
     of the residual blocks and head instead of one pass per group: a smaller compiled program
-    (the MNIST CNN's one-step run: 34 s -> 27 s, mostly compilation). Groups on the non-uniform
-    FFT keep their own passes (:func:`_nufft_group`); merged, the MNIST MLP's step was slower."""
+    (the MNIST CNN config's one-step run: 36.5 s -> 26.5 s, mostly compilation). Groups on the
+    non-uniform FFT keep their own passes (:func:`_nufft_group`); merged, the MNIST MLP's step
+    was slower."""
 
     def tail(h):
         return gen.apply(variables, h, s_h, method=Generator.from_hidden)
