@@ -358,6 +358,19 @@ def _nufft_pair(model, sigma, **kw):
     return gens, v, plan, arrays
 
 
+def _planned_grad(v, plan, arrays):
+    """Jitted ``(gen, params) -> (grads, w)`` of ``sum(sin(3 w))`` over unchunked generation
+    (``gen`` static, so one function serves generators that differ in their first layer)."""
+
+    def loss(p, gen):
+        w = generator.generate_planned(
+            gen, {"params": p, "constants": v["constants"]}, plan, arrays
+        )
+        return jnp.sum(jnp.sin(3 * w)), w
+
+    return jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+
+
 @pytest.mark.parametrize("model_name", ["mlp", "cnn"])
 @pytest.mark.parametrize("sigma", [100.0, 1.0])
 def test_nufft_first_layer_equals_matmul(model_name, sigma):
@@ -375,14 +388,7 @@ def test_nufft_first_layer_equals_matmul(model_name, sigma):
     nufft = generator.use_nufft(gens["nufft"], plan, None)
     assert any(nufft) and nufft == plan.linear
     assert not any(generator.use_nufft(gens["matmul"], plan, None))
-
-    def loss(p, gen):
-        w = generator.generate_planned(
-            gen, {"params": p, "constants": v["constants"]}, plan, arrays
-        )
-        return jnp.sum(jnp.sin(3 * w)), w
-
-    grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+    grad = _planned_grad(v, plan, arrays)
     g_ref, ref = grad(v["params"], gens["matmul"])
     g_nu, out = grad(v["params"], gens["nufft"])
     err = float(jnp.abs(out - ref).max() / jnp.abs(ref).max())
@@ -452,14 +458,7 @@ def test_one_pass_mixes_transform_and_matmul_groups():
     plan, arrays = generator.plan(gens["nufft"], desc, min_separable=16)
     assert generator.use_nufft(gens["nufft"], plan, None) == plan.linear == (False, True)
     assert not all(plan.separable)  # biases: the direct path
-
-    def loss(p, gen):
-        w = generator.generate_planned(
-            gen, {"params": p, "constants": v["constants"]}, plan, arrays
-        )
-        return jnp.sum(jnp.sin(3 * w)), w
-
-    grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+    grad = _planned_grad(v, plan, arrays)
     g_ref, ref = grad(v["params"], gens["matmul"])
     g_mix, out = grad(v["params"], gens["nufft"])
     scale = float(jnp.abs(ref).max())

@@ -690,7 +690,7 @@ def generate_planned(
         if nufft[g]:
             w_RC = _nufft_group(gen, variables, plan_, arrays, g, tail, chunk_size, remat)
         else:
-            per_chunk = None if chunk_size is None else max(1, chunk_size // col_tab.shape[0])
+            per_chunk = max(1, chunk_size // col_tab.shape[0])
             w_RC = _chunked_rows(run, row_tab, per_chunk, mesh, remat)
         start = 0
         for t in group:
@@ -698,12 +698,7 @@ def generate_planned(
             # Rows enumerate the last tensor axis: (R, C) -> C order over (*other axes, R).
             pieces[t] = w_RC[start : start + r].T.reshape(-1)
             start += r
-    d_off = 0
-    for t, (shape, sep) in enumerate(zip(plan_.shapes, plan_.separable, strict=True)):
-        if not sep:
-            size = math.prod(shape)
-            pieces[t] = direct_w[d_off : d_off + size]
-            d_off += size
+    pieces.update(_direct_pieces(plan_, direct_w))
     w = jnp.concatenate([pieces[t] for t in range(len(plan_.shapes))])
     return sharding_lib.constrain(w, sharding_lib.replicated(mesh))
 
@@ -725,7 +720,7 @@ def _one_pass(gen, variables, plan_, arrays, s_h, nufft, mesh):
         feats = gen.apply(variables, arrays["direct"], method=Generator.index_features)
     direct_h = gen.apply(variables, feats, method=Generator.first_layer)
     hidden: dict[int, jax.Array] = {}  # first-layer outputs (C r, H) in weight order
-    weights: dict[int, jax.Array] = {}  # tensors of nufft groups
+    weights: dict[int, jax.Array] = {}  # flat weights per tensor, nufft groups first
     for g, (group, row_tab, col_tab) in enumerate(
         zip(plan_.groups, arrays["row_tables"], arrays["col_tables"], strict=True)
     ):
@@ -742,12 +737,7 @@ def _one_pass(gen, variables, plan_, arrays, s_h, nufft, mesh):
             else:
                 hidden[t] = h_CRH[:, start : start + r].reshape(-1, h_CRH.shape[-1])
             start += r
-    d_off = 0
-    for t, (shape, sep) in enumerate(zip(plan_.shapes, plan_.separable, strict=True)):
-        if not sep:
-            size = math.prod(shape)
-            hidden[t] = direct_h[d_off : d_off + size]
-            d_off += size
+    hidden.update(_direct_pieces(plan_, direct_h))
     order = sorted(hidden)
     if order:
         w = _chunked_rows(tail, jnp.concatenate([hidden[t] for t in order]), TAIL_ROWS, mesh)
@@ -757,6 +747,18 @@ def _one_pass(gen, variables, plan_, arrays, s_h, nufft, mesh):
             off += hidden[t].shape[0]
     w = jnp.concatenate([weights[t] for t in range(len(plan_.shapes))])
     return sharding_lib.constrain(w, sharding_lib.replicated(mesh))
+
+
+def _direct_pieces(plan_: Plan, rows: jax.Array | None) -> dict[int, jax.Array]:
+    """Per tensor on the direct path, its rows of ``rows`` (the direct path's outputs in plan
+    order: weights, or first-layer outputs)."""
+    pieces, off = {}, 0
+    for t, (shape, sep) in enumerate(zip(plan_.shapes, plan_.separable, strict=True)):
+        if not sep:
+            size = math.prod(shape)
+            pieces[t] = rows[off : off + size]
+            off += size
+    return pieces
 
 
 def _nufft_group(gen, variables, plan_, arrays, g, tail, chunk_size, remat):
