@@ -112,9 +112,10 @@ def _check_sharded_step_equals_single_device_step(r):
     # order: float32 rounding, which the σ=100 Fourier phases (~1e3) lift to ~1e-4 of the output
     # scale (as between chunked and unchunked generation). The gradient at the same params,
     # relative to each leaf's largest entry, and the first loss match to that; a dropped shard
-    # or a missed all-reduce is off by O(1).
+    # or a missed all-reduce is off by O(1). The first loss has matched to 1.1e-5 (CI, one run
+    # in several), so it gets 1e-4.
     assert r["max_grad_rel_diff"] < 2e-3, r
-    np.testing.assert_allclose(r["losses_8"][0], r["losses_1"][0], rtol=1e-5)
+    np.testing.assert_allclose(r["losses_8"][0], r["losses_1"][0], rtol=1e-4)
     # After a step, Adam's first update (~lr times the sign of each gradient entry) turns
     # rounding in near-zero entries into steps of up to 2 lr (lr = 1e-3); still far below a
     # real divergence, which moves the loss at the percent level.
