@@ -38,7 +38,7 @@ fashion-data:
 	test -d /usr/share/datasets/fashion-mnist || apt-get install -y -q dataset-fashion-mnist \
 		|| (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)
 
-# The benchmark suite: MNIST MLP, MNIST CNN, ResNet-20 and a 10M-parameter MLP (7-11 min).
+# The benchmark suite: MNIST MLP, MNIST CNN, ResNet-20 and a 10M-parameter MLP (4-11 min).
 bench: $(BIN)/.installed
 	mkdir -p runs/bench
 	$(BIN)/python benchmarks/step_benchmark.py --model suite --json runs/bench/suite.json
