@@ -931,9 +931,10 @@ def _chunked_rows(fn, rows, chunk_size: int | None, mesh=None, remat: bool = Tru
     """``fn(rows)`` evaluated at most ``chunk_size`` rows at a time under ``lax.map``.
 
     The rows are split into ``ceil(n / chunk_size)`` near-equal chunks (the last one padded
-    with zero rows, whose outputs are dropped), so padding stays small. Zero padding's transpose
-    is a slice; edge padding's wrote two zero-filled ``(n, H)`` buffers per backward pass
-    (20-30 ms of the MNIST CNN step's profile). With ``remat`` each chunk runs under
+    with zero rows, whose outputs are dropped), so padding stays small. Zeros rather than copies
+    of the last row: the backward pass of zero padding is a slice, that of edge padding built
+    two zero-filled ``(n, H)`` buffers (20-30 ms of the MNIST CNN step). With ``remat`` each
+    chunk runs under
     ``jax.checkpoint``: the backward pass keeps only the chunks' inputs. With a ``mesh``, each
     chunk's rows are split over the devices: the chunk axis of the ``(num_chunks, chunk, d)``
     stack is sharded, so every ``lax.map`` iteration runs on all devices at once.
