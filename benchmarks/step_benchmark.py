@@ -91,7 +91,7 @@ def flops_per_weight(f: int, h: int, b: int) -> tuple[int, int]:
 
 def base_model_flops(model, batch: int) -> float:
     """Forward + backward FLOPs of the base model's matmuls/convs for one batch."""
-    from uhn_jax import base_models
+    from uhn_jax import models as base_models
 
     if isinstance(model, base_models.MLP):
         return 6.0 * sum(i * o for i, o in model.sizes) * batch
@@ -173,7 +173,9 @@ def run_case(args) -> dict:
     import numpy as np
 
     from uhn_jax import config as config_lib
-    from uhn_jax import data, generator, train
+    from uhn_jax import generator
+    from uhn_jax.data import images as data
+    from uhn_jax.training import train
 
     preset = PRESETS[args.model]
     cfg = config_lib.default_config_dict()

@@ -6,7 +6,7 @@ Command (about N minutes on 2 CPU cores):
   uhn-jax train --config configs/digits_mlp_set.py --workdir runs/digits_set
 
 The set (configs/model_sets/digits_mlp_100.json) holds 100 distinct MLPs with 1-3 hidden layers
-of widths in {16, 24, ..., 64}, drawn with ``python -m uhn_jax.model_sets --out
+of widths in {16, 24, ..., 64}, drawn with ``python -m uhn_jax.training.model_sets --out
 configs/model_sets/digits_mlp_100.json --n 100 --held-out 20 --seed 0``; the last 20 are held
 out. Each step trains on one hold-in member (a per-epoch permutation of them). Every member is
 run as the largest (64-64-64) with masks, so the 100 members share one compiled step.

@@ -1,6 +1,6 @@
 """KAN formula regression (spec §4.4): one of the 15 scipy.special formulas, RMSE.
 
-Commands (``:<formula>`` picks the formula, default jv; see uhn_jax.formula_data.FORMULAS):
+Commands (``:<formula>`` picks the formula, default jv; see uhn_jax.data.formulas.FORMULAS):
 
   uhn-jax compare --config configs/kan_formula.py:jv --workdir runs/kan/jv --seeds 3
   uhn-jax train   --config configs/kan_formula.py:ellipj --workdir runs/kan/ellipj

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from uhn_jax import data
+from uhn_jax.data import images as data
 
 MEAN, STD = data.CIFAR10_MEAN, data.CIFAR10_STD
 BATCH = 512

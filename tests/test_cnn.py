@@ -1,4 +1,4 @@
-"""Tests for the reference CNN / ResNet family (uhn_jax.base_models.cnn) and conv descriptors."""
+"""Tests for the reference CNN / ResNet family (uhn_jax.models.cnn) and conv descriptors."""
 
 import math
 
@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from uhn_jax import base_models, descriptors, generator, layouts
+from uhn_jax import generator
+from uhn_jax import models as base_models
+from uhn_jax.core import descriptors, layouts
 
 M = -1.0
 

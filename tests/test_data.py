@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from uhn_jax import data
+from uhn_jax.data import images as data
 
 _TYPE_CODES = {
     np.dtype(np.uint8): 0x08,

@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from uhn_jax import base_models, descriptors, layouts
+from uhn_jax import models as base_models
+from uhn_jax.core import descriptors, layouts
 
 M = -1.0  # the "unused field" value
 

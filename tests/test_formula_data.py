@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from uhn_jax import formula_data
+from uhn_jax.data import formulas as formula_data
 
 # (name, d_in, d_out, raw input ranges) as §4.4 of the spec lists them.
 EXPECTED = [

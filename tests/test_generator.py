@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from uhn_jax import descriptors, encodings, generator
+from uhn_jax import generator
+from uhn_jax.core import descriptors, encodings
 
 RANGES = descriptors.Ranges((0.0,) * 10, (100.0,) * 10)
 S_RANGES = descriptors.Ranges((0.0,) * 29, (10.0,) * 29)
@@ -152,15 +153,15 @@ def test_bad_chunk_size():
 
 
 def _model_desc(model):
-    from uhn_jax import layouts
+    from uhn_jax.core import layouts
 
     layout = layouts.from_params(jax.eval_shape(model.init, jax.random.key(0)))
     return descriptors.build(layout, model.layers(), model.global_fields())
 
 
 def _tiny_models():
-    from uhn_jax.base_models.cnn import CNN
-    from uhn_jax.base_models.mlp import MLP
+    from uhn_jax.models.cnn import CNN
+    from uhn_jax.models.mlp import MLP
 
     return {
         "mlp": MLP(input_shape=(6, 5), num_classes=3, widths=(8, 8)),
@@ -200,7 +201,7 @@ def test_separable_path_equals_direct_generation(model_name, chunk, sigma):
 
 
 def test_plan_falls_back_to_direct_without_fourier():
-    from uhn_jax.base_models.mlp import MLP
+    from uhn_jax.models.mlp import MLP
 
     desc = _model_desc(MLP(input_shape=(6, 5), num_classes=3, widths=(8, 8)))
     gen = generator.Generator(index_ranges=desc.index_ranges(), encoding="raw", hidden=8)
@@ -282,7 +283,7 @@ def test_matmul_dtype_names():
 
 
 def test_auto_chunking_follows_the_budget():
-    from uhn_jax.base_models.mlp import MLP
+    from uhn_jax.models.mlp import MLP
 
     desc = _model_desc(MLP(input_shape=(28, 28), num_classes=10, widths=(128, 128)))
     gen = generator.Generator(index_ranges=desc.index_ranges())
@@ -381,7 +382,7 @@ def test_nufft_first_layer_equals_matmul(model_name, sigma):
     """
     models = _tiny_models()
     if model_name == "mlp":  # one tensor large enough for a 2-D grid of many points
-        from uhn_jax.base_models.mlp import MLP
+        from uhn_jax.models.mlp import MLP
 
         models["mlp"] = MLP(input_shape=(12, 10), num_classes=3, widths=(40,))
     gens, v, plan, arrays = _nufft_pair(models[model_name], sigma)
@@ -410,7 +411,7 @@ def test_nufft_first_layer_equals_matmul(model_name, sigma):
 @pytest.mark.parametrize("remat", [True, False])
 def test_chunked_nufft_equals_one_pass(remat):
     """Row chunks of the transform (a phase shift of the first row) give the one-pass weights."""
-    from uhn_jax.base_models.mlp import MLP
+    from uhn_jax.models.mlp import MLP
 
     model = MLP(input_shape=(12, 10), num_classes=3, widths=(40,))
     gens, v, plan, arrays = _nufft_pair(model, 100.0)
@@ -442,7 +443,7 @@ def test_one_pass_mixes_transform_and_matmul_groups():
     """Unchunked generation with one group on the transform and one on the matmul (its column
     index clipped, so not affine): the matmul and direct tensors share one residual-block loop,
     the transform's group keeps its own, and the weights and gradients are the all-matmul ones."""
-    from uhn_jax.base_models.mlp import MLP
+    from uhn_jax.models.mlp import MLP
 
     desc = _model_desc(MLP(input_shape=(12, 10), num_classes=3, widths=(40,)))
     r = desc.index_ranges()
@@ -473,7 +474,7 @@ def test_one_pass_mixes_transform_and_matmul_groups():
 
 
 def test_nufft_only_for_affine_groups():
-    from uhn_jax.base_models.mlp import MLP
+    from uhn_jax.models.mlp import MLP
 
     model = MLP(input_shape=(12, 10), num_classes=3, widths=(40,))
     gens, v, plan, arrays = _nufft_pair(model, 100.0)

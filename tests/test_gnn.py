@@ -1,4 +1,4 @@
-"""Tests for the reference graph base models (uhn_jax.base_models.gnn) and their descriptors."""
+"""Tests for the reference graph base models (uhn_jax.models.gnn) and their descriptors."""
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +7,9 @@ import numpy as np
 import optax
 import pytest
 
-from uhn_jax import descriptors, graph_data, layouts
-from uhn_jax.base_models import gnn
+from uhn_jax.core import descriptors, layouts
+from uhn_jax.data import graphs as graph_data
+from uhn_jax.models import gnn
 
 M = -1.0  # the "unused field" value
 

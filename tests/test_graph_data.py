@@ -8,7 +8,8 @@ import pytest
 import scipy.sparse
 from conftest import real_data_dir
 
-from uhn_jax import data, graph_data
+from uhn_jax.data import graphs as graph_data
+from uhn_jax.data import images as data
 
 
 def _check_graph_invariants(g: graph_data.GraphData) -> None:

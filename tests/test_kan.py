@@ -1,4 +1,4 @@
-"""Tests for the reference formula KAN (uhn_jax.base_models.kan) and its descriptors."""
+"""Tests for the reference formula KAN (uhn_jax.models.kan) and its descriptors."""
 
 import dataclasses
 import math
@@ -11,8 +11,9 @@ import optax
 import pytest
 import scipy.interpolate
 
-from uhn_jax import base_models, descriptors, layouts
-from uhn_jax.base_models import kan
+from uhn_jax import models as base_models
+from uhn_jax.core import descriptors, layouts
+from uhn_jax.models import kan
 
 M = -1.0  # the "unused field" value
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from uhn_jax import layouts
+from uhn_jax.core import layouts
 
 
 def _tree(key=0):

@@ -1,11 +1,12 @@
-"""Tests for the reference MLP family (uhn_jax.base_models.mlp)."""
+"""Tests for the reference MLP family (uhn_jax.models.mlp)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from uhn_jax import base_models, descriptors, layouts
+from uhn_jax import models as base_models
+from uhn_jax.core import descriptors, layouts
 
 
 def _count(model):

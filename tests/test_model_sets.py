@@ -5,7 +5,7 @@ import json
 import pytest
 
 from uhn_jax import config as config_lib
-from uhn_jax import model_sets
+from uhn_jax.training import model_sets
 
 
 def test_sample_is_deterministic_distinct_and_in_range():
@@ -61,7 +61,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from uhn_jax import base_models, descriptors, layouts  # noqa: E402
+from uhn_jax import models as base_models  # noqa: E402
+from uhn_jax.core import descriptors, layouts  # noqa: E402
 
 
 def _desc(model):
@@ -132,7 +133,7 @@ def _set_exp(path, **train):
 
 @pytest.mark.slow
 def test_model_set_run_trains_all_members_with_one_compile_per_stage(tmp_path):
-    from uhn_jax import train
+    from uhn_jax.training import train
 
     exp = _set_exp(_tiny_set(tmp_path), steps=6, init_steps=3)
     results = train.run(exp, tmp_path / "run", progress=False)
@@ -156,7 +157,7 @@ def test_model_set_run_trains_all_members_with_one_compile_per_stage(tmp_path):
 
 
 def test_model_set_errors(tmp_path):
-    from uhn_jax import train
+    from uhn_jax.training import train
 
     path = _tiny_set(tmp_path)
     exp = _set_exp(path)

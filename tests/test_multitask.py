@@ -5,7 +5,7 @@ import json
 import pytest
 from conftest import load_config
 
-from uhn_jax import multitask, train
+from uhn_jax.training import multitask, train
 
 _KARATE = """
 from uhn_jax import config as config_lib

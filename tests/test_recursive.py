@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from uhn_jax import descriptors, layouts
-from uhn_jax.base_models.recursive import RecursiveUHN
+from uhn_jax.core import descriptors, layouts
+from uhn_jax.models.recursive import RecursiveUHN
 
 
 def _desc(model):
@@ -80,7 +80,7 @@ def _chain_exp(depth, **train_overrides):
 
 
 def test_staged_init_and_learning_rate_scaling():
-    from uhn_jax import train
+    from uhn_jax.training import train
 
     exp = _chain_exp(2, init_steps=7, init_lr=1e-3, lr=1e-3)
     setup, _ = train.make_setup(exp, train.load_dataset(exp))
@@ -108,7 +108,7 @@ def test_staged_init_and_learning_rate_scaling():
 
 @pytest.mark.slow
 def test_chain_generates_the_base_model_and_trains_end_to_end(tmp_path):
-    from uhn_jax import train
+    from uhn_jax.training import train
 
     depth = 2  # H0 -> H1 -> H2 -> f: a generated UHN generates a generated UHN
     exp = _chain_exp(depth, init_steps=2 * (depth + 1), steps=3, init_lr=1e-3, lr=1e-3)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import subprocess_env
 
-from uhn_jax import sharding
+from uhn_jax.core import sharding
 
 # A small CNN on digits with the separable path and chunking both active, so that every code
 # path that takes a mesh is exercised: direct chunks, separable groups, the batch and evaluation.
@@ -25,7 +25,8 @@ _SCRIPT = textwrap.dedent(
     import jax, jax.numpy as jnp, numpy as np
     sys.path.insert(0, "tests")
     from conftest import load_config
-    from uhn_jax import config as config_lib, train
+    from uhn_jax import config as config_lib
+    from uhn_jax.training import train
 
     def build(num_devices, mode):
         cfg = load_config("test")

@@ -11,7 +11,8 @@ import pytest
 from conftest import load_config
 
 from uhn_jax import config as config_lib
-from uhn_jax import experiments, formula_data, train
+from uhn_jax.data import formulas as formula_data
+from uhn_jax.training import experiments, train
 
 
 def _exp(name, arg=None, **overrides):

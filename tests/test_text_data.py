@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from conftest import real_data_dir
 
-from uhn_jax import data, text_data
+from uhn_jax.data import images as data
+from uhn_jax.data import text as text_data
 
 
 def _check_invariants(d: text_data.TextData) -> None:

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from conftest import CONFIG_DIR, load_config, subprocess_env
 
-from uhn_jax import checkpoint, data, experiments, layouts, train
 from uhn_jax import config as config_lib
+from uhn_jax.core import layouts
+from uhn_jax.data import images as data
+from uhn_jax.training import checkpoint, experiments, train
 
 
 def _exp(name="test", **overrides):
@@ -270,7 +272,7 @@ def test_every_config_runs_one_step(name, tmp_path):
         cfg.train.batch_size = min(cfg.train.batch_size, 16)
         cfg.train.eval_batch_size = min(cfg.train.eval_batch_size, 16)
     if cfg.model.model_set:  # 2 of the set's members (the first again held out): quick
-        from uhn_jax import model_sets
+        from uhn_jax.training import model_sets
 
         full = model_sets.load(cfg.model.model_set)
         models = (*full.models[:2], full.models[0])

@@ -1,4 +1,4 @@
-"""Tests for the text Transformer (uhn_jax.base_models.transformer) and its descriptors."""
+"""Tests for the text Transformer (uhn_jax.models.transformer) and its descriptors."""
 
 import math
 
@@ -8,8 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from uhn_jax import descriptors, layouts, text_data
-from uhn_jax.base_models import transformer
+from uhn_jax.core import descriptors, layouts
+from uhn_jax.data import text as text_data
+from uhn_jax.models import transformer
 
 M = -1.0  # the "unused field" value
 Transformer = transformer.Transformer

@@ -47,11 +47,11 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 def _run(command: str) -> None:
     from uhn_jax import config as config_lib
-    from uhn_jax import experiments, train
+    from uhn_jax.training import experiments, train
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     if _DISTRIBUTED.value:
-        from uhn_jax import sharding
+        from uhn_jax.core import sharding
 
         given = {
             "coordinator_address": _COORDINATOR.value,
@@ -71,7 +71,7 @@ def _run(command: str) -> None:
     if _CONFIG.value is None:
         raise app.UsageError("--config is required, e.g. --config configs/digits_mlp.py")
     if command == "multitask":
-        from uhn_jax import multitask
+        from uhn_jax.training import multitask
 
         seeds = _SEEDS.value if flags.FLAGS["seeds"].present else 1
         table = multitask.compare(

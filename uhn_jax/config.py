@@ -16,7 +16,7 @@ MODES = ("uhn", "direct")
 IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 GRAPH_DATASETS = ("cora", "citeseer", "pubmed", "karate_club")
 TEXT_DATASETS = ("ag_news", "imdb", "mr")
-# data.name "formula" takes the formula from data.formula (uhn_jax.formula_data.FORMULAS).
+# data.name "formula" takes the formula from data.formula (uhn_jax.data.formulas.FORMULAS).
 DATASETS = (*IMAGE_DATASETS, *GRAPH_DATASETS, *TEXT_DATASETS, "formula")
 MODEL_FAMILIES = ("mlp", "cnn", "gcn", "gat", "transformer", "kan")
 # The model families each kind of dataset takes.
@@ -58,7 +58,7 @@ class DataConfig:
     formula_seed: int = 21962
 
     def validate(self):
-        from uhn_jax import formula_data
+        from uhn_jax.data import formulas as formula_data
 
         _choice("data.name", self.name, DATASETS)
         _choice("data.formula", self.formula, formula_data.FORMULAS)
@@ -98,8 +98,9 @@ class ModelConfig:
     # kan
     grid_size: int = 5
     spline_order: int = 3
-    # A model-set JSON (uhn_jax.model_sets.save): train one UHN over its hold-in members and
-    # evaluate hold-in and held-out members. "" = one model, described by the fields above.
+    # A model-set JSON (uhn_jax.training.model_sets.save): train one UHN over its hold-in
+    # members and evaluate hold-in and held-out members. "" = one model, described by the
+    # fields above.
     model_set: str = ""
 
     def validate(self):

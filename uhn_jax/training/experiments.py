@@ -10,8 +10,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from uhn_jax import checkpoint, train
 from uhn_jax import config as config_lib
+from uhn_jax.training import checkpoint, train
 
 
 def format_results(results: dict[str, Any]) -> str:
@@ -153,7 +153,7 @@ def export(workdir: str | Path, out: str | Path | None = None) -> Path:
     """Writes the base-model params of a run as a plain orbax checkpoint.
 
     For a UHN run the weights are generated once from the latest checkpoint; the export then
-    loads with :func:`uhn_jax.checkpoint.load_params` alone, without the generator.
+    loads with :func:`uhn_jax.training.checkpoint.load_params` alone, without the generator.
     """
     workdir = Path(workdir)
     config_path = workdir / "config.json"

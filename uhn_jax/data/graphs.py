@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
-from uhn_jax import data
+from uhn_jax.data import images as data
 
 PLANETOID_NAMES = ("cora", "citeseer", "pubmed")
 # The 8 files of one Planetoid dataset are `ind.<name>.<part>`.

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from uhn_jax import data
+from uhn_jax.data import images as data
 
 # Special tokens and their ids, in the reference order: `<unk>`=0, `<pad>`=1, `<cls>`=2. The
 # Transformer's key padding mask is `tokens == PAD_ID`.

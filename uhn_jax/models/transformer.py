@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uhn_jax import descriptors as D
-from uhn_jax.base_models.common import layer_norm, torch_default_init
+from uhn_jax.core import descriptors as D
+from uhn_jax.models.common import layer_norm, torch_default_init
 
 # Id of `<pad>`; equal to `uhn_jax.text_data.PAD_ID` (kept here so base models don't import
 # the data loaders). Positions holding it are masked out as attention keys.

@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
-from uhn_jax import descriptors as D
-from uhn_jax.base_models.common import dropout
+from uhn_jax.core import descriptors as D
+from uhn_jax.models.common import dropout
 
 # ----------------------------------------------------------------------------- graph helpers
 

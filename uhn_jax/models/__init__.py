@@ -9,11 +9,11 @@ A base model is a frozen, hashable dataclass with
   need.
 """
 
-from uhn_jax.base_models.cnn import CNN
-from uhn_jax.base_models.gnn import GAT, GCN
-from uhn_jax.base_models.kan import KAN
-from uhn_jax.base_models.mlp import MLP
-from uhn_jax.base_models.recursive import RecursiveUHN
-from uhn_jax.base_models.transformer import Transformer
+from uhn_jax.models.cnn import CNN
+from uhn_jax.models.gnn import GAT, GCN
+from uhn_jax.models.kan import KAN
+from uhn_jax.models.mlp import MLP
+from uhn_jax.models.recursive import RecursiveUHN
+from uhn_jax.models.transformer import Transformer
 
 __all__ = ["CNN", "GAT", "GCN", "KAN", "MLP", "RecursiveUHN", "Transformer"]

@@ -24,10 +24,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from uhn_jax import checkpoint, descriptors, experiments, train
 from uhn_jax import config as config_lib
+from uhn_jax.core import descriptors
+from uhn_jax.training import checkpoint, experiments, train
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,7 +38,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from uhn_jax import descriptors as D
+from uhn_jax.core import descriptors as D
 
 
 def knots_from_params(lower_I: jax.Array, log_length_I: jax.Array, logits_IK: jax.Array):

@@ -27,20 +27,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from uhn_jax import (
-    base_models,
-    checkpoint,
-    descriptors,
-    formula_data,
-    generator,
-    graph_data,
-    layouts,
-    model_sets,
-    text_data,
-)
 from uhn_jax import config as config_lib
-from uhn_jax import data as data_lib
-from uhn_jax import sharding as sharding_lib
+from uhn_jax import generator
+from uhn_jax import models as base_models
+from uhn_jax.core import descriptors, layouts
+from uhn_jax.core import sharding as sharding_lib
+from uhn_jax.data import formulas as formula_data
+from uhn_jax.data import graphs as graph_data
+from uhn_jax.data import images as data_lib
+from uhn_jax.data import text as text_data
+from uhn_jax.training import checkpoint, model_sets
 
 RESULTS_SCHEMA_VERSION = 1
 _DATASET_TYPES = {

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uhn_jax import descriptors, encodings
-from uhn_jax import sharding as sharding_lib
+from uhn_jax.core import descriptors, encodings
+from uhn_jax.core import sharding as sharding_lib
 
 
 def _torch_uniform(fan_in: int):
@@ -493,7 +493,7 @@ def generate(
       index_N10: raw (un-normalised) index descriptors.
       structure_L29: the model's structure input, needed when ``gen.structure``.
       chunk_size: rows per chunk; ``None`` or ``>= N`` generates in one piece.
-      mesh: a 1-D device mesh (:func:`uhn_jax.sharding.make_mesh`): every chunk's rows are
+      mesh: a 1-D device mesh (:func:`uhn_jax.core.sharding.make_mesh`): every chunk's rows are
         split over its devices and ``w`` comes back replicated. ``None``: no constraints.
 
     Returns:

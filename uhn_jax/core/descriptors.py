@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from uhn_jax import layouts
+from uhn_jax.core import layouts
 
 INDEX_FIELDS = (
     "layer_idx",
@@ -310,7 +310,7 @@ def _mha(layer: LayerSpec) -> Mapping[str, TensorRole]:
 
 @register_layer(LayerType.KAN)
 def _kan(layer: LayerSpec) -> Mapping[str, TensorRole]:
-    # Tensor names and layouts of uhn_jax.base_models.kan (Flax style: output axis last).
+    # Tensor names and layouts of uhn_jax.models.kan (Flax style: output axis last).
     # PARAM_TYPE 0..6 follow the reference: base W, base b, spline W, spline scale, grid
     # lower bound, grid log-length, knot logits. The per-input grid tensors (4..6) leave
     # output_idx at -1. Targets per spec §3.1; the ZERO init type zeroes every target.

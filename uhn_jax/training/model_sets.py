@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from uhn_jax import config as config_lib
-from uhn_jax import descriptors
+from uhn_jax.core import descriptors
 
 SCHEMA_VERSION = 1
 
@@ -293,7 +293,7 @@ def embed(
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """``python -m uhn_jax.model_sets --out FILE [...]``: samples an MLP model set to JSON."""
+    """``python -m uhn_jax.training.model_sets --out FILE [...]``: an MLP model set to JSON."""
     import argparse
 
     p = argparse.ArgumentParser(description=main.__doc__)

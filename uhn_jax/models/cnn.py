@@ -6,8 +6,8 @@ import dataclasses
 
 import jax
 
-from uhn_jax import descriptors as D
-from uhn_jax.base_models.common import dropout, group_norm, torch_default_init
+from uhn_jax.core import descriptors as D
+from uhn_jax.models.common import dropout, group_norm, torch_default_init
 
 
 @dataclasses.dataclass(frozen=True)

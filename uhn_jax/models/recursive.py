@@ -22,9 +22,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from uhn_jax import descriptors as D
-from uhn_jax.base_models.common import layer_norm, torch_default_init
-from uhn_jax.base_models.transformer import multi_head_attention
+from uhn_jax.core import descriptors as D
+from uhn_jax.models.common import layer_norm, torch_default_init
+from uhn_jax.models.transformer import multi_head_attention
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uhn_jax import descriptors as D
-from uhn_jax.base_models.common import dropout, layer_norm, masked_layer_norm, torch_default_init
+from uhn_jax.core import descriptors as D
+from uhn_jax.models.common import dropout, layer_norm, masked_layer_norm, torch_default_init
 
 
 @dataclasses.dataclass(frozen=True)

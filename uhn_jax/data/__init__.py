@@ -1,0 +1,1 @@
+"""Datasets: loaders per modality (images, text, graphs, formulas)."""

@@ -1,0 +1,1 @@
+"""Training: setup, losses, optimiser, the one resumable loop, results, model sets, multi-task."""
