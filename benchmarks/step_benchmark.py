@@ -174,8 +174,10 @@ def run_case(args) -> dict:
 
     from uhn_jax import config as config_lib
     from uhn_jax import generator
+    from uhn_jax.data import cifar
     from uhn_jax.data import images as data
-    from uhn_jax.training import train
+    from uhn_jax.training import setup as setup_lib
+    from uhn_jax.training import step as step_lib
 
     preset = PRESETS[args.model]
     cfg = config_lib.default_config_dict()
@@ -200,16 +202,16 @@ def run_case(args) -> dict:
     if cfg.data.name == "cifar10":
         x = rng.integers(0, 256, (n, *preset["input"]), dtype=np.uint8)
         ds = data.ArrayDataset(
-            "cifar10", x, y, x[:8], y[:8], 10, data.CIFAR10_MEAN, data.CIFAR10_STD
+            "cifar10", x, y, x[:8], y[:8], 10, cifar.CIFAR10_MEAN, cifar.CIFAR10_STD
         )
     else:
         x = rng.standard_normal((n, *preset["input"])).astype(np.float32)
         ds = data.ArrayDataset("mnist", x, y, x[:8], y[:8], 10)
-    setup, desc = train.make_setup(exp, ds)
-    arrays = train.desc_arrays(setup, desc)
+    setup, desc = setup_lib.make_setup(exp, ds)
+    arrays = setup_lib.desc_arrays(setup, desc)
     key = jax.random.key_data(jax.random.key(0))
-    state = train.init_state(setup, jax.random.fold_in(key, 2))
-    arrays = train.with_tables(setup, arrays, state["constants"])  # as train.run does
+    state = step_lib.init_state(setup, jax.random.fold_in(key, 2))
+    arrays = setup_lib.with_tables(setup, arrays, state["constants"])  # as train.run does
     num_weights = setup.layout.size
     path = "separable" if args.separable else "direct-path"
     if args.separable and setup.gen is not None:
@@ -247,14 +249,16 @@ def run_case(args) -> dict:
             return jnp.sum(w**2)
 
         t0 = time.perf_counter()
-        grad = jax.jit(jax.grad(loss)).lower(state["params"]).compile()
+        grad = jax.jit(jax.grad(loss)).lower(state["params"]["generator"]).compile()
         out["compile_s"] = time.perf_counter() - t0
-        out["step_s"] = _timed(lambda: grad(state["params"]), args.steps)
+        out["step_s"] = _timed(lambda: grad(state["params"]["generator"]), args.steps)
         out["step_gflop"] = train_w * num_weights / 1e9
     else:
         batch = (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train))
         t0 = time.perf_counter()
-        compiled = train.train_step.lower(setup, "task", state, arrays, batch, key).compile()
+        compiled = (
+            step_lib.compiled(setup, "task", arrays).lower(state, arrays, batch, key).compile()
+        )
         out["compile_s"] = time.perf_counter() - t0
         holder = {"state": state}
 
@@ -282,7 +286,7 @@ def run_case(args) -> dict:
             gen = jax.jit(gen)
             st = holder["state"]
             out["generate_forward_s"] = _timed(
-                lambda: gen(st["params"], st["constants"], arrays.plan), args.steps
+                lambda: gen(st["params"]["generator"], st["constants"], arrays.plan), args.steps
             )
             out["generated_weights_per_s"] = num_weights / out["generate_forward_s"]
         out["exec_peak_rss_mib"] = exec_peak

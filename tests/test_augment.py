@@ -1,4 +1,4 @@
-"""Tests for the on-device CIFAR augmentation in uhn_jax.data."""
+"""Tests for uhn_jax.data.augment: on-device CIFAR augmentation and normalisation."""
 
 import chex
 import jax
@@ -6,17 +6,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from uhn_jax.data import images as data
+from uhn_jax.data import augment, cifar
 
-MEAN, STD = data.CIFAR10_MEAN, data.CIFAR10_STD
+MEAN, STD = cifar.CIFAR10_MEAN, cifar.CIFAR10_STD
 BATCH = 512
 
 # Jitted once per shape: op-by-op eager dispatch would compile every primitive separately and
 # take seconds. augment_cifar's own jit compatibility is tested below with a fresh jit.
-_augment = jax.jit(data.augment_cifar, static_argnames="pad")
-_augment_params = jax.jit(data._augment_params, static_argnums=(1, 2))
-_augment_with_params = jax.jit(data._augment_with_params, static_argnames="pad")
-_normalize = jax.jit(data.normalize_images)
+_augment = jax.jit(augment.augment_cifar, static_argnames="pad")
+_augment_params = jax.jit(augment._augment_params, static_argnums=(1, 2))
+_augment_with_params = jax.jit(augment._augment_with_params, static_argnames="pad")
+_normalize = jax.jit(augment.normalize_images)
 
 
 def _images(batch: int = BATCH, seed: int = 0, size: int = 32) -> np.ndarray:
@@ -42,7 +42,7 @@ def _with_params(images, offsets, flips, pad=4):
     offsets = jnp.asarray(offsets, jnp.int32)
     flips = jnp.asarray(flips, bool)
     return np.asarray(
-        data._augment_with_params(jnp.asarray(images), offsets, flips, MEAN, STD, pad)
+        augment._augment_with_params(jnp.asarray(images), offsets, flips, MEAN, STD, pad)
     )
 
 
@@ -130,7 +130,7 @@ def test_jit_traces_once_without_host_callbacks():
     @jax.jit
     @chex.assert_max_traces(n=1)
     def step(key, images):
-        return data.augment_cifar(key, images, MEAN, STD)
+        return augment.augment_cifar(key, images, MEAN, STD)
 
     outs = [step(jax.random.key(i), _images(seed=i)) for i in range(4)]
     expected = _augment(jax.random.key(2), _images(seed=2), MEAN, STD)
@@ -150,4 +150,4 @@ def test_jit_traces_once_without_host_callbacks():
 )
 def test_rejects_bad_inputs(images, match):
     with pytest.raises(ValueError, match=match):
-        data.augment_cifar(jax.random.key(0), images, MEAN, STD)
+        augment.augment_cifar(jax.random.key(0), images, MEAN, STD)

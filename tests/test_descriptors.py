@@ -1,5 +1,6 @@
 """Tests for uhn_jax.descriptors, hand-checked on a 2-layer toy MLP."""
 
+import hashlib
 import math
 
 import jax
@@ -8,6 +9,7 @@ import pytest
 
 from uhn_jax import models as base_models
 from uhn_jax.core import descriptors, layouts
+from uhn_jax.models import gnn
 
 M = -1.0  # the "unused field" value
 
@@ -138,3 +140,69 @@ def test_new_layer_types_register_in_one_place():
         np.testing.assert_array_equal(desc.index[7], [0, 4, 0, 1, M, M, M, 2, M, M])
     finally:
         descriptors._LAYER_FNS[descriptors.LayerType.EMBEDDING] = saved
+
+
+#: sha256 (first 16 hex digits) of every descriptor array of each library model, recorded with
+#: the closed-LayerType implementation before layer names became paths and kinds became open.
+#: Update only for a deliberate change of the descriptors (it breaks trained generators).
+GOLDEN = {
+    "mlp": "910a90a2449bb78e",
+    "cnn": "7a7bd38f6654e37e",
+    "gcn": "6e6d0959b051118e",
+    "gat": "750b35c1ddb335df",
+    "transformer": "94b15c85a454e61f",
+    "kan": "18f1e8fe6cc50b07",
+    "recursive": "da6aa6b943775859",
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "model"),
+    [
+        ("mlp", base_models.MLP(input_shape=(2, 3), num_classes=4, widths=(5, 5, 7))),
+        ("cnn", base_models.CNN((6, 6, 2), 3, depths=(2, 1), widths=(4, 8))),
+        ("gcn", gnn.GCN(12, 3)),
+        ("gat", gnn.GAT(12, 3)),
+        (
+            "transformer",
+            base_models.Transformer(
+                vocab_size=20, num_classes=3, max_len=6, embed_dim=8, num_heads=2, num_encoders=1
+            ),
+        ),
+        ("kan", base_models.KAN(2, 1)),
+        (
+            "recursive",
+            base_models.RecursiveUHN(embed_dim=16, index_features=32, num_heads=4, index_blocks=2),
+        ),
+    ],
+)
+def test_library_models_descriptors_are_bit_identical(name, model):
+    layout = layouts.from_params(jax.eval_shape(model.init, jax.random.key(0)))
+    d = descriptors.build(layout, model.layers(), model.global_fields())
+    digest = hashlib.sha256()
+    r = d.index_ranges()
+    for a in (d.index, d.structure, d.global_, d.targets, d.segment_ids, r.lo, r.hi):
+        digest.update(np.ascontiguousarray(np.asarray(a)).tobytes())
+    assert digest.hexdigest()[:16] == GOLDEN[name], (
+        f"{name}: descriptors changed; if deliberate, update GOLDEN (trained generators break)"
+    )
+
+
+def test_nested_layer_names_and_explicit_folded_roles():
+    # params["Block_0"]["attn"]["kernel"] belongs to layer "Block_0/attn"; its (E=2, H=2, D=3)
+    # kernel folds (H, D) into output_idx = h * D + d.
+    layout = layouts.from_params({"Block_0": {"attn": {"kernel": np.zeros((2, 2, 3))}}})
+    role = descriptors.TensorRole(0, ("input_idx", "output_idx", "output_idx"), (0.0, 0.1))
+    layer = descriptors.LayerSpec("Block_0/attn", 5, roles=(("kernel", role),))
+    desc = descriptors.build(layout, [layer], {})
+    assert desc.grids[0].shape == (2, 6) and desc.grids[0].axes == (4, 3)
+    expected = [
+        [0, 5, 0, h * 3 + d, e, M, M, M, M, M] for e in range(2) for h in range(2) for d in range(3)
+    ]
+    np.testing.assert_array_equal(desc.index, np.asarray(expected, np.float32))
+    # A nested leaf without a declared layer, and a layer kind without a function or roles.
+    with pytest.raises(ValueError, match="not a tensor of a declared layer"):
+        descriptors.build(layout, [descriptors.LayerSpec("Block_0", 5, roles=layer.roles)], {})
+    unknown = descriptors.register_kind("test_descriptors_kind")
+    with pytest.raises(ValueError, match="no descriptor function for layer kind"):
+        descriptors.build(layout, [descriptors.LayerSpec("Block_0/attn", unknown)], {})

@@ -1,4 +1,4 @@
-"""Tests for uhn_jax.formula_data."""
+"""Tests for uhn_jax.data.formulas."""
 
 import math
 import warnings
@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from uhn_jax.data import formulas as formula_data
+from uhn_jax.data import formulas
 
 # (name, d_in, d_out, raw input ranges) as §4.4 of the spec lists them.
 EXPECTED = [
@@ -30,14 +30,14 @@ EXPECTED = [
 
 
 @pytest.fixture(scope="module")
-def datasets() -> dict[str, formula_data.FormulaData]:
-    return {name: formula_data.make_formula_dataset(name) for name in formula_data.FORMULAS}
+def datasets() -> dict[str, formulas.FormulaData]:
+    return {name: formulas.make_formula_dataset(name) for name in formulas.FORMULAS}
 
 
 def test_registry_lists_the_15_formulas_of_the_reference():
-    assert formula_data.FORMULAS == tuple(row[0] for row in EXPECTED)
+    assert formulas.FORMULAS == tuple(row[0] for row in EXPECTED)
     for name, d_in, d_out, ranges in EXPECTED:
-        formula = formula_data.get_formula(name)
+        formula = formulas.get_formula(name)
         assert (formula.d_in, formula.d_out) == (d_in, d_out), name
         assert formula.input_ranges == ranges, name
 
@@ -53,12 +53,12 @@ def test_dataset_shapes_ranges_and_finiteness(datasets, name, d_in, d_out, range
         # Rescaled to [-1, 1] and spread over the whole interval in every input.
         assert x.min() >= -1 and x.max() <= 1
         assert (x.min(axis=0) < -0.99).all() and (x.max(axis=0) > 0.99).all()
-        raw = formula_data.to_raw(x, ranges)
+        raw = formulas.to_raw(x, ranges)
         lo, hi = np.asarray(ranges).T
         assert (raw >= lo - 1e-6).all() and (raw <= hi + 1e-6).all()
         # Targets are the formula at the raw inputs, unnormalised (x is rounded to float32,
         # hence the tolerance).
-        np.testing.assert_allclose(y, formula_data.evaluate(name, raw), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(y, formulas.evaluate(name, raw), rtol=1e-4, atol=1e-5)
 
 
 def test_targets_are_not_normalised(datasets):
@@ -68,39 +68,39 @@ def test_targets_are_not_normalised(datasets):
 
 
 def test_same_seed_is_bit_identical_and_seeds_and_formulas_differ():
-    a = formula_data.make_formula_dataset("jv", seed=7)
-    b = formula_data.make_formula_dataset("jv", seed=7)
+    a = formulas.make_formula_dataset("jv", seed=7)
+    b = formulas.make_formula_dataset("jv", seed=7)
     for field in ("x_train", "y_train", "x_test", "y_test"):
         assert np.array_equal(getattr(a, field), getattr(b, field)), field
-    c = formula_data.make_formula_dataset("jv", seed=8)
+    c = formulas.make_formula_dataset("jv", seed=8)
     assert not np.array_equal(a.x_train, c.x_train)
     assert not np.array_equal(a.x_test, c.x_test)
     # Train and test are independent draws.
     assert not np.array_equal(a.x_train, a.x_test)
     # Every formula gets its own stream for the same seed.
     xs = [
-        formula_data.make_formula_dataset(n, seed=7, n_train=4, n_test=1).x_train
-        for n in formula_data.FORMULAS
+        formulas.make_formula_dataset(n, seed=7, n_train=4, n_test=1).x_train
+        for n in formulas.FORMULAS
     ]
-    assert len({x.tobytes() for x in xs}) == len(formula_data.FORMULAS)
+    assert len({x.tobytes() for x in xs}) == len(formulas.FORMULAS)
 
 
 def test_n_train_does_not_move_the_test_set():
-    a = formula_data.make_formula_dataset("iv", seed=3, n_train=50, n_test=20)
-    b = formula_data.make_formula_dataset("iv", seed=3, n_train=80, n_test=20)
+    a = formulas.make_formula_dataset("iv", seed=3, n_train=50, n_test=20)
+    b = formulas.make_formula_dataset("iv", seed=3, n_train=80, n_test=20)
     assert np.array_equal(a.x_test, b.x_test) and np.array_equal(a.y_test, b.y_test)
     assert np.array_equal(a.x_train, b.x_train[:50])
 
 
 def test_default_sizes_and_seed_follow_the_reference():
-    ds = formula_data.make_formula_dataset("lpmv1")
+    ds = formulas.make_formula_dataset("lpmv1")
     assert ds.x_train.shape[0] == 1000 and ds.x_test.shape[0] == 1000
-    same = formula_data.make_formula_dataset("lpmv1", seed=21962)
+    same = formulas.make_formula_dataset("lpmv1", seed=21962)
     assert np.array_equal(ds.x_train, same.x_train)
 
 
 def _at(name, x1, x2):
-    return formula_data.evaluate(name, np.array([[x1, x2]]))[0]
+    return formulas.evaluate(name, np.array([[x1, x2]]))[0]
 
 
 def test_ellipj_at_m_zero_is_sin_cos_one_and_u():
@@ -169,30 +169,30 @@ def test_y10_depends_only_on_the_second_input():
 def test_no_warnings_while_building_every_dataset():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for name in formula_data.FORMULAS:
-            formula_data.make_formula_dataset(name, seed=1, n_train=64, n_test=64)
+        for name in formulas.FORMULAS:
+            formulas.make_formula_dataset(name, seed=1, n_train=64, n_test=64)
 
 
 def test_unknown_name_lists_the_choices():
     with pytest.raises(ValueError, match="unknown formula 'sph_harm'.*ellipj.*sph_harm22"):
-        formula_data.make_formula_dataset("sph_harm")
+        formulas.make_formula_dataset("sph_harm")
 
 
 @pytest.mark.parametrize("field", ["n_train", "n_test"])
 @pytest.mark.parametrize("value", [0, -3, 2.5, True])
 def test_bad_sizes_raise(field, value):
     with pytest.raises(ValueError, match=field):
-        formula_data.make_formula_dataset("jv", **{field: value})
+        formulas.make_formula_dataset("jv", **{field: value})
 
 
 @pytest.mark.parametrize("seed", [-1, 1.0])
 def test_bad_seed_raises(seed):
     with pytest.raises(ValueError, match="seed"):
-        formula_data.make_formula_dataset("jv", seed=seed)
+        formulas.make_formula_dataset("jv", seed=seed)
 
 
 def test_formula_data_rejects_bad_arrays():
-    ds = formula_data.make_formula_dataset("jv", n_train=4, n_test=3)
+    ds = formulas.make_formula_dataset("jv", n_train=4, n_test=3)
     good = dict(
         name="jv",
         x_train=ds.x_train,
@@ -201,7 +201,7 @@ def test_formula_data_rejects_bad_arrays():
         y_test=ds.y_test,
         input_ranges=ds.input_ranges,
     )
-    formula_data.FormulaData(**good)
+    formulas.FormulaData(**good)
     bad_y = ds.y_train.copy()
     bad_y[1, 0] = np.nan
     cases = {
@@ -213,28 +213,28 @@ def test_formula_data_rejects_bad_arrays():
     }
     for pattern, override in cases.items():
         with pytest.raises(ValueError, match=pattern):
-            formula_data.FormulaData(**{**good, **override})
+            formulas.FormulaData(**{**good, **override})
 
 
 def test_evaluate_checks_the_input_width():
     with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
-        formula_data.evaluate("jv", np.zeros((3, 3)))
+        formulas.evaluate("jv", np.zeros((3, 3)))
 
 
 def test_to_raw_inverts_to_unit():
     ranges = ((0.0, 1.0), (0.1, 1.0))
     raw = np.array([[0.0, 0.1], [0.5, 0.55], [1.0, 1.0]])
-    unit = formula_data.to_unit(raw, ranges)
+    unit = formulas.to_unit(raw, ranges)
     np.testing.assert_allclose(unit, [[-1, -1], [0, 0], [1, 1]], atol=1e-15)
-    np.testing.assert_allclose(formula_data.to_raw(unit, ranges), raw, atol=1e-15)
+    np.testing.assert_allclose(formulas.to_raw(unit, ranges), raw, atol=1e-15)
 
 
 def test_rmse_pools_every_point_and_output():
     pred = np.zeros((2, 2), np.float32)
     target = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
     expected = math.sqrt((9 + 16) / 4)
-    np.testing.assert_allclose(formula_data.rmse(pred, target), expected, rtol=1e-6)
-    np.testing.assert_allclose(jax.jit(formula_data.rmse)(pred, target), expected, rtol=1e-6)
-    assert formula_data.rmse(target, target) == 0
+    np.testing.assert_allclose(formulas.rmse(pred, target), expected, rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(formulas.rmse)(pred, target), expected, rtol=1e-6)
+    assert formulas.rmse(target, target) == 0
     with pytest.raises(ValueError, match="same shape"):
-        formula_data.rmse(pred, target[:, :1])
+        formulas.rmse(pred, target[:, :1])

@@ -10,9 +10,20 @@ import pytest
 
 from uhn_jax import generator
 from uhn_jax.core import descriptors, encodings
+from uhn_jax.generator import precision, separable
 
 RANGES = descriptors.Ranges((0.0,) * 10, (100.0,) * 10)
 S_RANGES = descriptors.Ranges((0.0,) * 29, (10.0,) * 29)
+
+
+#: The exact, host-independent function. The defaults ("auto") pick bf16 first-layer matmuls on
+#: CPUs with native bf16 and the non-uniform FFT for large groups where jax-finufft runs; the
+#: tolerances below are for float32 matmuls unless a test sets these itself.
+EXACT = {"matmul_dtype": "float32", "separable_method": "matmul"}
+
+
+def _generator(**kw) -> generator.Generator:
+    return generator.Generator(**{**EXACT, **kw})
 
 
 def _index(n, seed=0):
@@ -34,8 +45,22 @@ def test_reference_parameter_counts():
     )
 
 
+def test_module_defaults_are_the_config_defaults():
+    """One set of defaults: a Generator built directly is the one a default config builds."""
+    gen = generator.Generator(index_ranges=RANGES)
+    cfg = generator.GeneratorConfig()
+    shared = {f.name for f in dataclasses.fields(gen)} & {f.name for f in dataclasses.fields(cfg)}
+    assert {"hidden", "n_freqs", "sigma", "matmul_dtype", "separable_method"} <= shared
+    assert {name: getattr(gen, name) for name in shared} == {
+        name: getattr(cfg, name) for name in shared
+    }
+    built = generator.from_config(cfg, RANGES)
+    assert all(getattr(built, name) == getattr(gen, name) for name in shared)
+    assert generator.GeneratorConfig is generator.settings.GeneratorConfig
+
+
 def test_frozen_fourier_matrix_depends_on_seed_and_sigma():
-    gen = generator.Generator(index_ranges=RANGES, n_freqs=64)
+    gen = _generator(index_ranges=RANGES, n_freqs=64)
     b0 = generator.init(gen, jax.random.key(0))["constants"]["index_B"]
     b1 = generator.init(gen, jax.random.key(1))["constants"]["index_B"]
     assert not np.allclose(b0, b1)
@@ -44,7 +69,7 @@ def test_frozen_fourier_matrix_depends_on_seed_and_sigma():
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
 def test_chunked_equals_unchunked(chunk):
-    gen = generator.Generator(index_ranges=RANGES, hidden=32, n_freqs=128)
+    gen = _generator(index_ranges=RANGES, hidden=32, n_freqs=128)
     v = generator.init(gen, jax.random.key(0))
     x = _index(500)
     full = generator.generate(gen, v, x)
@@ -56,7 +81,7 @@ def test_chunked_equals_unchunked(chunk):
 
 
 def test_chunked_gradients_equal_unchunked():
-    gen = generator.Generator(index_ranges=RANGES, hidden=16, n_freqs=32)
+    gen = _generator(index_ranges=RANGES, hidden=16, n_freqs=32)
     v = generator.init(gen, jax.random.key(0))
     x = _index(300)
 
@@ -74,7 +99,7 @@ def test_chunked_gradients_equal_unchunked():
 
 @pytest.mark.parametrize("structure", [False, True])
 def test_gradients_reach_every_generator_leaf(structure):
-    gen = generator.Generator(
+    gen = _generator(
         index_ranges=RANGES,
         structure_ranges=S_RANGES,
         structure=structure,
@@ -100,8 +125,8 @@ def test_gradients_reach_every_generator_leaf(structure):
 
 def test_structure_path_starts_as_a_no_op():
     kw = dict(index_ranges=RANGES, hidden=16, n_freqs=32, structure_freqs=8, structure_heads=2)
-    plain = generator.Generator(**kw)
-    with_s = generator.Generator(**kw, structure_ranges=S_RANGES, structure=True)
+    plain = _generator(**kw)
+    with_s = _generator(**kw, structure_ranges=S_RANGES, structure=True)
     v_s = generator.init(with_s, jax.random.key(0))
     s = jax.random.uniform(jax.random.key(3), (4, 29)) * 10
     w_s = generator.generate(with_s, v_s, _index(50), s)
@@ -115,7 +140,7 @@ def test_structure_path_starts_as_a_no_op():
 
 
 def test_generate_jits_once_per_shape():
-    gen = generator.Generator(index_ranges=RANGES, hidden=8, n_freqs=16)
+    gen = _generator(index_ranges=RANGES, hidden=8, n_freqs=16)
     v = generator.init(gen, jax.random.key(0))
 
     @jax.jit
@@ -135,18 +160,16 @@ def test_encodings_shapes_and_values():
     )
     assert encodings.positional(jnp.zeros((3, 10))).shape == (3, 640)
     for enc, dim in (("positional", 640), ("raw", 10)):
-        gen = generator.Generator(index_ranges=RANGES, encoding=enc, hidden=8)
+        gen = _generator(index_ranges=RANGES, encoding=enc, hidden=8)
         v = generator.init(gen, jax.random.key(0))
         assert v["params"]["input_layer"]["kernel"].shape == (dim, 8)
         assert generator.generate(gen, v, _index(4)).shape == (4,)
     with pytest.raises(ValueError, match="encoding"):
-        generator.init(
-            generator.Generator(index_ranges=RANGES, encoding="onehot"), jax.random.key(0)
-        )
+        generator.init(_generator(index_ranges=RANGES, encoding="onehot"), jax.random.key(0))
 
 
 def test_bad_chunk_size():
-    gen = generator.Generator(index_ranges=RANGES, hidden=8, n_freqs=16)
+    gen = _generator(index_ranges=RANGES, hidden=8, n_freqs=16)
     v = generator.init(gen, jax.random.key(0))
     with pytest.raises(ValueError, match="chunk_size"):
         generator.generate(gen, v, _index(10), chunk_size=-1)
@@ -174,7 +197,7 @@ def _tiny_models():
 @pytest.mark.parametrize("sigma", [100.0, 1.0])
 def test_separable_path_equals_direct_generation(model_name, chunk, sigma):
     desc = _model_desc(_tiny_models()[model_name])
-    gen = generator.Generator(index_ranges=desc.index_ranges(), hidden=16, n_freqs=64, sigma=sigma)
+    gen = _generator(index_ranges=desc.index_ranges(), hidden=16, n_freqs=64, sigma=sigma)
     v = generator.init(gen, jax.random.key(0))
     plan, arrays = generator.plan(gen, desc, min_separable=16)
     assert sum(plan.separable) >= 2
@@ -204,7 +227,7 @@ def test_plan_falls_back_to_direct_without_fourier():
     from uhn_jax.models.mlp import MLP
 
     desc = _model_desc(MLP(input_shape=(6, 5), num_classes=3, widths=(8, 8)))
-    gen = generator.Generator(index_ranges=desc.index_ranges(), encoding="raw", hidden=8)
+    gen = _generator(index_ranges=desc.index_ranges(), encoding="raw", hidden=8)
     plan, arrays = generator.plan(gen, desc, min_separable=16)
     assert not any(plan.separable) and arrays["direct"].shape == (desc.num_params, 10)
 
@@ -223,7 +246,7 @@ def test_bfloat16_matmuls_stay_close_to_float32(model_name):
     desc = _model_desc(_tiny_models()[model_name])
     out = {}
     for dtype in ("float32", "bfloat16"):
-        gen = generator.Generator(
+        gen = _generator(
             index_ranges=desc.index_ranges(), hidden=16, n_freqs=64, matmul_dtype=dtype
         )
         v = generator.init(gen, jax.random.key(0))
@@ -261,10 +284,10 @@ def test_bfloat16_first_layer_gradients_match_float32():
         dtype = jnp.dtype(dtype)
         sep = jax.grad(
             lambda w: jnp.sum(
-                generator._separable_linear(w, jnp.cos(a_FR), jnp.sin(a_FR), g_C2F, dtype) * ct
+                separable.separable_linear(w, jnp.cos(a_FR), jnp.sin(a_FR), g_C2F, dtype) * ct
             )
         )(kernel)
-        mixed = jax.grad(lambda w: jnp.sum(generator._mixed_matmul(feats, w, dtype) ** 2))(kernel)
+        mixed = jax.grad(lambda w: jnp.sum(precision.mixed_matmul(feats, w, dtype) ** 2))(kernel)
         return sep, mixed
 
     for ref, low in zip(grads("float32"), grads("bfloat16"), strict=True):
@@ -276,7 +299,7 @@ def test_matmul_dtype_names():
     assert generator.resolve_matmul_dtype("float32") == jnp.float32
     assert generator.resolve_matmul_dtype("bfloat16") == jnp.bfloat16
     auto = generator.resolve_matmul_dtype("auto")
-    fast = jax.default_backend() != "cpu" or generator._cpu_has_native_bf16()
+    fast = jax.default_backend() != "cpu" or precision.cpu_has_native_bf16()
     assert auto == (jnp.bfloat16 if fast else jnp.float32)
     with pytest.raises(ValueError, match="matmul_dtype must be one of"):
         generator.resolve_matmul_dtype("float16")
@@ -286,7 +309,7 @@ def test_auto_chunking_follows_the_budget():
     from uhn_jax.models.mlp import MLP
 
     desc = _model_desc(MLP(input_shape=(28, 28), num_classes=10, widths=(128, 128)))
-    gen = generator.Generator(index_ranges=desc.index_ranges())
+    gen = _generator(index_ranges=desc.index_ranges())
     _, arrays = generator.plan(gen, desc, min_separable=1024)
     # The reference MNIST MLP fits one pass in 1 GiB: no chunking, no recomputation.
     assert generator.auto_chunking(gen, arrays, 1024) == (None, False)
@@ -304,7 +327,7 @@ def test_auto_chunking_follows_the_budget():
 @pytest.mark.parametrize("remat", [True, False])
 def test_chunked_planned_generation_with_and_without_remat(remat):
     desc = _model_desc(_tiny_models()["cnn"])
-    gen = generator.Generator(index_ranges=desc.index_ranges(), hidden=16, n_freqs=64, sigma=1.0)
+    gen = _generator(index_ranges=desc.index_ranges(), hidden=16, n_freqs=64, sigma=1.0)
     v = generator.init(gen, jax.random.key(0))
     plan, arrays = generator.plan(gen, desc, min_separable=16)
     (_, w_ref), g_ref = _planned_loss(gen, v, plan, arrays)(v["params"])
@@ -316,7 +339,7 @@ def test_chunked_planned_generation_with_and_without_remat(remat):
 
 def test_precomputed_tables_give_the_same_weights_without_cos():
     desc = _model_desc(_tiny_models()["mlp"])
-    gen = generator.Generator(index_ranges=desc.index_ranges(), hidden=16, n_freqs=64)
+    gen = _generator(index_ranges=desc.index_ranges(), hidden=16, n_freqs=64)
     v = generator.init(gen, jax.random.key(0))
     plan, arrays = generator.plan(gen, desc, min_separable=16)
     with_tabs = jax.jit(generator.with_tables, static_argnums=0)(gen, v, arrays)
@@ -344,7 +367,7 @@ def test_precomputed_tables_give_the_same_weights_without_cos():
 def _nufft_pair(model, sigma, **kw):
     desc = _model_desc(model)
     gens = {
-        m: generator.Generator(
+        m: _generator(
             index_ranges=desc.index_ranges(),
             hidden=16,
             n_freqs=64,
@@ -450,7 +473,7 @@ def test_one_pass_mixes_transform_and_matmul_groups():
     # Index values up to 50: the 120-input weight's columns are clipped, the 40-input one's not.
     narrow = descriptors.Ranges(r.lo, tuple(min(h, 50.0) for h in r.hi))
     gens = {
-        m: generator.Generator(
+        m: _generator(
             index_ranges=narrow, hidden=16, n_freqs=64, out_of_range="clip", separable_method=m
         )
         for m in ("matmul", "nufft")
@@ -486,12 +509,10 @@ def test_nufft_only_for_affine_groups():
     desc = _model_desc(model)
     r = desc.index_ranges()
     narrow = descriptors.Ranges(r.lo, tuple(min(h, 20.0) for h in r.hi))
-    clipped = generator.Generator(
+    clipped = _generator(
         index_ranges=narrow, hidden=16, n_freqs=64, out_of_range="clip", separable_method="nufft"
     )
     plan_c, _ = generator.plan(clipped, desc, min_separable=16)
     assert plan_c.groups and not any(plan_c.linear)
     with pytest.raises(ValueError, match="separable_method"):
-        generator.init(
-            generator.Generator(index_ranges=r, separable_method="fft"), jax.random.key(0)
-        )
+        generator.init(_generator(index_ranges=r, separable_method="fft"), jax.random.key(0))

@@ -1,4 +1,4 @@
-"""Tests for uhn_jax.graph_data."""
+"""Tests for uhn_jax.data.graphs."""
 
 import pickle
 from pathlib import Path
@@ -8,11 +8,10 @@ import pytest
 import scipy.sparse
 from conftest import real_data_dir
 
-from uhn_jax.data import graphs as graph_data
-from uhn_jax.data import images as data
+from uhn_jax.data import files, graphs
 
 
-def _check_graph_invariants(g: graph_data.GraphData) -> None:
+def _check_graph_invariants(g: graphs.GraphData) -> None:
     """Properties every GraphData from this module must have, checked independently."""
     n = g.num_nodes
     assert g.x.dtype == np.float32 and g.x.shape == (n, g.num_features)
@@ -45,7 +44,7 @@ def _check_graph_invariants(g: graph_data.GraphData) -> None:
 def test_real_planetoid(name, nodes, features, classes, split, undirected_edges, padded):
     planetoid_dir = real_data_dir("planetoid")
     # The parent directory is given: the loader finds the planetoid/ subdirectory itself.
-    g = graph_data.load_planetoid(name.capitalize(), planetoid_dir.parent)
+    g = graphs.load_planetoid(name.capitalize(), planetoid_dir.parent)
     assert g.name == name
     assert (g.num_nodes, g.num_features, g.num_classes) == (nodes, features, classes)
     sizes = (g.train_mask.sum(), g.val_mask.sum(), g.test_mask.sum())
@@ -167,7 +166,7 @@ def _write_planetoid(directory: Path, name: str = "pubmed", **overrides) -> Path
 
 def test_synthetic_pubmed_matches_hand_computed(tmp_path):
     _write_planetoid(tmp_path)
-    g = graph_data.load_planetoid("pubmed", tmp_path, num_val=1)
+    g = graphs.load_planetoid("pubmed", tmp_path, num_val=1)
     assert g.name == "pubmed" and g.num_classes == 3 and g.num_nodes == 8
     np.testing.assert_array_equal(g.x, _EXPECTED_X)
     np.testing.assert_array_equal(g.y, _EXPECTED_Y)
@@ -181,28 +180,28 @@ def test_synthetic_pubmed_matches_hand_computed(tmp_path):
 
 def test_synthetic_dense_features_are_accepted(tmp_path):
     _write_planetoid(tmp_path, x=_ALLX[:2], tx=_TX, allx=_ALLX)
-    g = graph_data.load_planetoid("pubmed", tmp_path, num_val=1)
+    g = graphs.load_planetoid("pubmed", tmp_path, num_val=1)
     np.testing.assert_array_equal(g.x, _EXPECTED_X)
 
 
 def test_public_split_needs_500_validation_nodes(tmp_path):
     _write_planetoid(tmp_path)
     with pytest.raises(ValueError, match=r"ind\.pubmed\.ally.*500 validation"):
-        graph_data.load_planetoid("pubmed", tmp_path)
+        graphs.load_planetoid("pubmed", tmp_path)
 
 
 @pytest.mark.parametrize("subdir", ["planetoid", "pubmed"])
 def test_files_found_in_subdirectory(tmp_path, subdir):
     _write_planetoid(tmp_path / subdir)
-    assert graph_data.find_planetoid_dir("PubMed", tmp_path) == tmp_path / subdir
-    g = graph_data.load_planetoid("PubMed", tmp_path, num_val=1)
+    assert graphs.find_planetoid_dir("PubMed", tmp_path) == tmp_path / subdir
+    g = graphs.load_planetoid("PubMed", tmp_path, num_val=1)
     np.testing.assert_array_equal(g.x, _EXPECTED_X)
 
 
 def test_data_dir_itself_wins_over_subdirectories(tmp_path):
     _write_planetoid(tmp_path)
     _write_planetoid(tmp_path / "planetoid", **{"test.index": "garbage"})
-    assert graph_data.find_planetoid_dir("pubmed", tmp_path) == tmp_path
+    assert graphs.find_planetoid_dir("pubmed", tmp_path) == tmp_path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,13 +211,13 @@ def test_data_dir_itself_wins_over_subdirectories(tmp_path):
 @pytest.mark.parametrize("name", ["pubmeds", "ogbn-arxiv", "", None])
 def test_unknown_name_lists_choices(tmp_path, name):
     with pytest.raises(ValueError, match="cora, citeseer, pubmed"):
-        graph_data.load_planetoid(name, tmp_path)
+        graphs.load_planetoid(name, tmp_path)
 
 
 def test_missing_directory(tmp_path):
     missing = tmp_path / "nowhere"
-    with pytest.raises(data.MissingDataError) as info:
-        graph_data.load_planetoid("cora", missing)
+    with pytest.raises(files.MissingDataError) as info:
+        graphs.load_planetoid("cora", missing)
     message = str(info.value)
     assert "ind.cora.x" in message and "kimiyoung/planetoid" in message
     assert str(missing) in message and "does not exist" in message
@@ -228,8 +227,8 @@ def test_missing_directory(tmp_path):
 
 def test_missing_one_file(tmp_path):
     _write_planetoid(tmp_path, **{"test.index": None})
-    with pytest.raises(data.MissingDataError) as info:
-        graph_data.load_planetoid("pubmed", tmp_path, num_val=1)
+    with pytest.raises(files.MissingDataError) as info:
+        graphs.load_planetoid("pubmed", tmp_path, num_val=1)
     message = str(info.value)
     assert "`ind.pubmed.test.index`" in message and str(tmp_path) in message
     assert "kimiyoung/planetoid" in message
@@ -255,7 +254,7 @@ def test_missing_one_file(tmp_path):
 def test_malformed_file_is_named(tmp_path, overrides, bad_file, pattern):
     _write_planetoid(tmp_path, **overrides)
     with pytest.raises(ValueError, match=pattern) as info:
-        graph_data.load_planetoid("pubmed", tmp_path, num_val=1)
+        graphs.load_planetoid("pubmed", tmp_path, num_val=1)
     assert str(tmp_path / bad_file) in str(info.value)
 
 
@@ -267,15 +266,15 @@ def test_normalize_features_follows_pyg():
     x = np.array([[2.0, 2.0], [0.0, 0.0], [0.2, 0.3], [-1.0, 1.0]], np.float32)
     # PyG subtracts the global minimum (-1), then divides by row sums clamped below at 1.
     expected = np.array([[0.5, 0.5], [0.5, 0.5], [0.48, 0.52], [0.0, 1.0]], np.float32)
-    np.testing.assert_allclose(graph_data.normalize_features(x), expected, rtol=1e-6)
+    np.testing.assert_allclose(graphs.normalize_features(x), expected, rtol=1e-6)
     small = np.array([[0.0, 0.25], [0.0, 0.0]], np.float32)
-    np.testing.assert_array_equal(graph_data.normalize_features(small), small)
+    np.testing.assert_array_equal(graphs.normalize_features(small), small)
 
 
 def test_graph_data_rejects_overlapping_masks():
-    g = graph_data.karate_club()
+    g = graphs.karate_club()
     with pytest.raises(ValueError, match="masks overlap on 4 nodes"):
-        graph_data.GraphData(
+        graphs.GraphData(
             name="bad",
             x=g.x,
             y=g.y,
@@ -293,7 +292,7 @@ def test_graph_data_rejects_overlapping_masks():
 
 
 def test_karate_club():
-    g = graph_data.karate_club()
+    g = graphs.karate_club()
     assert g.name == "karate_club"
     assert (g.num_nodes, g.num_classes, g.num_edges) == (34, 2, 2 * 78)
     _check_graph_invariants(g)

@@ -63,6 +63,10 @@ import numpy as np  # noqa: E402
 
 from uhn_jax import models as base_models  # noqa: E402
 from uhn_jax.core import descriptors, layouts  # noqa: E402
+from uhn_jax.training import members as members_lib  # noqa: E402
+from uhn_jax.training import setup as setup_lib  # noqa: E402
+from uhn_jax.training import step as step_lib  # noqa: E402
+from uhn_jax.training import tasks as tasks_lib  # noqa: E402
 
 
 def _desc(model):
@@ -146,32 +150,31 @@ def test_model_set_run_trains_all_members_with_one_compile_per_stage(tmp_path):
     assert results["test_metric"] == results["held_out_test_metric"]
     assert (tmp_path / "run" / "members.png").stat().st_size > 1000
     # A member's generated weights are zero outside its corners.
-    ds = train.load_dataset(exp)
-    setup, stacked, mset, members = train.make_multi_setup(exp, ds)
-    state = train.init_state(setup, jax.random.key_data(jax.random.key(0)))
-    arrays = train.select_member(jax.tree.map(jnp.asarray, stacked), 1)
-    params = train.materialize_params(setup, state["params"], state["constants"], arrays)
+    ds = tasks_lib.load_dataset(exp)
+    setup, stacked, mset, members = members_lib.make_multi_setup(exp, ds)
+    state = step_lib.init_state(setup, jax.random.key_data(jax.random.key(0)))
+    arrays = setup_lib.select_member(jax.tree.map(jnp.asarray, stacked), 1)
+    params = step_lib.materialize_params(setup, state["params"], state["constants"], arrays)
     w = layouts.flatten(params, setup.layout)
     assert not np.asarray(w)[stacked.weight_mask[1] == 0].any()
     assert np.asarray(w)[stacked.weight_mask[1] == 1].std() > 0
 
 
 def test_model_set_errors(tmp_path):
-    from uhn_jax.training import train
 
     path = _tiny_set(tmp_path)
     exp = _set_exp(path)
-    ds = train.load_dataset(exp)
+    ds = tasks_lib.load_dataset(exp)
     with pytest.raises(ValueError, match="structure"):
         from conftest import load_config
 
         cfg = load_config("test")
         cfg.model.model_set = path
-        train.make_multi_setup(config_lib.from_config_dict(cfg), ds)
+        members_lib.make_multi_setup(config_lib.from_config_dict(cfg), ds)
     import dataclasses
 
     with pytest.raises(ValueError, match="mode='uhn'"):
-        train.make_multi_setup(dataclasses.replace(exp, mode="direct"), ds)
+        members_lib.make_multi_setup(dataclasses.replace(exp, mode="direct"), ds)
 
 
 def test_structure_mask_ignores_padded_layers():

@@ -5,7 +5,8 @@ import json
 import pytest
 from conftest import load_config
 
-from uhn_jax.training import multitask, train
+from uhn_jax.training import multitask
+from uhn_jax.training import tasks as tasks_lib
 
 _KARATE = """
 from uhn_jax import config as config_lib
@@ -104,7 +105,7 @@ def test_bad_multitask_configs(tmp_path):
 def test_range_tasks_widen_the_declared_ranges_without_being_trained(tmp_path):
     cfg = _cfg(tmp_path).to_dict()
     tasks = multitask.tasks_from_config(cfg)
-    data = [train.load_dataset(t.exp) for t in tasks]
+    data = [tasks_lib.load_dataset(t.exp) for t in tasks]
     union = multitask.declared_ranges(cfg, tasks, data)
     alone = {**cfg, "tasks": cfg["tasks"][:1], "probs": [1.0]}
     own = multitask.declared_ranges(alone, tasks[:1], data[:1])

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from uhn_jax.core import descriptors, layouts
+from uhn_jax.hypernets import recursion
 from uhn_jax.models.recursive import RecursiveUHN
+from uhn_jax.training import optim
+from uhn_jax.training import setup as setup_lib
+from uhn_jax.training import tasks as tasks_lib
 
 
 def _desc(model):
@@ -80,19 +84,18 @@ def _chain_exp(depth, **train_overrides):
 
 
 def test_staged_init_and_learning_rate_scaling():
-    from uhn_jax.training import train
 
     exp = _chain_exp(2, init_steps=7, init_lr=1e-3, lr=1e-3)
-    setup, _ = train.make_setup(exp, train.load_dataset(exp))
+    setup, _ = setup_lib.make_setup(exp, tasks_lib.load_dataset(exp))
     stages = [setup.stage(s) for s in range(setup.total_steps)]
     # K + 1 sub-stages of 7 // 3 = 2 steps; the remainder goes to the last one.
     assert stages[:8] == ["init0"] * 2 + ["init1"] * 2 + ["init2"] * 3 + ["task"]
     assert [s for s in range(1, 9) if setup.fresh_optimizer_at(s)] == [2, 4, 7]
-    assert train.chain_lr_scale(1) == 1.0 and train.chain_lr_scale(2) == 0.5
-    assert train.chain_lr_scale(3) == 0.125 and train.chain_lr_scale(5) == 0.125 / 16
+    assert recursion.lr_scale(1) == 1.0 and recursion.lr_scale(2) == 0.5
+    assert recursion.lr_scale(3) == 0.125 and recursion.lr_scale(5) == 0.125 / 16
 
     def peak(stage):
-        tx = train.make_optimizer(setup, stage)
+        tx = optim.make_optimizer(setup, stage)
         params = {"w": jnp.zeros(())}
         state, lrs = tx.init(params), []
         for _ in range(3):
@@ -112,8 +115,8 @@ def test_chain_generates_the_base_model_and_trains_end_to_end(tmp_path):
 
     depth = 2  # H0 -> H1 -> H2 -> f: a generated UHN generates a generated UHN
     exp = _chain_exp(depth, init_steps=2 * (depth + 1), steps=3, init_lr=1e-3, lr=1e-3)
-    ds = train.load_dataset(exp)
-    setup, desc = train.make_setup(exp, ds)
+    ds = tasks_lib.load_dataset(exp)
+    setup, desc = setup_lib.make_setup(exp, ds)
     assert setup.chain.depth == depth and setup.layout.size == desc.num_params
     # H0 generates H1: its plan covers the generated UHN's parameters.
     assert sum(int(np.prod(s)) for s in setup.plan.shapes) == setup.chain.layout.size

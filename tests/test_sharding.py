@@ -26,7 +26,9 @@ _SCRIPT = textwrap.dedent(
     sys.path.insert(0, "tests")
     from conftest import load_config
     from uhn_jax import config as config_lib
-    from uhn_jax.training import train
+    from uhn_jax.training import setup as setup_lib
+    from uhn_jax.training import step as step_lib
+    from uhn_jax.training import tasks as tasks_lib
 
     def build(num_devices, mode):
         cfg = load_config("test")
@@ -40,16 +42,16 @@ _SCRIPT = textwrap.dedent(
         cfg.generator.matmul_dtype = "float32"
         cfg.train.num_devices = num_devices
         exp = config_lib.from_config_dict(cfg)
-        ds = train.load_dataset(exp)
-        setup, desc = train.make_setup(exp, ds)
+        ds = tasks_lib.load_dataset(exp)
+        setup, desc = setup_lib.make_setup(exp, ds)
         key = jax.random.key_data(jax.random.key(0))
-        state = train.init_state(setup, jax.random.fold_in(key, 2))
+        state = step_lib.init_state(setup, jax.random.fold_in(key, 2))
         data = (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train))
-        return setup, train.desc_arrays(setup, desc), state, data, key
+        return setup, setup_lib.desc_arrays(setup, desc), state, data, key
 
     def task_grads(setup, arrays, state, data):
-        x, y = train._split_batch(setup, data[0][:32]), train._split_batch(setup, data[1][:32])
-        fn = jax.jit(jax.grad(train.task_loss, argnums=1, has_aux=True), static_argnums=0)
+        x, y = (tasks_lib.split_batch(setup, d[:32]) for d in data)
+        fn = jax.jit(jax.grad(tasks_lib.task_loss, argnums=1, has_aux=True), static_argnums=0)
         g = fn(setup, state["params"], state["constants"], arrays, (x, y), jax.random.key(1))[0]
         return jax.tree.leaves(g)
 
@@ -62,9 +64,9 @@ _SCRIPT = textwrap.dedent(
             stages = ("init", "task") if mode == "uhn" else ("task", "task")
             losses = []
             for stage in stages:
-                state, m = train.train_step(setup, stage, state, arrays, data, key)
+                state, m = step_lib.run_step(setup, stage, state, arrays, data, key)
                 losses.append(float(m.get("loss", m.get("init_loss"))))
-            ev = train.evaluate(setup, state["params"], state["constants"], arrays, data, 128)
+            ev = step_lib.evaluate(setup, state["params"], state["constants"], arrays, data, 128)
             runs[n] = (setup, arrays, state, data, key, losses, float(ev["accuracy"]))
         (s1, _, st1, *_, l1, a1), (s8, ar8, st8, d8, k8, l8, a8) = runs[1], runs[8]
         p1, p8 = jax.tree.leaves(st1["params"]), jax.tree.leaves(st8["params"])
@@ -79,7 +81,7 @@ _SCRIPT = textwrap.dedent(
             "params_devices": min(len(x.sharding.device_set) for x in p8),
         }
         batch = jax.jit(
-            lambda d: train._split_batch(s8, train.sample_batch(*d, 0, k8, 32)[0])
+            lambda d: tasks_lib.split_batch(s8, tasks_lib.sample_batch(*d, 0, k8, 32)[0])
         )(d8)
         res["batch_spec"] = list(batch.sharding.spec)
         if mode == "uhn":
@@ -140,3 +142,72 @@ def test_one_device_means_no_mesh_and_too_many_devices_is_an_error():
         sharding.make_mesh(len(jax.devices()) + 1)
     x = np.ones(3)
     assert sharding.constrain(x, None) is x and sharding.put(x, None) is x
+
+
+# A model-set run and a multi-task run through the one loop, on 1 and on 8 devices.
+_RUNS_SCRIPT = textwrap.dedent(
+    """
+    import json, pathlib, sys
+    import jax
+    sys.path.insert(0, "tests")
+    from conftest import load_config
+    from uhn_jax import config as config_lib
+    from uhn_jax.training import members, model_sets, multitask, tasks, train
+
+    tmp = pathlib.Path(sys.argv[1])
+    family = model_sets.MLPFamily(min_depth=1, max_depth=2, widths=(8, 16))
+    path = model_sets.save(model_sets.sample(family, 4, 1, seed=3), tmp / "set.json")
+    (tmp / "karate.py").write_text(
+        "from uhn_jax import config as config_lib\\n"
+        "def get_config():\\n"
+        "    c = config_lib.default_config_dict()\\n"
+        "    c.data.name, c.model.family, c.model.widths = 'karate_club', 'gcn', (8,)\\n"
+        "    return c\\n"
+    )
+
+    def losses(workdir):
+        rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+        return [r.get("loss", r.get("init_loss")) for r in rows if "stage" in r]
+
+    out = {"devices": jax.device_count()}
+    for n in (1, 8):
+        cfg = load_config("test")
+        cfg.model.model_set, cfg.generator.structure = str(path), True
+        cfg.generator.matmul_dtype = "float32"
+        cfg.train.num_devices, cfg.train.steps, cfg.train.log_every = n, 4, 1
+        exp = config_lib.from_config_dict(cfg)
+        setup = members.make_multi_setup(exp, tasks.load_dataset(exp))[0]
+        r = train.run(exp, tmp / f"set{n}", progress=False)
+        out[f"set{n}"] = {"mesh": setup.mesh.size if setup.mesh else 1,
+                          "metric": r["hold_in_test_metric"], "losses": losses(tmp / f"set{n}")}
+        mcfg = load_config("multitask")
+        mcfg.tasks, mcfg.probs = ("test", str(tmp / "karate.py")), (1.0, 1.0)
+        mcfg.generator.hidden, mcfg.generator.n_freqs = 16, 32
+        mcfg.generator.matmul_dtype = "float32"
+        mcfg.train.steps, mcfg.train.warmup_steps, mcfg.train.init_steps = 4, 0, 2
+        mcfg.train.num_devices, mcfg.train.log_every = n, 1
+        r = multitask.run(mcfg, tmp / f"multi{n}", progress=False)
+        out[f"multi{n}"] = {"metrics": [t["test_metric"] for t in r["tasks"]],
+                            "losses": losses(tmp / f"multi{n}")}
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.slow
+def test_model_set_and_multitask_runs_on_8_devices_match_one_device(tmp_path):
+    env = subprocess_env("--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-c", _RUNS_SCRIPT, str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 8
+    # The model set keeps the mesh it was asked for (it used to drop it).
+    assert out["set1"]["mesh"] == 1 and out["set8"]["mesh"] == 8
+    # Same tolerances as the single-model check above: float32 reduction order only.
+    np.testing.assert_allclose(out["set8"]["losses"], out["set1"]["losses"], rtol=1e-3)
+    np.testing.assert_allclose(out["multi8"]["losses"], out["multi1"]["losses"], rtol=1e-3)
+    assert out["set8"]["metric"] == pytest.approx(out["set1"]["metric"], abs=0.02)
+    np.testing.assert_allclose(out["multi8"]["metrics"], out["multi1"]["metrics"], atol=0.02)

@@ -12,7 +12,10 @@ from conftest import load_config
 
 from uhn_jax import config as config_lib
 from uhn_jax.data import formulas as formula_data
-from uhn_jax.training import experiments, train
+from uhn_jax.training import experiments, optim, train
+from uhn_jax.training import setup as setup_lib
+from uhn_jax.training import step as step_lib
+from uhn_jax.training import tasks as tasks_lib
 
 
 def _exp(name, arg=None, **overrides):
@@ -66,7 +69,7 @@ def test_formula_regression_learns_and_reports_rmse(mode, tmp_path):
     assert results["dataset"] == "sph_harm01" and results["num_target_params"] == 254
     assert results["test_metric"] < 0.5 * baseline, (results, baseline)
     # The reported metric is the RMSE of the trained model's predictions.
-    setup, desc = train.make_setup(exp, ds)
+    setup, desc = setup_lib.make_setup(exp, ds)
     assert setup.task == "regression"
     log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
     assert log[-1] == {"step": setup.total_steps, "test_rmse": results["test_metric"]}
@@ -75,11 +78,11 @@ def test_formula_regression_learns_and_reports_rmse(mode, tmp_path):
 def test_regression_loss_and_metric_are_mse_and_rmse():
     y = jnp.asarray([[1.0, 2.0], [0.0, 0.0]])
     out = jnp.asarray([[1.0, 4.0], [1.0, 1.0]])
-    loss, score = train.example_terms("regression", out, y)
+    loss, score = tasks_lib.example_terms("regression", out, y)
     np.testing.assert_allclose(loss, [2.0, 1.0])
-    np.testing.assert_allclose(train._metric("regression", score.mean()), np.sqrt(1.5))
+    np.testing.assert_allclose(tasks_lib.metric("regression", score.mean()), np.sqrt(1.5))
     np.testing.assert_allclose(
-        train._metric("regression", score.mean()), formula_data.rmse(out, y), rtol=1e-6
+        tasks_lib.metric("regression", score.mean()), formula_data.rmse(out, y), rtol=1e-6
     )
 
 
@@ -87,8 +90,8 @@ def test_direct_lr_applies_to_direct_training_only():
     lrs = {}
     for mode in ("uhn", "direct"):
         exp = _small_kan(mode, train__lr=1e-3, train__direct_lr=5e-2, train__init_steps=0)
-        setup, _ = train.make_setup(exp, train.load_dataset(exp))
-        tx = train.make_optimizer(setup, "task")
+        setup, _ = setup_lib.make_setup(exp, tasks_lib.load_dataset(exp))
+        tx = optim.make_optimizer(setup, "task")
         params = {"w": jnp.zeros(())}
         updates, _ = tx.update({"w": jnp.ones(())}, tx.init(params), params)
         lrs[mode] = -float(updates["w"])  # Adam's first step is lr * sign(g)
@@ -100,7 +103,9 @@ def test_every_formula_config_builds_the_reference_kan():
 
     for name in formula_data.FORMULAS:
         exp = config_lib.from_config_dict(kan_formula.get_config(name))
-        model = train.build_model(exp, formula_data.make_formula_dataset(name, n_train=4, n_test=4))
+        model = setup_lib.build_model(
+            exp, formula_data.make_formula_dataset(name, n_train=4, n_test=4)
+        )
         size = sum(
             int(np.prod(x.shape))
             for x in jax.tree.leaves(jax.eval_shape(model.init, jax.random.key(0)))
@@ -179,13 +184,13 @@ def test_node_classification_trains_on_the_train_mask(model, tmp_path):
 
 def test_node_loss_counts_only_masked_nodes():
     exp = _karate("gcn", train__init_steps=0)
-    ds = train.load_dataset(exp)
-    setup, desc = train.make_setup(exp, ds)
+    ds = tasks_lib.load_dataset(exp)
+    setup, desc = setup_lib.make_setup(exp, ds)
     assert setup.task == "node_classification"
-    arrays = train.desc_arrays(setup, desc)
-    state = train.init_state(setup, jax.random.key_data(jax.random.key(0)))
-    (graph, y, mask), _ = train.device_data(setup, ds)
-    loss = jax.jit(train.task_loss, static_argnums=0)
+    arrays = setup_lib.desc_arrays(setup, desc)
+    state = step_lib.init_state(setup, jax.random.key_data(jax.random.key(0)))
+    (graph, y, mask), _ = setup_lib.device_data(setup, ds)
+    loss = jax.jit(tasks_lib.task_loss, static_argnums=0)
     args = (setup, state["params"], state["constants"], arrays)
     base, _ = loss(*args, (graph, y, mask), None)
     # Relabelling nodes outside the mask changes nothing; relabelling a masked node does.
@@ -211,7 +216,7 @@ def test_planetoid_configs_are_the_reference_models():
         exp = config_lib.from_config_dict(planetoid.get_config(f"{name},{model}"))
         f, c = counts[name]
         g = types.SimpleNamespace(x=np.zeros((2, f), np.float32), num_classes=c)
-        built = train.build_model(exp, g)
+        built = setup_lib.build_model(exp, g)
         shapes = jax.eval_shape(built.init, jax.random.key(0))
         assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == size
         assert exp.train.lr == planetoid.REFERENCE[name, model][2]
@@ -274,13 +279,13 @@ def test_text_configs_are_the_reference_models():
         vocab=("",) * 5000, num_classes=4, x_train=np.zeros((1, 128), np.int32)
     )
     exp = config_lib.from_config_dict(text.get_config("ag_news"))
-    shapes = jax.eval_shape(train.build_model(exp, ds).init, jax.random.key(0))
+    shapes = jax.eval_shape(setup_lib.build_model(exp, ds).init, jax.random.key(0))
     assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == 378_372
     ds = types.SimpleNamespace(
         vocab=("",) * 5000, num_classes=2, x_train=np.zeros((1, 512), np.int32)
     )
     exp = config_lib.from_config_dict(text.get_config("imdb"))
-    shapes = jax.eval_shape(train.build_model(exp, ds).init, jax.random.key(0))
+    shapes = jax.eval_shape(setup_lib.build_model(exp, ds).init, jax.random.key(0))
     assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == 377_858
     assert exp.train.lr == 1e-4 and exp.train.init_steps == 100
     cpu = text.get_config("mr,cpu")

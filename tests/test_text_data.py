@@ -1,4 +1,4 @@
-"""Tests for uhn_jax.text_data."""
+"""Tests for uhn_jax.data.text."""
 
 import csv
 from pathlib import Path
@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 from conftest import real_data_dir
 
-from uhn_jax.data import images as data
-from uhn_jax.data import text as text_data
+from uhn_jax.data import files, text
 
 
-def _check_invariants(d: text_data.TextData) -> None:
+def _check_invariants(d: text.TextData) -> None:
     """Properties every TextData must have, checked independently of __post_init__."""
     assert d.vocab[:3] == ("<unk>", "<pad>", "<cls>")
     for x, lengths, y in ((d.x_train, d.len_train, d.y_train), (d.x_test, d.len_test, d.y_test)):
@@ -32,7 +31,7 @@ def _write_csv(path: Path, rows) -> None:
 
 
 @pytest.mark.parametrize(
-    "text, tokens",
+    "sentence, tokens",
     [
         ("Hello, World!", ["hello", ",", "world", "!"]),
         ("Don't STOP rock'n'roll", ["don't", "stop", "rock'n", "'", "roll"]),
@@ -43,26 +42,26 @@ def _write_csv(path: Path, rows) -> None:
         ("  ", []),
     ],
 )
-def test_tokenize(text, tokens):
-    assert text_data.tokenize(text) == tokens
+def test_tokenize(sentence, tokens):
+    assert text.tokenize(sentence) == tokens
 
 
 def test_build_vocab_order_and_tie_break():
     texts = ["b a c", "a b", "a d", "c"]  # a:3, b:2, c:2, d:1
-    vocab = text_data.build_vocab(texts, size=100)
+    vocab = text.build_vocab(texts, size=100)
     assert vocab == ("<unk>", "<pad>", "<cls>", "a", "b", "c", "d")
     # Order of texts does not matter; ties go to the string order.
-    assert text_data.build_vocab(texts[::-1], size=100) == vocab
-    assert text_data.build_vocab(texts, size=5) == ("<unk>", "<pad>", "<cls>", "a", "b")
-    assert (text_data.UNK_ID, text_data.PAD_ID, text_data.CLS_ID) == (0, 1, 2)
+    assert text.build_vocab(texts[::-1], size=100) == vocab
+    assert text.build_vocab(texts, size=5) == ("<unk>", "<pad>", "<cls>", "a", "b")
+    assert (text.UNK_ID, text.PAD_ID, text.CLS_ID) == (0, 1, 2)
     with pytest.raises(ValueError, match="vocab size"):
-        text_data.build_vocab(texts, size=3)
+        text.build_vocab(texts, size=3)
 
 
 def test_build_vocab_default_size():
     texts = [" ".join(f"w{i}" for i in range(k, 6000)) for k in range(3)]
-    vocab = text_data.build_vocab(texts)
-    assert len(vocab) == text_data.VOCAB_SIZE == 5000
+    vocab = text.build_vocab(texts)
+    assert len(vocab) == text.VOCAB_SIZE == 5000
     # w0 is rarest (1), w1 next (2); all others tie at 3 and go in string order.
     assert vocab[3:6] == ("w10", "w100", "w1000")
     assert "w0" not in vocab and "w1" not in vocab
@@ -70,7 +69,7 @@ def test_build_vocab_default_size():
 
 def test_encode_unknown_truncation_padding():
     vocab = ("<unk>", "<pad>", "<cls>", "the", "cat", ".")
-    ids, lengths = text_data.encode(["The cat sat.", "", "the the the the the cat"], vocab, 5)
+    ids, lengths = text.encode(["The cat sat.", "", "the the the the the cat"], vocab, 5)
     np.testing.assert_array_equal(
         ids,
         [
@@ -81,27 +80,27 @@ def test_encode_unknown_truncation_padding():
     )
     np.testing.assert_array_equal(lengths, [5, 1, 5])
     assert ids.dtype == lengths.dtype == np.int32
-    np.testing.assert_array_equal(text_data.padding_mask(ids), np.arange(5) >= lengths[:, None])
+    np.testing.assert_array_equal(text.padding_mask(ids), np.arange(5) >= lengths[:, None])
     with pytest.raises(ValueError, match="max_len"):
-        text_data.encode(["x"], vocab, 1)
+        text.encode(["x"], vocab, 1)
     with pytest.raises(ValueError, match="vocab must start"):
-        text_data.encode(["x"], ("<pad>", "<unk>", "<cls>"), 4)
+        text.encode(["x"], ("<pad>", "<unk>", "<cls>"), 4)
 
 
 def test_stratified_split():
     labels = np.repeat([0, 1, 2], [10, 20, 30])
-    train, test = text_data.stratified_split(labels, 0.2, seed=3)
+    train, test = text.stratified_split(labels, 0.2, seed=3)
     assert np.bincount(labels[test]).tolist() == [2, 4, 6]
     np.testing.assert_array_equal(np.sort(np.concatenate([train, test])), np.arange(60))
-    again = text_data.stratified_split(labels, 0.2, seed=3)
+    again = text.stratified_split(labels, 0.2, seed=3)
     np.testing.assert_array_equal(again[1], test)
-    assert not np.array_equal(text_data.stratified_split(labels, 0.2, seed=4)[1], test)
+    assert not np.array_equal(text.stratified_split(labels, 0.2, seed=4)[1], test)
     with pytest.raises(ValueError, match="test_fraction"):
-        text_data.stratified_split(labels, 1.0, seed=0)
+        text.stratified_split(labels, 1.0, seed=0)
 
 
 def test_text_data_validation():
-    d = text_data.make_text_data(
+    d = text.make_text_data(
         "toy", (["a b", "b"], np.array([0, 1])), (["c"], np.array([1])), ("x", "y"), 4
     )
     _check_invariants(d)
@@ -117,7 +116,7 @@ def test_text_data_validation():
     }
     for field, value in bad.items():
         with pytest.raises(ValueError, match="toy"):
-            text_data.TextData(**{**fields, field: value})
+            text.TextData(**{**fields, field: value})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,7 +137,7 @@ def test_ag_news_synthetic_official(tmp_path):
     )
     _write_csv(directory / "test.csv", [("2", "Team", "loses"), ("4", "Quantum", "chips")])
     # The parent directory is given: the loader finds ag_news/ itself.
-    d = text_data.load("ag_news", tmp_path)
+    d = text.load("ag_news", tmp_path)
     _check_invariants(d)
     assert d.split == "official" and d.num_classes == 4
     assert d.class_names == ("World", "Sports", "Business", "Sci/Tech")
@@ -151,7 +150,7 @@ def test_ag_news_synthetic_official(tmp_path):
     np.testing.assert_array_equal(
         d.x_test[1, : d.len_test[1]], [2, 0, vocab["chips"]]
     )  # "quantum" -> <unk>
-    texts, _ = text_data.read_ag_news_csv(directory / "train.csv")
+    texts, _ = text.read_ag_news_csv(directory / "train.csv")
     assert texts[0] == 'Stocks rally Markets rose on "good" news'
     assert texts[2] == "Goal! Team wins again"
 
@@ -159,13 +158,13 @@ def test_ag_news_synthetic_official(tmp_path):
 def test_ag_news_header_and_auto_split(tmp_path):
     rows = [(str(1 + i % 4), f"title {i}", f"text {i}") for i in range(40)]
     _write_csv(tmp_path / "test.csv", [("Class Index", "Title", "Description"), *rows])
-    d = text_data.load_ag_news(tmp_path)  # no train.csv: auto -> test_only
+    d = text.load_ag_news(tmp_path)  # no train.csv: auto -> test_only
     assert d.split == "test_only"
     assert (len(d.y_train), len(d.y_test)) == (32, 8)
     assert np.bincount(d.y_test).tolist() == [2, 2, 2, 2]
     assert "index" not in d.vocab  # the header row is skipped
-    with pytest.raises(data.MissingDataError, match="train.csv"):
-        text_data.load_ag_news(tmp_path, split="official")
+    with pytest.raises(files.MissingDataError, match="train.csv"):
+        text.load_ag_news(tmp_path, split="official")
 
 
 @pytest.mark.parametrize(
@@ -180,28 +179,28 @@ def test_ag_news_header_and_auto_split(tmp_path):
 def test_ag_news_malformed(tmp_path, rows, message):
     _write_csv(tmp_path / "test.csv", rows)
     with pytest.raises(ValueError, match=message) as info:
-        text_data.load_ag_news(tmp_path, split="test_only")
+        text.load_ag_news(tmp_path, split="test_only")
     assert str(tmp_path / "test.csv") in str(info.value)
 
 
 def test_ag_news_real_test_only():
     directory = real_data_dir("ag_news")
-    texts, labels = text_data.read_ag_news_csv(directory / "test.csv")
+    texts, labels = text.read_ag_news_csv(directory / "test.csv")
     assert len(texts) == 7600 and np.bincount(labels).tolist() == [1900] * 4
-    assert not any("\\" in text for text in texts)
-    d = text_data.load_ag_news(directory, split="test_only")
+    assert not any("\\" in row for row in texts)
+    d = text.load_ag_news(directory, split="test_only")
     _check_invariants(d)
     assert (d.split, d.max_len, len(d.vocab)) == ("test_only", 128, 5000)
     assert np.bincount(d.y_train).tolist() == [1520] * 4
     assert np.bincount(d.y_test).tolist() == [380] * 4
     # Deterministic: a second load gives the same vocabulary and arrays.
-    again = text_data.load("ag_news", directory)
+    again = text.load("ag_news", directory)
     assert again.split == "test_only" and again.vocab == d.vocab
     np.testing.assert_array_equal(again.x_train, d.x_train)
     np.testing.assert_array_equal(again.x_test, d.x_test)
     # Held-out rows are the rows of test.csv the split names, encoded with the training vocab.
-    _, test_idx = text_data.stratified_split(labels, 0.2, 0)
-    x, _ = text_data.encode([texts[i] for i in test_idx], d.vocab, 128)
+    _, test_idx = text.stratified_split(labels, 0.2, 0)
+    x, _ = text.encode([texts[i] for i in test_idx], d.vocab, 128)
     np.testing.assert_array_equal(x, d.x_test)
 
 
@@ -219,8 +218,8 @@ def _write_imdb(root: Path) -> None:
     for (part, cls), texts in reviews.items():
         folder = root / "aclImdb" / part / cls
         folder.mkdir(parents=True)
-        for i, text in enumerate(texts):
-            (folder / f"{i}_{7 if cls == 'pos' else 2}.txt").write_text(text, encoding="utf-8")
+        for i, review in enumerate(texts):
+            (folder / f"{i}_{7 if cls == 'pos' else 2}.txt").write_text(review, encoding="utf-8")
     (root / "aclImdb" / "train" / "unsup").mkdir()
     (root / "aclImdb" / "train" / "unsup" / "0_0.txt").write_text("ignored words")
 
@@ -228,7 +227,7 @@ def _write_imdb(root: Path) -> None:
 def test_imdb_synthetic(tmp_path):
     _write_imdb(tmp_path)
     for directory in (tmp_path, tmp_path / "aclImdb"):
-        d = text_data.load("imdb", directory)
+        d = text.load("imdb", directory)
         _check_invariants(d)
         assert d.max_len == 512 and d.class_names == ("neg", "pos")
         np.testing.assert_array_equal(d.y_train, [0, 0, 0, 1, 1])
@@ -244,10 +243,10 @@ def test_imdb_missing(tmp_path):
     _write_imdb(tmp_path)
     for txt in (tmp_path / "aclImdb" / "test" / "neg").glob("*.txt"):
         txt.unlink()
-    with pytest.raises(data.MissingDataError, match=r"test/neg/\*\.txt"):
-        text_data.load_imdb(tmp_path)
-    with pytest.raises(data.MissingDataError, match="aclImdb_v1.tar.gz"):
-        text_data.load_imdb(tmp_path / "elsewhere")
+    with pytest.raises(files.MissingDataError, match=r"test/neg/\*\.txt"):
+        text.load_imdb(tmp_path)
+    with pytest.raises(files.MissingDataError, match="aclImdb_v1.tar.gz"):
+        text.load_imdb(tmp_path / "elsewhere")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,7 +256,7 @@ def test_imdb_missing(tmp_path):
 def test_mr_synthetic_latin1(tmp_path):
     (tmp_path / "rt-polarity.pos").write_bytes("a charming caf\xe9 film\n".encode("latin-1") * 10)
     (tmp_path / "rt-polarity.neg").write_bytes(b"a dull film\n\n" * 10)
-    d = text_data.load_mr(tmp_path)
+    d = text.load_mr(tmp_path)
     _check_invariants(d)
     assert (len(d.y_train), len(d.y_test)) == (18, 2)
     assert np.bincount(d.y_test).tolist() == [1, 1]
@@ -266,9 +265,9 @@ def test_mr_synthetic_latin1(tmp_path):
 
 def test_mr_real():
     directory = real_data_dir("rt_polarity")
-    assert len(text_data.read_lines(directory / "rt-polarity.pos")) == 5331
-    assert len(text_data.read_lines(directory / "rt-polarity.neg")) == 5331
-    d = text_data.load("mr", directory.parent)
+    assert len(text.read_lines(directory / "rt-polarity.pos")) == 5331
+    assert len(text.read_lines(directory / "rt-polarity.neg")) == 5331
+    d = text.load("mr", directory.parent)
     _check_invariants(d)
     assert np.bincount(d.y_train).tolist() == [4798, 4798]
     assert np.bincount(d.y_test).tolist() == [533, 533]
@@ -282,16 +281,16 @@ def test_mr_real():
 
 def test_unknown_names(tmp_path):
     with pytest.raises(ValueError, match="ag_news.*imdb.*mr"):
-        text_data.load("sst2", tmp_path)
+        text.load("sst2", tmp_path)
     with pytest.raises(ValueError, match="official.*test_only"):
-        text_data.load_ag_news(tmp_path, split="train")
+        text.load_ag_news(tmp_path, split="train")
 
 
 def test_missing_files(tmp_path):
-    with pytest.raises(data.MissingDataError, match=r"test\.csv") as info:
-        text_data.load_ag_news(tmp_path)
+    with pytest.raises(files.MissingDataError, match=r"test\.csv") as info:
+        text.load_ag_news(tmp_path)
     assert str(tmp_path / "ag_news") in str(info.value) and "Kaggle" in str(info.value)
     (tmp_path / "rt-polarity.pos").write_text("fine\n")
-    with pytest.raises(data.MissingDataError, match=r"rt-polarity\.neg") as info:
-        text_data.load_mr(tmp_path)
+    with pytest.raises(files.MissingDataError, match=r"rt-polarity\.neg") as info:
+        text.load_mr(tmp_path)
     assert str(tmp_path) in str(info.value)

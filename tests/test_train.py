@@ -13,8 +13,16 @@ from conftest import CONFIG_DIR, load_config, subprocess_env
 
 from uhn_jax import config as config_lib
 from uhn_jax.core import layouts
+from uhn_jax.data import augment, cifar, files
 from uhn_jax.data import images as data
-from uhn_jax.training import checkpoint, experiments, train
+from uhn_jax.data import registry as data_registry
+from uhn_jax.hypernets import uhn
+from uhn_jax.training import checkpoint, experiments, optim, train
+from uhn_jax.training import loop as loop_lib
+from uhn_jax.training import results as results_lib
+from uhn_jax.training import setup as setup_lib
+from uhn_jax.training import step as step_lib
+from uhn_jax.training import tasks as tasks_lib
 
 
 def _exp(name="test", **overrides):
@@ -29,12 +37,12 @@ def _exp(name="test", **overrides):
 
 
 def _prepare(exp):
-    ds = train.load_dataset(exp)
-    setup, desc = train.make_setup(exp, ds)
+    ds = tasks_lib.load_dataset(exp)
+    setup, desc = setup_lib.make_setup(exp, ds)
     key = jax.random.key_data(jax.random.key(exp.seed))
-    state = train.init_state(setup, jax.random.fold_in(key, 2))
+    state = step_lib.init_state(setup, jax.random.fold_in(key, 2))
     data_ = (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train))
-    return setup, desc, train.desc_arrays(setup, desc), state, data_, key
+    return setup, desc, setup_lib.desc_arrays(setup, desc), state, data_, key
 
 
 # Golden first-step task losses of configs/test.py (seed 0, init stage skipped). If a change
@@ -46,7 +54,7 @@ GOLDEN = {"uhn": 2.5605, "direct": 2.8963}
 @pytest.mark.parametrize("mode", ["uhn", "direct"])
 def test_golden_first_step_loss(mode):
     setup, _, arrays, state, data_, key = _prepare(_exp(mode=mode, train__init_steps=0))
-    _, metrics = train.train_step(setup, "task", state, arrays, data_, key)
+    _, metrics = step_lib.run_step(setup, "task", state, arrays, data_, key)
     np.testing.assert_allclose(
         float(metrics["loss"]),
         GOLDEN[mode],
@@ -60,15 +68,15 @@ def test_init_stage_moves_tensor_statistics_to_targets():
     setup, desc, arrays, state, data_, key = _prepare(exp)
 
     def stats(state):
-        p = train.base_params(setup, state["params"], state["constants"], arrays)
+        p = step_lib.target_params(setup, state["params"], state["constants"], arrays)
         w = layouts.flatten(p, setup.layout)
-        mean, std = train.tensor_stats(w, arrays.segment_ids, arrays.targets.shape[0])
+        mean, std = uhn.tensor_stats(w, arrays.segment_ids, arrays.targets.shape[0])
         return np.stack([mean, std], 1)
 
     err0 = np.abs(stats(state) - desc.targets).max()
     first = None
     for _ in range(150):
-        state, m = train.train_step(setup, "init", state, arrays, data_, key)
+        state, m = step_lib.run_step(setup, "init", state, arrays, data_, key)
         first = float(m["init_loss"]) if first is None else first
     err = np.abs(stats(state) - desc.targets)
     assert float(m["init_loss"]) < first / 10
@@ -77,7 +85,7 @@ def test_init_stage_moves_tensor_statistics_to_targets():
 
 def test_tensor_stats_are_population_mean_and_std():
     w = jnp.asarray([1.0, 3.0, 2.0, 2.0, 2.0, 10.0])
-    mean, std = train.tensor_stats(w, jnp.asarray([0, 0, 1, 1, 1, 2]), 3)
+    mean, std = uhn.tensor_stats(w, jnp.asarray([0, 0, 1, 1, 1, 2]), 3)
     np.testing.assert_allclose(mean, [2.0, 2.0, 10.0])
     np.testing.assert_allclose(std, [1.0, 0.0, 0.0], atol=1e-5)
 
@@ -85,7 +93,7 @@ def test_tensor_stats_are_population_mean_and_std():
 def test_schedule_warmup_and_cosine():
     exp = _exp(train__steps=10, train__warmup_steps=4, train__lr=1.0)
     setup, *_ = _prepare(exp)
-    tx = train.make_optimizer(setup, "task")
+    tx = optim.make_optimizer(setup, "task")
     params = {"w": jnp.zeros(())}
     state = tx.init(params)
     lrs = []
@@ -101,7 +109,7 @@ def test_normalize_grads_makes_updates_blind_to_each_steps_gradient_scale():
     def updates(normalize, scales):
         exp = _exp(train__steps=10, train__lr=0.1, train__normalize_grads=normalize)
         setup, *_ = _prepare(exp)
-        tx = train.make_optimizer(setup, "task")
+        tx = optim.make_optimizer(setup, "task")
         params = {"w": jnp.zeros(2)}
         state = tx.init(params)
         out = []
@@ -212,7 +220,7 @@ def test_export_loads_without_the_generator(tmp_path):
     state, _ = checkpoint.restore_latest(
         checkpoint.manager(tmp_path / "run" / "checkpoints"), state0
     )
-    expected = train.materialize_params(setup, state["params"], state["constants"], arrays)
+    expected = step_lib.materialize_params(setup, state["params"], state["constants"], arrays)
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, expected)
     ds = data.load_digits()
     logits = setup.model.apply(params, jnp.asarray(ds.x_test))
@@ -265,7 +273,7 @@ CONFIGS = sorted(
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_runs_one_step(name, tmp_path):
     cfg = load_config(name)
-    if cfg.data.name in config_lib.GRAPH_DATASETS:
+    if data_registry.get(cfg.data.name).task == "node_classification":
         cfg.data.name = "karate_club"  # same models; Planetoid files are tested in test_graph_data
     elif cfg.data.name not in ("digits", "formula"):
         cfg.data.data_dir = _fake_data_dir(cfg.data.name, tmp_path)
@@ -352,14 +360,14 @@ def test_cifar_training_augments_and_evaluation_normalises(tmp_path):
     cfg.train.batch_size = 8
     exp = config_lib.from_config_dict(cfg)
     setup, desc, arrays, state, data_, key = _prepare(exp)
-    assert setup.augment and setup.input_norm is not None
+    assert setup.augment is not None and setup.input_norm is not None
     x = data_[0][:8]
-    a = train.prepare_inputs(setup, x, jax.random.key(0))
-    b = train.prepare_inputs(setup, x, jax.random.key(1))
-    clean = train.prepare_inputs(setup, x)
+    a = tasks_lib.prepare_inputs(setup, x, jax.random.key(0))
+    b = tasks_lib.prepare_inputs(setup, x, jax.random.key(1))
+    clean = tasks_lib.prepare_inputs(setup, x)
     assert a.dtype == jnp.float32 and not np.allclose(a, b)
     np.testing.assert_allclose(
-        clean, data.normalize_images(x, data.CIFAR10_MEAN, data.CIFAR10_STD), rtol=1e-6
+        clean, augment.normalize_images(x, cifar.CIFAR10_MEAN, cifar.CIFAR10_STD), rtol=1e-6
     )
 
 
@@ -408,7 +416,7 @@ def test_bad_config_values_raise_clear_errors():
 
 def test_missing_data_files_raise_clear_errors(tmp_path):
     exp = _exp(data__name="mnist", data__data_dir=str(tmp_path))
-    with pytest.raises(data.MissingDataError, match=f"t10k-images-idx3-ubyte.*{tmp_path}"):
+    with pytest.raises(files.MissingDataError, match=f"t10k-images-idx3-ubyte.*{tmp_path}"):
         train.run(exp, tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match="data_dir"):
         train.run(_exp(data__name="fashion_mnist"), tmp_path / "run2", progress=False)
@@ -461,7 +469,7 @@ def test_non_finite_loss_fails_fast_and_keeps_the_last_good_checkpoint(tmp_path)
     exp = _exp(mode="direct", train__steps=8, train__checkpoint_every=2, train__log_every=2)
     train.run(exp, tmp_path, dataset=poisoned, progress=False, stop_after=4)
     x[:] = np.nan  # the data turns bad after step 4
-    with pytest.raises(train.NonFiniteLossError, match="step 6"):
+    with pytest.raises(loop_lib.NonFiniteLossError, match="step 6"):
         train.run(exp, tmp_path, dataset=poisoned, progress=False)
     assert checkpoint.manager(tmp_path / "checkpoints").latest_step() == 4
 
@@ -470,14 +478,14 @@ def test_train_step_compiles_once_across_seeds():
     sizes = []
     for seed in (0, 1, 2):
         setup, _, arrays, state, data_, key = _prepare(_exp(seed=seed, train__init_steps=0))
-        train.train_step(setup, "task", state, arrays, data_, key)
-        sizes.append(train.train_step._cache_size())
+        step_lib.run_step(setup, "task", state, arrays, data_, key)
+        sizes.append(step_lib.compile_count())
     assert sizes[0] == sizes[1] == sizes[2], sizes
 
 
 def test_interrupt_saves_a_checkpoint_and_the_run_resumes(tmp_path, monkeypatch):
     exp = _exp(mode="direct", train__steps=6, train__checkpoint_every=100)
-    real_step = train.train_step
+    real_step = step_lib.run_step
     calls = []
 
     def interrupted_step(*args):
@@ -486,11 +494,11 @@ def test_interrupt_saves_a_checkpoint_and_the_run_resumes(tmp_path, monkeypatch)
             raise KeyboardInterrupt
         return real_step(*args)
 
-    monkeypatch.setattr(train, "train_step", interrupted_step)
+    monkeypatch.setattr(step_lib, "run_step", interrupted_step)
     with pytest.raises(KeyboardInterrupt):
         train.run(exp, tmp_path, progress=False)
     assert checkpoint.manager(tmp_path / "checkpoints").latest_step() == 3
-    monkeypatch.setattr(train, "train_step", real_step)
+    monkeypatch.setattr(step_lib, "run_step", real_step)
     resumed = train.run(exp, tmp_path, progress=False)
     full = train.run(exp, tmp_path / "full", progress=False)
     assert resumed["test_metric"] == full["test_metric"]
@@ -504,10 +512,10 @@ def test_init_fit_is_written_and_a_poor_fit_is_named(tmp_path, capsys):
     assert [r["tensor"] for r in rows] == ["/".join(leaf.keys) for leaf in setup.layout.leaves]
     np.testing.assert_allclose([[r["target_mean"], r["target_std"]] for r in rows], desc.targets)
     # Two steps cannot fit the targets: the warning names the worst tensor.
-    bad = train.poorly_fit(rows)
+    bad = results_lib.poorly_fit(rows)
     assert bad, rows
     assert f"{bad[0]['tensor']} std" in capsys.readouterr().out
     # A fit within 50 % of every target is not reported; zero targets are never relative.
     good = [dict(r, std=1.4 * r["target_std"]) for r in rows]
-    assert train.poorly_fit(good) == []
-    assert train.poorly_fit([dict(rows[0], target_std=0.0, std=5.0)]) == []
+    assert results_lib.poorly_fit(good) == []
+    assert results_lib.poorly_fit([dict(rows[0], target_std=0.0, std=5.0)]) == []

@@ -1,1 +1,52 @@
-"""Universal hypernetworks in JAX."""
+"""uhn_jax: hypernetworks in JAX/Flax, with the universal hypernetwork (UHN) at the core.
+
+The public API, in pipeline order (each name documented where it is defined):
+
+* core: :mod:`layouts` (``from_params``, ``flatten``, ``unflatten``), :mod:`descriptors`
+  (``build_descriptors``);
+* generator: :class:`Generator`, :class:`GeneratorConfig`, ``init_generator``, ``generate``;
+* models: :mod:`models` (the library's base models), ``register_family``;
+* hypernetwork kinds: :class:`Kind`, ``register_kind``;
+* training: ``run`` (one experiment), ``compare`` (direct vs UHN over seeds),
+  ``run_multitask``; :class:`Experiment` and ``from_config_dict`` build its config.
+"""
+
+from uhn_jax import config, generator, hypernets, models
+from uhn_jax.config import Experiment, GeneratorConfig, from_config_dict
+from uhn_jax.core import descriptors, layouts
+from uhn_jax.core.descriptors import build as build_descriptors
+from uhn_jax.core.layouts import Layout, flatten, from_params, unflatten
+from uhn_jax.generator import Generator, generate
+from uhn_jax.generator import init as init_generator
+from uhn_jax.hypernets import Kind
+from uhn_jax.hypernets import register as register_kind
+from uhn_jax.models import register_family
+from uhn_jax.training.experiments import compare
+from uhn_jax.training.multitask import run as run_multitask
+from uhn_jax.training.train import run
+
+__all__ = [
+    "Experiment",
+    "Generator",
+    "GeneratorConfig",
+    "Kind",
+    "Layout",
+    "build_descriptors",
+    "compare",
+    "config",
+    "descriptors",
+    "flatten",
+    "from_config_dict",
+    "from_params",
+    "generate",
+    "generator",
+    "hypernets",
+    "init_generator",
+    "layouts",
+    "models",
+    "register_family",
+    "register_kind",
+    "run",
+    "run_multitask",
+    "unflatten",
+]

@@ -12,26 +12,20 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-MODES = ("uhn", "direct")
-IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
-GRAPH_DATASETS = ("cora", "citeseer", "pubmed", "karate_club")
-TEXT_DATASETS = ("ag_news", "imdb", "mr")
-# data.name "formula" takes the formula from data.formula (uhn_jax.data.formulas.FORMULAS).
-DATASETS = (*IMAGE_DATASETS, *GRAPH_DATASETS, *TEXT_DATASETS, "formula")
+from uhn_jax.generator import settings as generator_settings
+
+# The library's own families (uhn_jax.models.families); users register more. A built-in family
+# must suit the dataset (its registry entry's ``families``); a user's family fits any dataset.
 MODEL_FAMILIES = ("mlp", "cnn", "gcn", "gat", "transformer", "kan")
-# The model families each kind of dataset takes.
-FAMILIES_FOR = {
-    **{d: ("mlp", "cnn") for d in IMAGE_DATASETS},
-    **{d: ("gcn", "gat") for d in GRAPH_DATASETS},
-    **{d: ("transformer",) for d in TEXT_DATASETS},
-    "formula": ("kan",),
-}
 AG_NEWS_SPLITS = ("auto", "official", "test_only")
 CIFAR_SOURCES = ("auto", "pickle", "jpeg")
-ENCODINGS = ("fourier", "positional", "raw")
-OUT_OF_RANGE = ("error", "clip")
-MATMUL_DTYPES = ("float32", "bfloat16", "auto")
-SEPARABLE_METHODS = ("matmul", "nufft", "auto")
+# The generator's settings live with the generator (one set of defaults for the Linen module
+# and for configs); these names keep config.GeneratorConfig, config.MATMUL_DTYPES, ... working.
+GeneratorConfig = generator_settings.GeneratorConfig
+ENCODINGS = generator_settings.ENCODINGS
+OUT_OF_RANGE = generator_settings.OUT_OF_RANGE
+MATMUL_DTYPES = generator_settings.MATMUL_DTYPES
+SEPARABLE_METHODS = generator_settings.SEPARABLE_METHODS
 MNIST_TRAIN = ("mlxtend5k", "full")
 
 
@@ -58,10 +52,10 @@ class DataConfig:
     formula_seed: int = 21962
 
     def validate(self):
-        from uhn_jax.data import formulas as formula_data
+        from uhn_jax.data import formulas, registry
 
-        _choice("data.name", self.name, DATASETS)
-        _choice("data.formula", self.formula, formula_data.FORMULAS)
+        registry.get(self.name)  # ValueError naming the registered datasets
+        _choice("data.formula", self.formula, formulas.names())
         _choice("data.ag_news_split", self.ag_news_split, AG_NEWS_SPLITS)
         if self.max_len != 0 and (not isinstance(self.max_len, int) or self.max_len < 2):
             raise ValueError(f"data.max_len must be 0 (default) or an int >= 2, got {self.max_len}")
@@ -77,7 +71,7 @@ class DataConfig:
 class ModelConfig:
     """The base (target) model."""
 
-    family: str = "mlp"  # one of MODEL_FAMILIES; must suit the dataset (FAMILIES_FOR)
+    family: str = "mlp"  # a registered family (uhn_jax.models.registry)
     # mlp, gcn, kan: hidden widths; cnn: channels per stage; gat: (per-head hidden width,);
     # transformer: unused (see embed_dim).
     widths: tuple[int, ...] = (128, 128)
@@ -104,7 +98,11 @@ class ModelConfig:
     model_set: str = ""
 
     def validate(self):
-        _choice("model.family", self.family, MODEL_FAMILIES)
+        from uhn_jax import models
+
+        family = models.get_family(self.family)  # ValueError naming the registered families
+        if family.validate is not None:
+            family.validate(self)
         for name in ("widths", "depths"):
             value = getattr(self, name)
             if not value or any(not isinstance(w, int) or w < 1 for w in value):
@@ -140,62 +138,6 @@ class ModelConfig:
         _in_range("model.dropout_rate", self.dropout_rate, 0.0, 1.0, hi_open=True)
         _in_range("model.attention_dropout", self.attention_dropout, 0.0, 1.0, hi_open=True)
         _in_range("model.slope", self.slope, 0.0, 1.0)
-
-
-@dataclasses.dataclass(frozen=True)
-class GeneratorConfig:
-    """The UHN generator (spec §2.1); defaults are the reference MNIST sizes."""
-
-    hidden: int = 64
-    num_blocks: int = 2
-    n_freqs: int = 1024
-    sigma: float = 100.0
-    encoding: str = "fourier"
-    structure: bool = False
-    structure_freqs: int = 32
-    structure_heads: int = 4
-    out_of_range: str = "error"
-    # Generate large tensors through the separable first layer (same function, much faster).
-    separable: bool = True
-    # Scalars generated per chunk (see generator.generate_planned). 0 = chosen automatically from
-    # memory_mib: one pass when it fits (fastest), else the largest chunk that does.
-    chunk_size: int = 0
-    # Memory budget of generation forward + backward for the automatic chunk size, in MiB.
-    memory_mib: int = 1024
-    # Operand dtype of the first Linear's matmuls (the bulk of the FLOPs): float32, bfloat16, or
-    # auto = bfloat16 on GPU/TPU and CPUs with native bf16 dot products, float32 elsewhere
-    # (generator.resolve_matmul_dtype).
-    matmul_dtype: str = "auto"
-    # First layer of separable tensors: matmul, nufft (a non-uniform FFT, O(N log N) instead of
-    # O(N F H); needs jax-finufft and a CPU backend), or auto = nufft on CPU for large tensors
-    # on one device (generator.use_nufft); sharded generation keeps the matmul.
-    separable_method: str = "auto"
-    # Recursive generation (spec §5.3): K generated UHNs between this generator and the base
-    # model, H0 -> H1 -> ... -> H_K -> f; 0 = H0 generates f directly. No upper limit.
-    chain_depth: int = 0
-
-    def validate(self):
-        for name in ("hidden", "n_freqs", "structure_freqs", "structure_heads", "memory_mib"):
-            _positive_int(f"generator.{name}", getattr(self, name))
-        if not isinstance(self.chain_depth, int) or self.chain_depth < 0:
-            raise ValueError(f"generator.chain_depth must be an int >= 0, got {self.chain_depth!r}")
-        if self.chain_depth and not self.structure:
-            raise ValueError(
-                "generator.chain_depth > 0 needs generator.structure=True (a generated UHN reads "
-                "the encoded structure of the model it generates)"
-            )
-        if not isinstance(self.num_blocks, int) or self.num_blocks < 0:
-            raise ValueError(f"generator.num_blocks must be an int >= 0, got {self.num_blocks!r}")
-        if not isinstance(self.chunk_size, int) or self.chunk_size < 0:
-            raise ValueError(
-                "generator.chunk_size must be an int >= 0 (0 = automatic from memory_mib), "
-                f"got {self.chunk_size!r}"
-            )
-        _in_range("generator.sigma", self.sigma, 0.0, float("inf"), lo_open=True)
-        _choice("generator.encoding", self.encoding, ENCODINGS)
-        _choice("generator.out_of_range", self.out_of_range, OUT_OF_RANGE)
-        _choice("generator.matmul_dtype", self.matmul_dtype, MATMUL_DTYPES)
-        _choice("generator.separable_method", self.separable_method, SEPARABLE_METHODS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,7 +190,7 @@ class TrainConfig:
 class Experiment:
     """A whole run."""
 
-    mode: str = "uhn"
+    mode: str = "uhn"  # a hypernetwork kind (uhn_jax.hypernets): uhn, direct, ...
     seed: int = 0
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -256,13 +198,17 @@ class Experiment:
     train: TrainConfig = TrainConfig()
 
     def validate(self) -> Experiment:
-        _choice("mode", self.mode, MODES)
+        from uhn_jax import hypernets
+
+        hypernets.get(self.mode)  # ValueError naming the registered kinds
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
         for part in (self.data, self.model, self.generator, self.train):
             part.validate()
-        allowed = FAMILIES_FOR[self.data.name]
-        if self.model.family not in allowed:
+        from uhn_jax.data import registry
+
+        allowed = registry.get(self.data.name).families
+        if self.model.family in MODEL_FAMILIES and self.model.family not in allowed:
             raise ValueError(
                 f"model.family {self.model.family!r} does not fit data.name "
                 f"{self.data.name!r}; use one of {allowed}"

@@ -6,10 +6,17 @@ Field orders follow the reference implementation (see ``docs`` and the spec):
 * local structure descriptor, 21 fields per layer (:data:`STRUCTURE_FIELDS`), default 0;
 * global/task descriptor, 8 fields per model (:data:`GLOBAL_FIELDS`), default 0.
 
+A layer is named by its path in the params pytree (``"Block_0/Dense_0"`` for
+``params["Block_0"]["Dense_0"]["kernel"]``); its tensors are the leaves directly under it.
+Layer kinds are open: :func:`register_kind` gives a new kind the next ``layer_type`` code (the
+built-ins keep 0..6). A layer's tensor roles come from the function registered for its kind
+(:func:`register_layer`; the built-ins are in :mod:`uhn_jax.core.roles`) or are given with
+the layer (:attr:`LayerSpec.roles`, as :func:`uhn_jax.core.roles.describe` builds them for any
+Flax model).
+
 Index descriptors are kept in **grid form** (:class:`TensorGrid`): per parameter tensor, the
 constant fields plus which index field varies along each tensor axis. The ``(N, 10)`` matrix
-is materialised from it on demand. Adding a layer type means registering one function with
-:func:`register_layer` that names the role of each of the layer's tensors.
+is materialised from it on demand.
 
 Normalisation ("minmax") treats each field as uniform on a declared ``[lo, hi]`` range taken
 from the configuration, never from data. Unlike the reference, a value outside its declared
@@ -164,41 +171,59 @@ class InitializationType(enum.IntEnum):
     ZERO = 1
 
 
+# ----------------------------------------------------------------------------- layer kinds
+
+#: Index fields that can enumerate a tensor axis (the other three are constant per tensor).
+AXIS_FIELDS = INDEX_FIELDS[3:]
+# Layer kind name -> ``layer_type`` code. The built-ins keep their LayerType codes.
+_KINDS: dict[str, int] = {t.name.lower(): int(t) for t in LayerType}
+
+
+def register_kind(name: str, code: int | None = None) -> int:
+    """Returns the ``layer_type`` code of the layer kind ``name``, registering it on first use.
+
+    Built-in kinds keep their :class:`LayerType` codes (``"linear"`` 0 ... ``"kan"`` 6). A new
+    kind gets ``code`` or, when omitted, the next free code (one above the largest). Pass
+    ``code`` when descriptors must agree across programs that register kinds in other orders.
+
+    Raises:
+      ValueError: for an empty name, a negative code, or a name or code already taken by
+        another kind.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a layer kind needs a non-empty name, got {name!r}")
+    if name in _KINDS:
+        if code is not None and int(code) != _KINDS[name]:
+            raise ValueError(f"layer kind {name!r} already has code {_KINDS[name]}, not {code}")
+        return _KINDS[name]
+    if code is None:
+        code = max(_KINDS.values()) + 1
+    if int(code) < 0 or int(code) in _KINDS.values():
+        raise ValueError(
+            f"layer kind {name!r}: code {code} is negative or taken ({kind_name(int(code))!r})"
+        )
+    _KINDS[name] = int(code)
+    return int(code)
+
+
+def kind_name(code: int) -> str:
+    """The name of the layer kind with ``layer_type`` ``code`` (``"kind <code>"`` if none)."""
+    return next((n for n, c in _KINDS.items() if c == int(code)), f"kind {int(code)}")
+
+
 # ----------------------------------------------------------------------------- layer specs
 
 
 @dataclasses.dataclass(frozen=True)
-class LayerSpec:
-    """One layer of a base model, as the descriptors see it.
-
-    Attributes:
-      name: key of the layer's sub-tree in the params pytree (top level).
-      layer_type: the :class:`LayerType`.
-      fields: structure-descriptor values as ``(name, value)`` pairs (names from
-        :data:`STRUCTURE_FIELDS`; ``layer_idx`` and ``layer_type`` are filled in for you).
-    """
-
-    name: str
-    layer_type: LayerType
-    fields: tuple[tuple[str, float], ...] = ()
-
-    def __post_init__(self):
-        for key, _ in self.fields:
-            if key not in STRUCTURE_FIELDS:
-                raise ValueError(f"layer {self.name!r}: unknown structure field {key!r}")
-
-    def get(self, key: str, default: float = 0.0) -> float:
-        return dict(self.fields).get(key, default)
-
-
-@dataclasses.dataclass(frozen=True)
 class TensorRole:
-    """What a layer-type function says about one of its tensors.
+    """What the descriptors need to know about one tensor of a layer.
 
     Attributes:
       param_type: the PARAM_TYPE index-descriptor value.
-      axes: for each tensor axis, the index field (name from :data:`INDEX_FIELDS`) that
-        enumerates it.
+      axes: for each tensor axis, the index field (name from :data:`AXIS_FIELDS`) that
+        enumerates it. Adjacent axes may share a field: they are folded in C order, so a
+        ``(E, heads, head_dim)`` kernel with axes ``("input_idx", "output_idx",
+        "output_idx")`` has ``output_idx = head * head_dim + d``.
       target: ``(mean, std)`` the initialisation stage matches (spec §3.1).
     """
 
@@ -207,128 +232,82 @@ class TensorRole:
     target: tuple[float, float]
 
 
-LayerFn = Callable[[LayerSpec], Mapping[str, TensorRole]]
-_LAYER_FNS: dict[LayerType, LayerFn] = {}
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """One layer of a base model, as the descriptors see it.
 
-
-def register_layer(layer_type: LayerType) -> Callable[[LayerFn], LayerFn]:
-    """Registers the function that names the tensors of ``layer_type``.
-
-    The function takes a :class:`LayerSpec` and returns ``{param_name: TensorRole}`` for the
-    leaves directly under the layer's sub-tree.
+    Attributes:
+      name: the layer's path in the params pytree: the keys of its tensors except the last,
+        joined with ``"/"`` (``"layer_000"``, or ``"Block_0/Dense_0"`` for
+        ``params["Block_0"]["Dense_0"]["kernel"]``).
+      layer_type: the layer kind's code (:class:`LayerType` or :func:`register_kind`).
+      fields: structure-descriptor values as ``(name, value)`` pairs (names from
+        :data:`STRUCTURE_FIELDS`; ``layer_idx`` and ``layer_type`` are filled in for you).
+      roles: ``(tensor name, TensorRole)`` pairs. Empty: the function registered for
+        ``layer_type`` (:func:`register_layer`) names the roles from the fields.
     """
 
+    name: str
+    layer_type: int
+    fields: tuple[tuple[str, float], ...] = ()
+    roles: tuple[tuple[str, TensorRole], ...] = ()
+
+    def __post_init__(self):
+        for key, _ in self.fields:
+            if key not in STRUCTURE_FIELDS:
+                raise ValueError(f"layer {self.name!r}: unknown structure field {key!r}")
+        if isinstance(self.layer_type, bool) or not isinstance(self.layer_type, int):
+            raise TypeError(f"layer {self.name!r}: layer_type must be an int code")
+
+    def get(self, key: str, default: float = 0.0) -> float:
+        return dict(self.fields).get(key, default)
+
+
+LayerFn = Callable[[LayerSpec], Mapping[str, TensorRole]]
+_LAYER_FNS: dict[int, LayerFn] = {}
+
+
+def register_layer(kind: int | str) -> Callable[[LayerFn], LayerFn]:
+    """Registers the function that names the tensors of layer kind ``kind`` (code or name).
+
+    The function takes a :class:`LayerSpec` and returns ``{tensor name: TensorRole}`` for the
+    leaves directly under the layer's sub-tree. The built-in kinds' functions are in
+    :mod:`uhn_jax.core.roles`.
+    """
+    code = register_kind(kind) if isinstance(kind, str) else int(kind)
+
     def decorator(fn: LayerFn) -> LayerFn:
-        _LAYER_FNS[LayerType(layer_type)] = fn
+        _LAYER_FNS[code] = fn
         return fn
 
     return decorator
 
 
-def _zero_or(layer: LayerSpec, std: float) -> tuple[float, float]:
-    if layer.get("initialization_type") == InitializationType.ZERO:
-        return (0.0, 0.0)
-    return (0.0, std)
+def fold_axes(
+    shape: tuple[int, ...], axes: Sequence[str], where: str
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The grid shape and field positions of a tensor: runs of adjacent axes that share a
+    field merged into one grid axis (C order, so the flat order is unchanged).
 
-
-@register_layer(LayerType.LINEAR)
-def _linear(layer: LayerSpec) -> Mapping[str, TensorRole]:
-    # Flax convention: kernel is (in, out), so x @ kernel. PyTorch default init is
-    # U(+-1/sqrt(fan_in)) for both tensors, i.e. std 1/sqrt(3 fan_in).
-    target = _zero_or(layer, 1.0 / math.sqrt(3.0 * layer.get("input_size")))
-    return {
-        "kernel": TensorRole(0, ("input_idx", "output_idx"), target),
-        "bias": TensorRole(1, ("output_idx",), target),
-    }
-
-
-@register_layer(LayerType.CONV)
-def _conv(layer: LayerSpec) -> Mapping[str, TensorRole]:
-    # Flax convention: kernel is HWIO (kh, kw, in, out); the reference's PyTorch kernels are
-    # OIHW. Targets as for Linear with fan_in = in * k * k.
-    k = layer.get("kernel_size")
-    target = _zero_or(layer, 1.0 / math.sqrt(3.0 * layer.get("input_size") * k * k))
-    return {
-        "kernel": TensorRole(
-            0, ("kernel_h_idx", "kernel_w_idx", "input_idx", "output_idx"), target
-        ),
-        "bias": TensorRole(1, ("output_idx",), target),
-    }
-
-
-@register_layer(LayerType.GCN)
-def _gcn(layer: LayerSpec) -> Mapping[str, TensorRole]:
-    # kernel (in, out), as PyG's GCNConv lin.weight transposed; Glorot std, zero bias.
-    n_in, n_out = layer.get("input_size"), layer.get("output_size")
-    w = _zero_or(layer, math.sqrt(2.0 / (n_in + n_out)))
-    return {
-        "kernel": TensorRole(0, ("input_idx", "output_idx"), w),
-        "bias": TensorRole(1, ("output_idx",), (0.0, 0.0)),
-    }
-
-
-@register_layer(LayerType.GAT)
-def _gat(layer: LayerSpec) -> Mapping[str, TensorRole]:
-    # output_size is the per-head width. kernel (in, heads * out) and the attention vectors
-    # (heads * out,) are head-major along output_idx; the bias is (heads * out,) when heads are
-    # concatenated and (out,) when averaged.
-    n_in, n_out, heads = (layer.get(k) for k in ("input_size", "output_size", "num_heads"))
-    w = _zero_or(layer, math.sqrt(2.0 / (n_in + heads * n_out)))
-    att = _zero_or(layer, math.sqrt(2.0 / (n_out + heads)))
-    return {
-        "kernel": TensorRole(0, ("input_idx", "output_idx"), w),
-        "bias": TensorRole(1, ("output_idx",), (0.0, 0.0)),
-        "att_src": TensorRole(2, ("output_idx",), att),
-        "att_dst": TensorRole(3, ("output_idx",), att),
-    }
-
-
-@register_layer(LayerType.EMBEDDING)
-def _embedding(layer: LayerSpec) -> Mapping[str, TensorRole]:
-    # tokens (V, E): N(0, 1) as nn.Embedding; positions (Lmax, E): zero-initialised table.
-    tokens = _zero_or(layer, 1.0)
-    return {
-        "tokens": TensorRole(0, ("embedding_idx", "output_idx"), tokens),
-        "positions": TensorRole(1, ("sequence_idx", "output_idx"), (0.0, 0.0)),
-    }
-
-
-@register_layer(LayerType.MHA)
-def _mha(layer: LayerSpec) -> Mapping[str, TensorRole]:
-    # Projections are (E_in, E_out) kernels; heads are contiguous blocks of output_idx.
-    e = layer.get("output_size")
-    qkv = _zero_or(layer, math.sqrt(1.0 / e))
-    out = _zero_or(layer, 1.0 / math.sqrt(3.0 * e))
-    roles = {}
-    for k, name in enumerate(("query", "key", "value")):
-        roles[f"{name}_kernel"] = TensorRole(k, ("input_idx", "output_idx"), qkv)
-        roles[f"{name}_bias"] = TensorRole(3 + k, ("output_idx",), (0.0, 0.0))
-    roles["out_kernel"] = TensorRole(6, ("input_idx", "output_idx"), out)
-    roles["out_bias"] = TensorRole(7, ("output_idx",), (0.0, 0.0))
-    return roles
-
-
-@register_layer(LayerType.KAN)
-def _kan(layer: LayerSpec) -> Mapping[str, TensorRole]:
-    # Tensor names and layouts of uhn_jax.models.kan (Flax style: output axis last).
-    # PARAM_TYPE 0..6 follow the reference: base W, base b, spline W, spline scale, grid
-    # lower bound, grid log-length, knot logits. The per-input grid tensors (4..6) leave
-    # output_idx at -1. Targets per spec §3.1; the ZERO init type zeroes every target.
-    if layer.get("initialization_type") == InitializationType.ZERO:
-        w = b = spline = lower = length = knots = (0.0, 0.0)
-    else:
-        w = (0.0, 1.0 / math.sqrt(3.0 * layer.get("input_size")))
-        b, spline = (0.0, 0.0), (0.0, 0.1)
-        lower, length, knots = (-1.0, 0.0), (math.log(2.0), 0.0), (0.0, 0.0)
-    return {
-        "base_kernel": TensorRole(0, ("input_idx", "output_idx"), w),
-        "base_bias": TensorRole(1, ("output_idx",), b),
-        "spline_kernel": TensorRole(2, ("input_idx", "grid_idx", "output_idx"), spline),
-        "spline_scale": TensorRole(3, ("input_idx", "output_idx"), w),
-        "grid_lower": TensorRole(4, ("input_idx",), lower),
-        "grid_log_length": TensorRole(5, ("input_idx",), length),
-        "knot_logits": TensorRole(6, ("input_idx", "grid_idx"), knots),
-    }
+    Raises:
+      ValueError: naming ``where`` if ``axes`` does not name one enumerable field per axis of
+        ``shape``, or one field enumerates axes that are not adjacent.
+    """
+    if len(axes) != len(shape):
+        raise ValueError(f"{where} has shape {shape} but its role names {len(axes)} axes {axes}")
+    grid_shape: list[int] = []
+    fields: list[int] = []
+    for dim, name in zip(shape, axes, strict=True):
+        if name not in AXIS_FIELDS:
+            raise ValueError(f"{where}: axis field {name!r} is not one of {AXIS_FIELDS}")
+        if fields and fields[-1] == _IDX[name]:
+            grid_shape[-1] *= dim
+        elif _IDX[name] in fields:
+            raise ValueError(f"{where}: field {name!r} enumerates non-adjacent axes of {axes}")
+        else:
+            grid_shape.append(dim)
+            fields.append(_IDX[name])
+    return tuple(grid_shape), tuple(fields)
 
 
 class StageWisePoolingType(enum.IntEnum):
@@ -346,7 +325,9 @@ class TensorGrid:
     """Index descriptors of one parameter tensor in grid form.
 
     ``const`` holds all 10 fields (varying fields hold -1 there); ``axes[k]`` is the position
-    in :data:`INDEX_FIELDS` of the field that equals the index along tensor axis ``k``.
+    in :data:`INDEX_FIELDS` of the field that equals the index along grid axis ``k``. The grid
+    ``shape`` is the leaf's shape with folded axes merged (:func:`fold_axes`); its C order is
+    the leaf's.
     """
 
     keys: tuple[str, ...]
@@ -515,9 +496,9 @@ def build(
     """Builds (and caches) the descriptors of one architecture.
 
     Args:
-      layout: layout of the base model's params; every leaf must belong to one layer.
-      layers: the base model's layers in order; ``layers[i].name`` is the top-level key of
-        layer i's params.
+      layout: layout of the base model's params; every leaf must belong to one layer: leaf
+        ``keys[:-1]`` joined with ``"/"`` is the layer's name, ``keys[-1]`` the tensor's.
+      layers: the base model's layers in order (``layer_idx`` is the position).
       global_fields: values for :data:`GLOBAL_FIELDS` (missing ones are 0; ``num_layers`` is
         filled in).
 
@@ -529,50 +510,56 @@ def build(
     )
 
 
+def _layer_roles(layer: LayerSpec) -> Mapping[str, TensorRole]:
+    if layer.roles:
+        return dict(layer.roles)
+    if layer.layer_type not in _LAYER_FNS:
+        raise ValueError(
+            f"layer {layer.name!r}: no descriptor function for layer kind "
+            f"{kind_name(layer.layer_type)!r} and no explicit roles"
+        )
+    return _LAYER_FNS[layer.layer_type](layer)
+
+
+def _grid(leaf: layouts.Leaf, i: int, layer: LayerSpec, roles) -> TensorGrid:
+    tensor = leaf.keys[-1]
+    if tensor not in roles:
+        raise ValueError(
+            f"params leaf {leaf.path}: layer kind {kind_name(layer.layer_type)} has tensors "
+            f"{list(roles)}, not {tensor!r}"
+        )
+    role = roles[tensor]
+    shape, axes = fold_axes(leaf.shape, role.axes, f"params leaf {leaf.path}")
+    const = [-1.0] * len(INDEX_FIELDS)
+    const[_IDX["layer_idx"]] = float(i)
+    const[_IDX["layer_type"]] = float(layer.layer_type)
+    const[_IDX["param_type"]] = float(role.param_type)
+    return TensorGrid(
+        keys=leaf.keys,
+        shape=shape,
+        const=tuple(const),
+        axes=axes,
+        target=tuple(float(t) for t in role.target),
+    )
+
+
 @functools.lru_cache(maxsize=256)
 def _build_cached(layout, layers, global_items) -> ModelDescriptors:
     by_name = {}
     for i, layer in enumerate(layers):
-        if layer.layer_type not in _LAYER_FNS:
-            raise ValueError(
-                f"layer {layer.name!r}: no descriptor function for {layer.layer_type!r}"
-            )
         if layer.name in by_name:
             raise ValueError(f"duplicate layer name {layer.name!r}")
-        by_name[layer.name] = (i, layer, _LAYER_FNS[layer.layer_type](layer))
+        by_name[layer.name] = (i, layer, _layer_roles(layer))
 
     grids = []
     for leaf in layout.leaves:
-        if len(leaf.keys) != 2 or leaf.keys[0] not in by_name:
+        name = "/".join(leaf.keys[:-1])
+        if not leaf.keys or name not in by_name:
             raise ValueError(
                 f"params leaf {leaf.path} is not a tensor of a declared layer; expected "
-                f"params[<layer name>][<tensor>] with layer names {list(by_name)}"
+                f"params[<layer path>][<tensor>] with layer names {list(by_name)}"
             )
-        i, layer, roles = by_name[leaf.keys[0]]
-        if leaf.keys[1] not in roles:
-            raise ValueError(
-                f"params leaf {leaf.path}: layer type {layer.layer_type.name} has tensors "
-                f"{list(roles)}, not {leaf.keys[1]!r}"
-            )
-        role = roles[leaf.keys[1]]
-        if len(role.axes) != len(leaf.shape):
-            raise ValueError(
-                f"params leaf {leaf.path} has shape {leaf.shape} but its role names "
-                f"{len(role.axes)} axes {role.axes}"
-            )
-        const = [-1.0] * len(INDEX_FIELDS)
-        const[_IDX["layer_idx"]] = float(i)
-        const[_IDX["layer_type"]] = float(layer.layer_type)
-        const[_IDX["param_type"]] = float(role.param_type)
-        grids.append(
-            TensorGrid(
-                keys=leaf.keys,
-                shape=leaf.shape,
-                const=tuple(const),
-                axes=tuple(_IDX[a] for a in role.axes),
-                target=tuple(float(t) for t in role.target),
-            )
-        )
+        grids.append(_grid(leaf, *by_name[name]))
 
     structure = np.zeros((len(layers), len(STRUCTURE_FIELDS)), np.float32)
     for i, layer in enumerate(layers):
@@ -587,3 +574,8 @@ def _build_cached(layout, layers, global_items) -> ModelDescriptors:
         raise ValueError(f"unknown global descriptor fields {sorted(unknown)}")
     global_ = np.asarray([global_values.get(k, 0.0) for k in GLOBAL_FIELDS], np.float32)
     return ModelDescriptors(layout, tuple(grids), structure, global_)
+
+
+# The built-in kinds' role functions register themselves on import. Imported last: roles
+# builds on the names above.
+from uhn_jax.core import roles as _roles  # noqa: E402, F401

@@ -24,6 +24,9 @@ Condon-Shortley phase, so the mapping used here,
 reproduces the reference exactly: x1 is the azimuth, x2 the polar angle (both in radians,
 within ``[0, 1)``). No other formula uses a deprecated function.
 
+User code adds formulas with :func:`register_formula`; :func:`names` lists every registered one
+and ``FORMULAS`` the reference's 15.
+
 Data comes from a ``numpy.random.Generator`` seeded by ``(seed, crc32(name))``, with separate
 child streams for train and test, so a seed gives bit-identical arrays, each formula sees its
 own points, and ``n_train`` does not move the test set. The reference seeds the legacy global
@@ -32,13 +35,16 @@ distribution is.
 """
 
 import dataclasses
+import math
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.special
+
+from uhn_jax.core import descriptors
 
 # Sizes of the reference: 1000 train and 1000 test points, trained on as one full batch.
 NUM_TRAIN = 1000
@@ -63,6 +69,9 @@ class Formula:
             uniformly from ``[lo, hi)``.
         d_out: Number of outputs.
         definition: The scipy call in terms of the raw inputs ``x1``, ``x2``.
+        dataset_type: The ``dataset_type`` field of the global descriptor of a model trained on
+            this formula: 7..21 for the built-ins (the reference's ``DatasetType``), the user's
+            choice for registered ones.
     """
 
     name: str
@@ -70,6 +79,7 @@ class Formula:
     input_ranges: tuple[tuple[float, float], ...]
     d_out: int
     definition: str
+    dataset_type: int
 
     @property
     def d_in(self) -> int:
@@ -106,37 +116,35 @@ def _sph_harm(m: int, n: int) -> Callable:
     return fn
 
 
-def _registry() -> dict[str, Formula]:
+def _builtins() -> dict[str, Formula]:
     both_unit = (_UNIT, _UNIT)
-    formulas = [
-        Formula("ellipj", _ellipj, both_unit, 4, "ellipj(u=x1, m=x2) -> (sn, cn, dn, ph)"),
-        Formula("ellipkinc", _two_arg(scipy.special.ellipkinc), both_unit, 1, "ellipkinc(x1, x2)"),
-        Formula("ellipeinc", _two_arg(scipy.special.ellipeinc), both_unit, 1, "ellipeinc(x1, x2)"),
-        Formula("jv", _two_arg(scipy.special.jv), both_unit, 1, "jv(v=x1, z=x2)"),
-        Formula("yv", _two_arg(scipy.special.yv), (_UNIT, _AWAY_FROM_ZERO), 1, "yv(v=x1, z=x2)"),
-        Formula("kv", _two_arg(scipy.special.kv), (_UNIT, _AWAY_FROM_ZERO), 1, "kv(v=x1, z=x2)"),
-        Formula("iv", _two_arg(scipy.special.iv), both_unit, 1, "iv(v=x1, z=x2)"),
+    # (name, fn, input ranges, d_out, definition), in the order of the reference's DatasetType.
+    rows = [
+        ("ellipj", _ellipj, both_unit, 4, "ellipj(u=x1, m=x2) -> (sn, cn, dn, ph)"),
+        ("ellipkinc", _two_arg(scipy.special.ellipkinc), both_unit, 1, "ellipkinc(x1, x2)"),
+        ("ellipeinc", _two_arg(scipy.special.ellipeinc), both_unit, 1, "ellipeinc(x1, x2)"),
+        ("jv", _two_arg(scipy.special.jv), both_unit, 1, "jv(v=x1, z=x2)"),
+        ("yv", _two_arg(scipy.special.yv), (_UNIT, _AWAY_FROM_ZERO), 1, "yv(v=x1, z=x2)"),
+        ("kv", _two_arg(scipy.special.kv), (_UNIT, _AWAY_FROM_ZERO), 1, "kv(v=x1, z=x2)"),
+        ("iv", _two_arg(scipy.special.iv), both_unit, 1, "iv(v=x1, z=x2)"),
     ]
     for m in (0, 1, 2):
-        formulas.append(Formula(f"lpmv{m}", _lpmv(m), both_unit, 1, f"lpmv(m={m}, v=x1, x=x2)"))
+        rows.append((f"lpmv{m}", _lpmv(m), both_unit, 1, f"lpmv(m={m}, v=x1, x=x2)"))
     # (m, n) in the reference's order; the names read sph_harm<m><n>.
     for m, n in ((0, 1), (1, 1), (0, 2), (1, 2), (2, 2)):
-        formulas.append(
-            Formula(
-                f"sph_harm{m}{n}",
-                _sph_harm(m, n),
-                both_unit,
-                1,
-                f"sph_harm(m={m}, n={n}, theta=x1, phi=x2).real "
-                f"== sph_harm_y(n={n}, m={m}, theta=x2, phi=x1).real",
-            )
+        definition = (
+            f"sph_harm(m={m}, n={n}, theta=x1, phi=x2).real "
+            f"== sph_harm_y(n={n}, m={m}, theta=x2, phi=x1).real"
         )
-    return {f.name: f for f in formulas}
+        rows.append((f"sph_harm{m}{n}", _sph_harm(m, n), both_unit, 1, definition))
+    first = descriptors.DatasetType.SPECIAL_ELLIPJ
+    return {row[0]: Formula(*row, dataset_type=int(first) + i) for i, row in enumerate(rows)}
 
 
-FORMULA_REGISTRY: dict[str, Formula] = _registry()
-# The 15 dataset names, in the order of the reference's DatasetType enum.
-FORMULAS: tuple[str, ...] = tuple(FORMULA_REGISTRY)
+# Every registered formula by name: the built-ins, then register_formula's, in order.
+_REGISTRY: dict[str, Formula] = _builtins()
+# The reference's 15 formulas, in the order of its DatasetType enum (dataset_type 7..21).
+FORMULAS: tuple[str, ...] = tuple(_REGISTRY)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -146,7 +154,7 @@ class FormulaData:
     ``eq=False`` because field-wise ``==`` on numpy arrays is ambiguous; compare arrays directly.
 
     Attributes:
-        name: Formula name, one of ``FORMULAS``.
+        name: Formula name, one of :func:`names`.
         x_train: Inputs rescaled to ``[-1, 1]``, shape ``(n_train, d_in)``.
         y_train: Targets at the raw inputs, not normalised, shape ``(n_train, d_out)``.
         x_test: Inputs, shape ``(n_test, d_in)``.
@@ -210,11 +218,106 @@ class FormulaData:
         return self.y_train.shape[1]
 
 
+def names() -> tuple[str, ...]:
+    """Every registered formula: the reference's 15 (``FORMULAS``), then the user's."""
+    return tuple(_REGISTRY)
+
+
 def get_formula(name: str) -> Formula:
     """The registry entry of ``name``; raises ``ValueError`` listing the choices if unknown."""
-    if name not in FORMULA_REGISTRY:
-        raise ValueError(f"unknown formula {name!r}; choose one of {', '.join(FORMULAS)}")
-    return FORMULA_REGISTRY[name]
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"unknown formula {name!r}; choose one of {', '.join(_REGISTRY)}, or add it with "
+            "uhn_jax.data.formulas.register_formula"
+        )
+    return _REGISTRY[name]
+
+
+def register_formula(
+    name: str,
+    fn: Callable[[np.ndarray], np.ndarray],
+    d_in: int,
+    d_out: int = 1,
+    *,
+    dataset_type: int,
+    input_ranges: Sequence[tuple[float, float]] | None = None,
+    definition: str = "",
+    overwrite: bool = False,
+) -> Formula:
+    """Adds a regression formula, after which ``DataConfig(name="formula", formula=name)``
+    loads it like the built-ins (same sampling, rescaling and metric).
+
+    Args:
+        name: The formula's name, the value of ``data.formula``.
+        fn: Maps raw inputs, float64 of shape ``(n, d_in)``, to targets of shape
+            ``(n, d_out)`` (or ``(n,)`` when ``d_out == 1``); must be finite on the ranges.
+        d_in: Number of inputs.
+        d_out: Number of outputs.
+        dataset_type: The global descriptor's ``dataset_type`` for models trained on it, an
+            int >= 0 that no other formula uses (the built-ins take 7..21).
+        input_ranges: ``(lo, hi)`` of each raw input, ``d_in`` of them; default ``[0, 1)``.
+        definition: The formula in words, e.g. ``"erf(x1) * x2"``.
+        overwrite: Replace a formula already registered under ``name``.
+
+    Returns:
+        The registered :class:`Formula`.
+
+    Raises:
+        ValueError: For an empty or taken name, bad sizes or ranges, a ``dataset_type`` that
+            another formula holds, or an ``fn`` whose output does not have ``d_out`` columns.
+        TypeError: If ``fn`` is not callable.
+    """
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise ValueError(f"formula name must be a non-empty string without spaces, got {name!r}")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(
+            f"formula {name!r} is already registered; pass overwrite=True to replace it"
+        )
+    if not callable(fn):
+        raise TypeError(f"formula {name!r}: fn must be callable, got {type(fn).__name__}")
+    _check_size(f"formula {name!r}: d_in", d_in)
+    _check_size(f"formula {name!r}: d_out", d_out)
+    ranges = _check_ranges(name, ((0.0, 1.0),) * d_in if input_ranges is None else input_ranges)
+    if len(ranges) != d_in:
+        raise ValueError(f"formula {name!r}: {len(ranges)} input_ranges for d_in={d_in} inputs")
+    _check_dataset_type(name, dataset_type)
+    formula = Formula(name, fn, ranges, d_out, definition or name, int(dataset_type))
+    # One probe at the middle of the ranges catches a wrong output shape at registration.
+    middle = np.mean(np.asarray(ranges, np.float64), axis=1)[None]
+    out = np.asarray(fn(np.repeat(middle, 2, axis=0)))
+    if out.size != 2 * d_out:
+        raise ValueError(
+            f"formula {name!r}: fn maps 2 points to shape {out.shape}, expected (2, {d_out}) "
+            f"for d_out={d_out}"
+        )
+    _REGISTRY[name] = formula
+    return formula
+
+
+def _check_ranges(name: str, ranges: Sequence) -> tuple[tuple[float, float], ...]:
+    out = []
+    for pair in ranges:
+        lo, hi = (float(v) for v in pair)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(
+                f"formula {name!r}: input range {tuple(pair)} must be finite with lo < hi"
+            )
+        out.append((lo, hi))
+    return tuple(out)
+
+
+def _check_dataset_type(name: str, dataset_type: int) -> None:
+    if isinstance(dataset_type, bool) or not isinstance(dataset_type, int | np.integer):
+        raise ValueError(f"formula {name!r}: dataset_type must be an int, got {dataset_type!r}")
+    if dataset_type < 0:
+        raise ValueError(f"formula {name!r}: dataset_type must be >= 0, got {dataset_type}")
+    for other in _REGISTRY.values():
+        if other.name != name and other.dataset_type == dataset_type:
+            raise ValueError(
+                f"formula {name!r}: dataset_type {dataset_type} is taken by formula "
+                f"{other.name!r}; choose another (in use: "
+                f"{sorted(f.dataset_type for f in _REGISTRY.values())})"
+            )
 
 
 def to_unit(raw: np.ndarray, input_ranges: tuple[tuple[float, float], ...]) -> np.ndarray:
@@ -233,7 +336,7 @@ def evaluate(name: str, raw: np.ndarray) -> np.ndarray:
     """Evaluates formula ``name`` at raw inputs.
 
     Args:
-        name: One of ``FORMULAS``.
+        name: A registered formula, one of :func:`names`.
         raw: Raw inputs, shape ``(n, d_in)``, in the formula's units (not rescaled).
 
     Returns:
@@ -260,7 +363,7 @@ def make_formula_dataset(
     """Samples one formula regression dataset.
 
     Args:
-        name: One of ``FORMULAS``.
+        name: A registered formula, one of :func:`names`.
         seed: Non-negative run seed; each seed sees different points, as in the reference.
         n_train: Number of training points (1000 in the reference).
         n_test: Number of test points (1000 in the reference).
@@ -281,8 +384,8 @@ def make_formula_dataset(
     for child, n in zip(root.spawn(2), (n_train, n_test), strict=True):
         raw = lo + (hi - lo) * np.random.default_rng(child).random((n, formula.d_in))
         y = evaluate(name, raw)
-        # Each range is finite and closed off from the functions' poles, so this never fires
-        # for the registered formulas; it guards edits to the registry.
+        # Each built-in range is finite and closed off from the functions' poles, so this never
+        # fires for the built-ins; it catches a registered formula that is not finite.
         if not np.isfinite(y).all():
             raise ValueError(f"{name}: the formula is not finite on {formula.input_ranges}")
         splits += [to_unit(raw, formula.input_ranges).astype(np.float32), y.astype(np.float32)]

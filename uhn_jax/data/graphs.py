@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
-from uhn_jax.data import images as data
+from uhn_jax.data import files
 
 PLANETOID_NAMES = ("cora", "citeseer", "pubmed")
 # The 8 files of one Planetoid dataset are `ind.<name>.<part>`.
@@ -18,7 +18,7 @@ PLANETOID_PARTS = ("x", "y", "tx", "ty", "allx", "ally", "graph", "test.index")
 # The public split validates on the 500 nodes that follow the training nodes.
 PLANETOID_NUM_VAL = 500
 
-_PLANETOID_ADVICE = (
+PLANETOID_ADVICE = (
     "The Planetoid files `ind.<name>.{x,y,tx,ty,allx,ally,graph,test.index}` come from the `data/` "
     "folder of https://github.com/kimiyoung/planetoid; put them in data_dir, data_dir/planetoid "
     "or data_dir/<name> and pass --config.data.data_dir=DIR."
@@ -184,10 +184,10 @@ def find_planetoid_dir(name: str, data_dir: str | os.PathLike[str]) -> Path:
     for directory in candidates:
         if any((directory / f"ind.{name}.{part}").is_file() for part in PLANETOID_PARTS):
             return directory
-    where = ", ".join(data.describe_dir(d) for d in candidates)
-    raise data.MissingDataError(
+    where = ", ".join(files.describe_dir(d) for d in candidates)
+    raise files.MissingDataError(
         f"Missing data file `ind.{name}.x` (no `ind.{name}.*` file at all): looked in {where}. "
-        f"{_PLANETOID_ADVICE}"
+        f"{PLANETOID_ADVICE}"
     )
 
 
@@ -227,59 +227,14 @@ def load_planetoid(
         MissingDataError: If a file is missing.
     """
     name = _check_planetoid_name(name)
-    directory = find_planetoid_dir(name, data_dir)
-    paths = {part: directory / f"ind.{name}.{part}" for part in PLANETOID_PARTS}
-    for path in paths.values():
-        if not path.is_file():
-            raise data.MissingDataError(
-                f"Missing data file `{path.name}` in {data.describe_dir(directory)} (the other "
-                f"`ind.{name}.*` files are there). {_PLANETOID_ADVICE}"
-            )
-
+    paths = _planetoid_paths(name, find_planetoid_dir(name, data_dir))
     feats = {part: _read_features(paths[part]) for part in ("x", "tx", "allx")}
     onehots = {part: _read_onehot(paths[part]) for part in ("y", "ty", "ally")}
     graph = _read_pickle(paths["graph"])
     test_index = _read_test_index(paths["test.index"])
-
-    num_features = feats["allx"].shape[1]
-    num_classes = onehots["ally"].shape[1]
-    for part in ("x", "tx"):
-        if feats[part].shape[1] != num_features:
-            raise ValueError(
-                f"{paths[part]}: {feats[part].shape[1]} feature columns, but "
-                f"{paths['allx'].name} has {num_features}"
-            )
-    for part in ("y", "ty"):
-        if onehots[part].shape[1] != num_classes:
-            raise ValueError(
-                f"{paths[part]}: {onehots[part].shape[1]} label columns, but "
-                f"{paths['ally'].name} has {num_classes}"
-            )
-    for feat_part, label_part in (("x", "y"), ("tx", "ty"), ("allx", "ally")):
-        if len(feats[feat_part]) != len(onehots[label_part]):
-            raise ValueError(
-                f"{paths[label_part]}: {len(onehots[label_part])} label rows, but "
-                f"{paths[feat_part].name} has {len(feats[feat_part])} feature rows"
-            )
-
+    num_features, num_classes = _check_planetoid_parts(paths, feats, onehots)
     num_labelled, num_train = len(feats["allx"]), len(feats["x"])
-    if len(test_index) != len(feats["tx"]):
-        raise ValueError(
-            f"{paths['test.index']}: {len(test_index)} test ids, but {paths['tx'].name} has "
-            f"{len(feats['tx'])} rows"
-        )
-    if len(np.unique(test_index)) != len(test_index):
-        raise ValueError(f"{paths['test.index']}: test ids repeat")
-    if test_index.size and test_index.min() < num_labelled:
-        raise ValueError(
-            f"{paths['test.index']}: test id {test_index.min()} falls among the "
-            f"{num_labelled} nodes of {paths['allx'].name}"
-        )
-    if num_train + num_val > num_labelled:
-        raise ValueError(
-            f"{paths['ally']}: {num_labelled} labelled nodes, too few for {num_train} training "
-            f"and {num_val} validation nodes"
-        )
+    _check_planetoid_split(paths, test_index, len(feats["tx"]), num_labelled, num_train, num_val)
     num_nodes = int(test_index.max()) + 1 if test_index.size else num_labelled
 
     x = np.zeros((num_nodes, num_features), np.float32)
@@ -309,6 +264,71 @@ def load_planetoid(
         test_mask=test_mask,
         num_classes=num_classes,
     )
+
+
+def _planetoid_paths(name: str, directory: Path) -> dict[str, Path]:
+    """The 8 files of ``name`` in ``directory``; ``MissingDataError`` naming a missing one."""
+    paths = {part: directory / f"ind.{name}.{part}" for part in PLANETOID_PARTS}
+    for path in paths.values():
+        if not path.is_file():
+            raise files.MissingDataError(
+                f"Missing data file `{path.name}` in {files.describe_dir(directory)} (the other "
+                f"`ind.{name}.*` files are there). {PLANETOID_ADVICE}"
+            )
+    return paths
+
+
+def _check_planetoid_parts(paths: dict[str, Path], feats: dict, onehots: dict) -> tuple[int, int]:
+    """``(num_features, num_classes)``; ``ValueError`` naming a file whose shape disagrees."""
+    num_features = feats["allx"].shape[1]
+    num_classes = onehots["ally"].shape[1]
+    for part in ("x", "tx"):
+        if feats[part].shape[1] != num_features:
+            raise ValueError(
+                f"{paths[part]}: {feats[part].shape[1]} feature columns, but "
+                f"{paths['allx'].name} has {num_features}"
+            )
+    for part in ("y", "ty"):
+        if onehots[part].shape[1] != num_classes:
+            raise ValueError(
+                f"{paths[part]}: {onehots[part].shape[1]} label columns, but "
+                f"{paths['ally'].name} has {num_classes}"
+            )
+    for feat_part, label_part in (("x", "y"), ("tx", "ty"), ("allx", "ally")):
+        if len(feats[feat_part]) != len(onehots[label_part]):
+            raise ValueError(
+                f"{paths[label_part]}: {len(onehots[label_part])} label rows, but "
+                f"{paths[feat_part].name} has {len(feats[feat_part])} feature rows"
+            )
+    return num_features, num_classes
+
+
+def _check_planetoid_split(
+    paths: dict[str, Path],
+    test_index: np.ndarray,
+    num_test: int,
+    num_labelled: int,
+    num_train: int,
+    num_val: int,
+) -> None:
+    """``ValueError`` naming the file if the test ids or the split sizes do not fit."""
+    if len(test_index) != num_test:
+        raise ValueError(
+            f"{paths['test.index']}: {len(test_index)} test ids, but {paths['tx'].name} has "
+            f"{num_test} rows"
+        )
+    if len(np.unique(test_index)) != len(test_index):
+        raise ValueError(f"{paths['test.index']}: test ids repeat")
+    if test_index.size and test_index.min() < num_labelled:
+        raise ValueError(
+            f"{paths['test.index']}: test id {test_index.min()} falls among the "
+            f"{num_labelled} nodes of {paths['allx'].name}"
+        )
+    if num_train + num_val > num_labelled:
+        raise ValueError(
+            f"{paths['ally']}: {num_labelled} labelled nodes, too few for {num_train} training "
+            f"and {num_val} validation nodes"
+        )
 
 
 # Zachary's karate club (Zachary 1977), node ids as in networkx's karate_club_graph(): for each

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from uhn_jax.data import images as data
+from uhn_jax.data import files
 
 # Special tokens and their ids, in the reference order: `<unk>`=0, `<pad>`=1, `<cls>`=2. The
 # Transformer's key padding mask is `tokens == PAD_ID`.
@@ -440,14 +440,14 @@ def load_imdb(
         texts, labels = [], []
         for label, cls in enumerate(IMDB_CLASSES):
             folder = directory / part / cls
-            files = sorted(folder.glob("*.txt")) if folder.is_dir() else []
-            if not files:
-                raise data.MissingDataError(
+            reviews = sorted(folder.glob("*.txt")) if folder.is_dir() else []
+            if not reviews:
+                raise files.MissingDataError(
                     f"Missing data files `{part}/{cls}/*.txt`: no .txt file in "
-                    f"{data.describe_dir(folder)}. {_IMDB_ADVICE}"
+                    f"{files.describe_dir(folder)}. {_IMDB_ADVICE}"
                 )
-            texts += [_BR_TAG.sub(" ", file.read_text(encoding="utf-8")) for file in files]
-            labels += [label] * len(files)
+            texts += [_BR_TAG.sub(" ", file.read_text(encoding="utf-8")) for file in reviews]
+            labels += [label] * len(reviews)
         splits[part] = (texts, np.array(labels, dtype=np.int32))
     return make_text_data(
         "imdb", splits["train"], splits["test"], IMDB_CLASSES, max_len, vocab_size
@@ -546,8 +546,8 @@ def _find_dir(
     for directory in candidates:
         if any((directory / name).exists() for name in names):
             return directory
-    where = ", ".join(data.describe_dir(d) for d in candidates)
-    raise data.MissingDataError(
+    where = ", ".join(files.describe_dir(d) for d in candidates)
+    raise files.MissingDataError(
         f"Missing data file `{names[-1]}` (none of {', '.join(names)} found): looked in "
         f"{where}. {advice}"
     )
@@ -556,7 +556,7 @@ def _find_dir(
 def _require(directory: Path, name: str, advice: str) -> Path:
     path = directory / name
     if not path.is_file():
-        raise data.MissingDataError(
-            f"Missing data file `{name}` in {data.describe_dir(directory)}. {advice}"
+        raise files.MissingDataError(
+            f"Missing data file `{name}` in {files.describe_dir(directory)}. {advice}"
         )
     return path

@@ -7,13 +7,29 @@ A base model is a frozen, hashable dataclass with
 * ``apply(params, x, *, train=False, rng=None) -> outputs``: a pure function;
 * ``layers() -> tuple[LayerSpec, ...]`` and ``global_fields() -> dict``: what the descriptors
   need.
+
+Families are looked up by name in an open registry (:mod:`uhn_jax.models.registry`); any Flax
+module joins through :class:`uhn_jax.models.flax_adapter.FlaxModel`.
 """
 
+from uhn_jax.models import families  # noqa: F401  (registers the built-in families)
 from uhn_jax.models.cnn import CNN
 from uhn_jax.models.gnn import GAT, GCN
 from uhn_jax.models.kan import KAN
 from uhn_jax.models.mlp import MLP
 from uhn_jax.models.recursive import RecursiveUHN
+from uhn_jax.models.registry import family_names, get_family, register_family
 from uhn_jax.models.transformer import Transformer
 
-__all__ = ["CNN", "GAT", "GCN", "KAN", "MLP", "RecursiveUHN", "Transformer"]
+__all__ = [
+    "CNN",
+    "GAT",
+    "GCN",
+    "KAN",
+    "MLP",
+    "RecursiveUHN",
+    "Transformer",
+    "family_names",
+    "get_family",
+    "register_family",
+]

@@ -11,7 +11,9 @@ import jax
 import numpy as np
 
 from uhn_jax import config as config_lib
-from uhn_jax.training import checkpoint, train
+from uhn_jax.training import checkpoint, tasks, train
+from uhn_jax.training import setup as setup_lib
+from uhn_jax.training import step as step_lib
 
 
 def format_results(results: dict[str, Any]) -> str:
@@ -34,7 +36,7 @@ def compare(
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     workdir = Path(workdir)
-    dataset = train.load_dataset(exp)
+    dataset = tasks.load_dataset(exp)
     rows = []
     for mode in ("direct", "uhn"):
         for seed in range(exp.seed, exp.seed + seeds):
@@ -160,14 +162,14 @@ def export(workdir: str | Path, out: str | Path | None = None) -> Path:
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: is {workdir} a uhn-jax run directory?")
     exp = config_lib.from_config_dict(json.loads(config_path.read_text()))
-    setup, desc = train.make_setup(exp, train.load_dataset(exp))
+    setup, desc = setup_lib.make_setup(exp, tasks.load_dataset(exp))
     mngr = checkpoint.manager(workdir / "checkpoints")
     state, step = checkpoint.restore_latest(
-        mngr, train.init_state(setup, jax.random.key_data(jax.random.key(0)))
+        mngr, step_lib.init_state(setup, jax.random.key_data(jax.random.key(0)))
     )
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
-    params = train.materialize_params(
-        setup, state["params"], state["constants"], train.desc_arrays(setup, desc)
+    params = step_lib.materialize_params(
+        setup, state["params"], state["constants"], setup_lib.desc_arrays(setup, desc)
     )
     return checkpoint.save_params(Path(out) if out else workdir / "export", params)

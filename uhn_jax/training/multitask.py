@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,7 +25,11 @@ import numpy as np
 
 from uhn_jax import config as config_lib
 from uhn_jax.core import descriptors
-from uhn_jax.training import checkpoint, experiments, train
+from uhn_jax.training import experiments, results, train
+from uhn_jax.training import loop as loop_lib
+from uhn_jax.training import setup as setup_lib
+from uhn_jax.training import step as step_lib
+from uhn_jax.training import tasks as tasks_lib
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -96,14 +99,14 @@ def declared_ranges(cfg: Mapping[str, Any], tasks: Sequence[Task], datasets: Seq
     of ``tasks`` (with their loaded ``datasets``) and of ``cfg["range_tasks"]``, optional task
     references that widen the ranges without being trained (e.g. to train one task alone with
     the ranges of a mix, or to leave room for tasks added later)."""
-    descs = [train.describe(t.exp, d) for t, d in zip(tasks, datasets, strict=True)]
+    descs = [setup_lib.describe(t.exp, d) for t, d in zip(tasks, datasets, strict=True)]
     refs = cfg.get("range_tasks") or ()
     if isinstance(refs, str) or not all(isinstance(r, str) for r in refs):
         raise ValueError(f"multitask: range_tasks must be a tuple of task references, got {refs!r}")
     refs = list(refs)
     if refs:
         extra = tasks_from_config({**cfg, "tasks": refs, "probs": [1.0] * len(refs)})
-        descs += [train.describe(t.exp, train.load_dataset(t.exp)) for t in extra]
+        descs += [setup_lib.describe(t.exp, tasks_lib.load_dataset(t.exp)) for t in extra]
     return (
         descriptors.union_all([d.index_ranges() for d in descs]),
         descriptors.union_all([d.structure_ranges() for d in descs]),
@@ -116,23 +119,7 @@ def task_schedule(probs: Sequence[float], seed: int, step: int) -> int:
     return int(rng.choice(len(probs), p=np.asarray(probs) / np.sum(probs)))
 
 
-def run(
-    cfg: Mapping[str, Any], workdir: str | Path, *, progress: bool = True, stop_after=None
-) -> dict[str, Any]:
-    """Trains one UHN on the tasks of ``cfg`` in ``workdir`` (resumable) and evaluates each.
-
-    Returns the results (also in ``workdir/results.json``): per task, the test metric and its
-    name, the number of steps the task was sampled, and its base model's parameter count.
-    """
-    if hasattr(cfg, "to_dict"):
-        cfg = cfg.to_dict()
-    workdir = Path(workdir)
-    results_path = workdir / "results.json"
-    if results_path.exists():
-        return json.loads(results_path.read_text())
-    tasks = tasks_from_config(cfg)
-    if not all(t.exp.generator.structure for t in tasks):
-        raise ValueError("multitask: set generator.structure=True (the tasks share a generator)")
+def _check_workdir(cfg: dict, workdir: Path) -> None:
     saved = workdir / "config.json"
     if saved.exists() and _with_new_defaults(json.loads(saved.read_text())) != _with_new_defaults(
         json.loads(json.dumps(cfg))
@@ -140,69 +127,96 @@ def run(
         raise ValueError(f"workdir {workdir} holds a different multi-task run; use a new --workdir")
     workdir.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(cfg, indent=2) + "\n")
-    start_time = time.time()
 
-    datasets = [train.load_dataset(t.exp) for t in tasks]
+
+def _prepare(cfg: dict, tasks: list[Task]):
+    """Every task's setup, descriptor arrays and device data, over the union of ranges."""
+    datasets = [tasks_lib.load_dataset(t.exp) for t in tasks]
     ranges = declared_ranges(cfg, tasks, datasets)
-    setups, arrays, data = [], [], []
+    setups, conds, data = [], [], []
     for t, d in zip(tasks, datasets, strict=True):
-        setup, desc = train.make_setup(t.exp, d, ranges)
+        setup, desc = setup_lib.make_setup(t.exp, d, ranges)
         setups.append(setup)
-        arrays.append(train.desc_arrays(setup, desc))
-        data.append(train.device_data(setup, d))
-    first = setups[0]
-    key = jax.random.key_data(jax.random.key(tasks[0].exp.seed))
-    state = train.init_state(first, jax.random.fold_in(key, 2))
-    mngr = checkpoint.manager(workdir / "checkpoints")
-    state, restored = checkpoint.restore_latest(mngr, state)
-    arrays = [
-        train.with_tables(s, a, state["constants"]) for s, a in zip(setups, arrays, strict=True)
+        conds.append(setup_lib.desc_arrays(setup, desc))
+        data.append(setup_lib.device_data(setup, d))
+    return setups, conds, data
+
+
+def _after_step(tasks, setups, conds, workdir: Path):
+    def after(done: int, state: dict) -> None:
+        if done == setups[0].init_steps and done > 0:
+            fits = {
+                t.name: results.init_fit(s, state["params"], state["constants"], c)
+                for t, s, c in zip(tasks, setups, conds, strict=True)
+            }
+            results.report_init_fit(workdir, fits)
+
+    return after
+
+
+def run(
+    cfg: Mapping[str, Any], workdir: str | Path, *, progress: bool = True, stop_after=None
+) -> dict[str, Any]:
+    """Trains one UHN on the tasks of ``cfg`` in ``workdir`` (resumable) and evaluates each.
+
+    Every step samples a task (:func:`task_schedule`) and takes that task's compiled step in
+    the one training loop (:class:`uhn_jax.training.loop.Loop`).
+
+    Returns the results (also in ``workdir/results.json``): per task, the test metric and its
+    name, the number of steps the task was sampled, and its base model's parameter count.
+    """
+    if hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
+    workdir = Path(workdir)
+    if (workdir / "results.json").exists():
+        return json.loads((workdir / "results.json").read_text())
+    tasks = tasks_from_config(cfg)
+    if not all(t.exp.generator.structure for t in tasks):
+        raise ValueError("multitask: set generator.structure=True (the tasks share a generator)")
+    _check_workdir(cfg, workdir)
+    start_time = time.time()
+    setups, conds, data = _prepare(cfg, tasks)
+    first, seed = setups[0], tasks[0].exp.seed
+    key = jax.random.key_data(jax.random.key(seed))
+    loop = loop_lib.Loop(
+        workdir,
+        step_lib.init_state(first, jax.random.fold_in(key, 2)),
+        total=first.total_steps,
+        log_every=first.train.log_every,
+        checkpoint_every=first.train.checkpoint_every,
+        progress=progress,
+        desc="multitask",
+    )
+    conds = [
+        setup_lib.with_tables(s, c, loop.state["constants"])
+        for s, c in zip(setups, conds, strict=True)
     ]
-    start = restored or 0
-    total, t_cfg = first.total_steps, first.train
-    end = total if stop_after is None else min(total, stop_after)
     probs = [t.prob for t in tasks]
-    seed = tasks[0].exp.seed
-    log = train._MetricsLog(workdir, start)
-    bar = train._progress_bar(total, start, progress, desc="multitask")
-    try:
-        for step in range(start, end):
-            stage = first.stage(step)
-            if first.fresh_optimizer_at(step):
-                state["opt_state"] = train.make_optimizer(first, stage).init(state["params"])
-            i = task_schedule(probs, seed, step)
-            state, metrics = train.train_step(setups[i], stage, state, arrays[i], data[i][0], key)
-            done = step + 1
-            if done == first.init_steps:
-                fits = {
-                    t.name: train.init_fit(s, state["params"], state["constants"], a)
-                    for t, s, a in zip(tasks, setups, arrays, strict=True)
-                }
-                train.report_init_fit(workdir, fits)
-            if done % t_cfg.log_every == 0 or done == end:
-                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                loss = values.get("loss", values.get("init_loss"))
-                if not math.isfinite(loss):
-                    raise train.NonFiniteLossError(
-                        f"{stage} loss of task {tasks[i].name} is {loss} at step {done}"
-                    )
-                log.write(done, {**values, "stage": stage, "task": tasks[i].name})
-            if done % t_cfg.checkpoint_every == 0 or done == end:
-                train.checkpoint_save(mngr, done, state)
-            bar.update(1)
-    finally:
-        bar.close()
-        log.close()
-    mngr.wait_until_finished()
-    if end < total:
-        return {"step": end, "tasks": None}
+
+    def step_fn(step: int, state: dict):
+        i = task_schedule(probs, seed, step)
+        state, metrics, labels = train.advance(setups[i], step, state, conds[i], data[i][0], key)
+        return state, metrics, {**labels, "task": tasks[i].name}
+
+    state, finished = loop.run(
+        step_fn, stop_after=stop_after, after_step=_after_step(tasks, setups, conds, workdir)
+    )
+    if not finished:
+        return {"step": int(state["step"]), "tasks": None}
+    out = _results(tasks, setups, conds, data, state, probs, seed)
+    out["wall_s"] = round(time.time() - start_time, 2)
+    return results.write(workdir, out)
+
+
+def _results(tasks, setups, conds, data, state, probs, seed) -> dict[str, Any]:
+    first = setups[0]
     counts = np.bincount(
-        [task_schedule(probs, seed, s) for s in range(total)], minlength=len(tasks)
+        [task_schedule(probs, seed, s) for s in range(first.total_steps)], minlength=len(tasks)
     )
     per_task = []
-    for t, s, a, (_, test), n in zip(tasks, setups, arrays, data, counts, strict=True):
-        ev = train.evaluate(
-            s, state["params"], state["constants"], a, test, t.exp.train.eval_batch_size
+    for t, s, c, (_, test), n in zip(tasks, setups, conds, data, counts, strict=True):
+        ev = step_lib.evaluate(
+            s, state["params"], state["constants"], c, test, t.exp.train.eval_batch_size
         )
         per_task.append(
             {
@@ -215,22 +229,16 @@ def run(
                 "test_metric": float(ev[s.metric_name]),
             }
         )
-    results = {
-        "schema_version": train.RESULTS_SCHEMA_VERSION,
+    return {
+        "schema_version": results.RESULTS_SCHEMA_VERSION,
         "mode": "uhn",
         "task": "multitask",
         "tasks": per_task,
-        "num_generator_params": sum(
-            int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state["params"])
-        ),
+        **first.kind.num_trained(state["params"]),
         "seed": seed,
         "steps": first.train.steps,
         "init_steps": first.init_steps,
-        "wall_s": round(time.time() - start_time, 2),
     }
-    if jax.process_index() == 0:
-        results_path.write_text(json.dumps(results, indent=2) + "\n")
-    return results
 
 
 def _scaled(n: int, p: float) -> int:

@@ -1,0 +1,100 @@
+"""The generator's settings and their defaults: the one place both the module and configs read.
+
+:class:`GeneratorConfig` is the frozen dataclass an experiment config holds
+(``uhn_jax.config.Experiment.generator``). :class:`uhn_jax.generator.Generator` takes the
+defaults of the fields it shares with it from :data:`DEFAULTS`, so a generator built directly
+and one built by :func:`uhn_jax.generator.from_config` from a default config are the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from uhn_jax.core import encodings
+
+#: Values of ``encoding``.
+ENCODINGS = encodings.ENCODINGS
+#: Values of ``out_of_range``.
+OUT_OF_RANGE = ("error", "clip")
+#: Values of ``matmul_dtype`` (:func:`uhn_jax.generator.resolve_matmul_dtype`).
+MATMUL_DTYPES = ("float32", "bfloat16", "auto")
+#: Values of ``separable_method`` (:func:`uhn_jax.generator.use_nufft`).
+SEPARABLE_METHODS = ("matmul", "nufft", "auto")
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorConfig:
+    """The UHN generator (spec §2.1); defaults are the reference MNIST sizes."""
+
+    # Width h, residual blocks, index Fourier frequencies (features 2 * n_freqs wide) and the
+    # Fourier scale: spec §2.2's reference generator (148,353 params without structure).
+    hidden: int = 64
+    num_blocks: int = 2
+    n_freqs: int = 1024
+    sigma: float = 100.0
+    encoding: str = "fourier"  # one of ENCODINGS
+    # The per-model structure path (spec §2.1): its Fourier frequencies (d_model = 2 * this) and
+    # attention heads.
+    structure: bool = False
+    structure_freqs: int = 32
+    structure_heads: int = 4
+    # "error": descriptors are checked on the host (generator.check); "clip": clamped in-graph.
+    out_of_range: str = "error"
+    # Generate large tensors through the separable first layer (same function, much faster).
+    separable: bool = True
+    # Scalars generated per chunk (see generator.generate_planned). 0 = chosen automatically from
+    # memory_mib: one pass when it fits (fastest), else the largest chunk that does.
+    chunk_size: int = 0
+    # Memory budget of generation forward + backward for the automatic chunk size, in MiB.
+    memory_mib: int = 1024
+    # Operand dtype of the first Linear's matmuls (the bulk of the FLOPs): float32, bfloat16, or
+    # auto = bfloat16 on GPU/TPU and CPUs with native bf16 dot products, float32 elsewhere
+    # (generator.resolve_matmul_dtype). Pass "float32" for the exact, host-independent function.
+    matmul_dtype: str = "auto"
+    # First layer of separable tensors: matmul, nufft (a non-uniform FFT, O(N log N) instead of
+    # O(N F H); needs jax-finufft and a CPU backend), or auto = nufft on CPU for large tensors
+    # on one device (generator.use_nufft); sharded generation keeps the matmul.
+    separable_method: str = "auto"
+    # Recursive generation (spec §5.3): K generated UHNs between this generator and the base
+    # model, H0 -> H1 -> ... -> H_K -> f; 0 = H0 generates f directly. No upper limit.
+    chain_depth: int = 0
+
+    def validate(self):
+        for name in ("hidden", "n_freqs", "structure_freqs", "structure_heads", "memory_mib"):
+            _positive_int(f"generator.{name}", getattr(self, name))
+        if not isinstance(self.chain_depth, int) or self.chain_depth < 0:
+            raise ValueError(f"generator.chain_depth must be an int >= 0, got {self.chain_depth!r}")
+        if self.chain_depth and not self.structure:
+            raise ValueError(
+                "generator.chain_depth > 0 needs generator.structure=True (a generated UHN reads "
+                "the encoded structure of the model it generates)"
+            )
+        if not isinstance(self.num_blocks, int) or self.num_blocks < 0:
+            raise ValueError(f"generator.num_blocks must be an int >= 0, got {self.num_blocks!r}")
+        if not isinstance(self.chunk_size, int) or self.chunk_size < 0:
+            raise ValueError(
+                "generator.chunk_size must be an int >= 0 (0 = automatic from memory_mib), "
+                f"got {self.chunk_size!r}"
+            )
+        if not self.sigma > 0.0:
+            raise ValueError(f"generator.sigma must be in (0.0, inf], got {self.sigma!r}")
+        check_choice("generator.encoding", self.encoding, ENCODINGS)
+        check_choice("generator.out_of_range", self.out_of_range, OUT_OF_RANGE)
+        check_choice("generator.matmul_dtype", self.matmul_dtype, MATMUL_DTYPES)
+        check_choice("generator.separable_method", self.separable_method, SEPARABLE_METHODS)
+
+
+#: The defaults every generator setting takes unless given.
+DEFAULTS = GeneratorConfig()
+
+
+def check_choice(name: str, value: Any, allowed: tuple) -> None:
+    """Raises ValueError naming the setting, its value and the allowed ones."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -1,0 +1,94 @@
+"""The interface every hypernetwork kind implements, and the open registry of kinds.
+
+A kind answers four questions for the training loop (``uhn_jax.training``):
+
+* what it trains: :meth:`Kind.init` returns the trainable ``params`` and the frozen
+  ``constants`` of a run;
+* how those map to the target's weights: :meth:`Kind.target_params` is a pure, jit-safe map
+  from ``(params, constants, condition)`` to the base model's params pytree, where the
+  condition is the run's descriptor arrays (``uhn_jax.training.setup.DescArrays``);
+* what its loss adds: :meth:`Kind.extra_loss` (a regulariser, 0 by default) is added to the
+  task loss of every task step;
+* whether it has a stage before task training: :meth:`Kind.init_steps` steps of
+  :meth:`Kind.init_loss` (the UHN's moment matching), each sub-stage with a fresh optimiser.
+
+A kind is a frozen dataclass (hashable: it is part of the jit-static run setup) and holds no
+arrays. ``setup`` below is the run's static ``uhn_jax.training.setup.Setup``.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import jax.numpy as jnp
+
+
+class Kind(abc.ABC):
+    """A hypernetwork kind; see the module docstring."""
+
+    #: The config's ``mode`` value that selects this kind.
+    name: str = ""
+
+    @abc.abstractmethod
+    def init(self, setup, key) -> tuple[Any, Any]:
+        """``(params, constants)`` of a fresh run: what the optimiser trains, what stays frozen."""
+
+    @abc.abstractmethod
+    def target_params(self, setup, params, constants, cond) -> Any:
+        """The base model's params pytree for the condition ``cond``; pure and jit-safe."""
+
+    def init_steps(self, train_cfg) -> int:
+        """Steps of the initialisation stage that precedes task training (none by default)."""
+        return 0
+
+    def init_loss(self, setup, params, constants, cond, sub_stage: int = 0):
+        """``(loss, metrics)`` of initialisation sub-stage ``sub_stage``."""
+        raise NotImplementedError(f"kind {self.name!r} has no initialisation stage")
+
+    def extra_loss(self, setup, params, constants, cond, target_params):
+        """``(loss, metrics)`` added to every task step's loss; nothing by default."""
+        return jnp.zeros(()), {}
+
+    def task_lr(self, setup) -> float:
+        """Peak learning rate of the task stage."""
+        return setup.train.lr
+
+    def num_trained(self, params) -> dict[str, int]:
+        """Parameter counts for ``results.json`` (e.g. ``num_generator_params``)."""
+        return {}
+
+
+_KINDS: dict[str, Kind] = {}
+
+
+def register(kind: Kind, *, overwrite: bool = False) -> Kind:
+    """Adds ``kind`` to the registry under ``kind.name`` (the config's ``mode``).
+
+    Raises:
+      ValueError: if the name is empty or taken (unless ``overwrite``).
+    """
+    if not isinstance(kind, Kind):
+        raise TypeError(f"register expects a hypernets.Kind instance, got {type(kind).__name__}")
+    if not kind.name:
+        raise ValueError(f"{type(kind).__name__} has no name; set the class attribute `name`")
+    if kind.name in _KINDS and not overwrite:
+        raise ValueError(f"a hypernetwork kind named {kind.name!r} is already registered")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def get(name: str) -> Kind:
+    """The kind registered as ``name``.
+
+    Raises:
+      ValueError: naming the unknown kind and the known ones.
+    """
+    if name not in _KINDS:
+        raise ValueError(f"mode must be one of {names()}, got {name!r}")
+    return _KINDS[name]
+
+
+def names() -> tuple[str, ...]:
+    """The registered kinds' names."""
+    return tuple(_KINDS)

@@ -1,0 +1,101 @@
+"""The library's model families, registered under the names configs use (``model.family``)."""
+
+from __future__ import annotations
+
+from uhn_jax.models.cnn import CNN
+from uhn_jax.models.gnn import GAT, GCN
+from uhn_jax.models.kan import KAN
+from uhn_jax.models.mlp import MLP
+from uhn_jax.models.registry import register_family
+from uhn_jax.models.transformer import Transformer
+
+
+def _image_common(m, dataset, dataset_type: int) -> dict:
+    return dict(
+        input_shape=dataset.input_shape,
+        num_classes=dataset.num_classes,
+        widths=m.widths,
+        slope=m.slope,
+        dropout_rate=m.dropout_rate,
+        dataset_type=dataset_type,
+    )
+
+
+def mlp(m, dataset, dataset_type: int) -> MLP:
+    """The reference MLP on an image dataset."""
+    return MLP(**_image_common(m, dataset, dataset_type))
+
+
+def cnn(m, dataset, dataset_type: int) -> CNN:
+    """The reference CNN / ResNet on an image dataset."""
+    return CNN(
+        **_image_common(m, dataset, dataset_type),
+        depths=m.depths,
+        kernel_size=m.kernel_size,
+        groups=m.groups,
+    )
+
+
+def gcn(m, dataset, dataset_type: int) -> GCN:
+    """GCN on a graph's node features."""
+    return GCN(
+        num_features=dataset.x.shape[1],
+        num_classes=dataset.num_classes,
+        hidden=m.widths,
+        dropout_rate=m.dropout_rate,
+        slope=m.slope,
+        dataset_type=dataset_type,
+    )
+
+
+def gat(m, dataset, dataset_type: int) -> GAT:
+    """GAT on a graph's node features."""
+    return GAT(
+        num_features=dataset.x.shape[1],
+        num_classes=dataset.num_classes,
+        hidden=m.widths[0],
+        heads=m.num_heads,
+        output_heads=m.output_heads,
+        dropout_rate=m.dropout_rate,
+        attention_dropout=m.attention_dropout,
+        dataset_type=dataset_type,
+    )
+
+
+def transformer(m, dataset, dataset_type: int) -> Transformer:
+    """The text Transformer over a tokenised dataset."""
+    return Transformer(
+        vocab_size=len(dataset.vocab),
+        max_len=dataset.x_train.shape[1],
+        num_classes=dataset.num_classes,
+        embed_dim=m.embed_dim,
+        num_encoders=m.num_encoders,
+        num_heads=m.num_heads,
+        linears_per_encoder=m.linears_per_encoder,
+        dropout_rate=m.dropout_rate,
+        slope=m.slope,
+        dataset_type=dataset_type,
+    )
+
+
+def kan(m, dataset, dataset_type: int) -> KAN:
+    """The KAN of a formula-regression dataset."""
+    return KAN(
+        in_features=dataset.d_in,
+        out_features=dataset.d_out,
+        hidden=m.widths,
+        grid_size=m.grid_size,
+        spline_order=m.spline_order,
+        dataset_type=dataset_type,
+    )
+
+
+for _name, _build in (
+    ("mlp", mlp),
+    ("cnn", cnn),
+    ("gcn", gcn),
+    ("gat", gat),
+    ("transformer", transformer),
+    ("kan", kan),
+):
+    register_family(_name, _build)

@@ -1,0 +1,123 @@
+"""What a run reports: ``results.json`` (schema below), ``init_fit.json`` and their helpers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from uhn_jax import config as config_lib
+from uhn_jax.hypernets import uhn
+from uhn_jax.training import tasks
+from uhn_jax.training.setup import Setup, select_member
+
+RESULTS_SCHEMA_VERSION = 1
+
+
+def describe_model(exp: config_lib.Experiment) -> str:
+    """A short name of ``exp``'s base model, e.g. ``mlp-64x64`` or ``cnn-d6-6-6-w16x32x64``."""
+    m = exp.model
+    widths = "x".join(str(w) for w in m.widths)
+    if m.family == "cnn":
+        return f"cnn-d{'-'.join(str(d) for d in m.depths)}-w{widths}"
+    if m.family == "gat":
+        return f"gat-{m.num_heads}x{widths}-out{m.output_heads}"
+    if m.family == "transformer":
+        return f"transformer-e{m.embed_dim}-enc{m.num_encoders}-h{m.num_heads}"
+    if m.family == "kan":
+        return f"kan-{widths}-g{m.grid_size}"
+    return f"{m.family}-{widths}"
+
+
+def header(exp: config_lib.Experiment, setup: Setup, params) -> dict[str, Any]:
+    """The fields every single-model ``results.json`` starts with."""
+    return {
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "mode": exp.mode,
+        "task": tasks.results_task(exp),
+        "num_target_params": setup.layout.size,
+        "num_generator_params": 0,
+        **setup.kind.num_trained(params),
+        "metric_name": setup.metric_name,
+    }
+
+
+def write(workdir: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """Writes ``results.json`` (process 0 of a multi-host job) and returns ``results``."""
+    if jax.process_index() == 0:
+        (Path(workdir) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def init_fit(setup: Setup, params, constants, cond) -> list[dict[str, Any]]:
+    """How well the generated weights match the initialisation targets, one row per tensor.
+
+    Rows (layout order) hold the tensor's name, its generated ``mean`` and ``std`` and the
+    ``target_mean`` / ``target_std`` of the moment-matching stage. In a multi-model run the
+    figures are for the first hold-in member; in a recursive run, for the base model f.
+    """
+    if setup.members:
+        cond = select_member(cond, 0)
+    last = setup.init_stages - 1  # the base model f's sub-stage
+    stats = _generated_stats_jit(setup, params, constants, cond, last)
+    mean, std, targets = (np.asarray(a) for a in stats)
+    present = (
+        np.ones(len(targets), bool)
+        if cond.tensor_present is None
+        else np.asarray(cond.tensor_present) > 0
+    )
+    return [
+        {
+            "tensor": "/".join(leaf.keys),
+            "mean": float(mean[i]),
+            "std": float(std[i]),
+            "target_mean": float(targets[i, 0]),
+            "target_std": float(targets[i, 1]),
+        }
+        for i, leaf in enumerate(setup.layout.leaves)
+        if present[i]
+    ]
+
+
+_generated_stats_jit = jax.jit(uhn.generated_stats, static_argnums=(0, 4))
+
+
+def poorly_fit(rows: list[dict[str, Any]], rel: float = 0.5) -> list[dict[str, Any]]:
+    """The rows of :func:`init_fit` whose std is off its (non-zero) target by more than
+    ``rel`` (relative), worst first."""
+
+    def err(r):
+        return abs(r["std"] - r["target_std"]) / r["target_std"]
+
+    bad = [r for r in rows if r["target_std"] > 0 and err(r) > rel]
+    return sorted(bad, key=err, reverse=True)
+
+
+def report_init_fit(
+    workdir: Path, fits: list[dict[str, Any]] | dict[str, list[dict[str, Any]]]
+) -> None:
+    """Writes ``init_fit.json`` at the end of the initialisation stage and warns about tensors
+    whose generated std is far from its target (a sign the stage needs more steps or a
+    higher ``train.init_lr``).
+
+    ``fits`` is :func:`init_fit`'s rows for a single run, or a dict of them by task name for a
+    multi-task run; the file holds it as given.
+    """
+    if jax.process_index() == 0:
+        (workdir / "init_fit.json").write_text(json.dumps(fits, indent=1) + "\n")
+    for label, rows in fits.items() if isinstance(fits, dict) else [("", fits)]:
+        bad = poorly_fit(rows)
+        if not bad:
+            continue
+        worst = ", ".join(
+            f"{r['tensor']} std {r['std']:.3g} (target {r['target_std']:.3g})" for r in bad[:3]
+        )
+        where = f" of task {label}" if label else ""
+        print(
+            f"[uhn_jax] warning: after the initialisation stage {len(bad)} of {len(rows)} "
+            f"tensors{where} have a std more than 50 % off target: {worst}. Consider more "
+            "train.init_steps or a higher train.init_lr (details in init_fit.json)."
+        )

@@ -1,0 +1,108 @@
+"""Tasks: what a run optimises for each kind of dataset, its loss, metric and batches.
+
+``classification``: cross-entropy on sampled batches (images, text), metric accuracy.
+``node_classification``: cross-entropy on the masked nodes of one full graph per step.
+``regression``: mean squared error on sampled batches (formulas), metric RMSE.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from uhn_jax import config as config_lib
+from uhn_jax.core import sharding as sharding_lib
+from uhn_jax.data import augment, registry
+
+TASKS = registry.TASKS
+
+
+def metric_name(task: str) -> str:
+    """``rmse`` for regression, ``accuracy`` otherwise."""
+    return "rmse" if task == "regression" else "accuracy"
+
+
+def task_of(exp: config_lib.Experiment) -> str:
+    """The :data:`TASKS` entry of ``exp``'s dataset (from the dataset registry)."""
+    return registry.get(exp.data.name).task
+
+
+def results_task(exp: config_lib.Experiment) -> str:
+    """The ``results.json`` task name of ``exp``'s dataset, e.g. ``image_cls``."""
+    return registry.get(exp.data.name).results_task
+
+
+def dataset_type(exp: config_lib.Experiment, dataset=None) -> int:
+    """The global descriptor's ``dataset_type`` of ``exp``'s dataset."""
+    return registry.dataset_type(exp.data)
+
+
+def load_dataset(exp: config_lib.Experiment):
+    """Loads ``exp``'s dataset through the dataset registry."""
+    return registry.load(exp.data)
+
+
+def example_terms(task: str, outputs: jax.Array, y: jax.Array):
+    """Per-example ``(loss, score)``: cross-entropy and 0/1 correctness for classification,
+    the squared error averaged over outputs (as both) for regression."""
+    if task == "regression":
+        se = jnp.mean((outputs - y) ** 2, axis=-1)
+        return se, se
+    loss = optax.softmax_cross_entropy_with_integer_labels(outputs, y)
+    return loss, (outputs.argmax(-1) == y).astype(jnp.float32)
+
+
+def metric(task: str, mean_score: jax.Array) -> jax.Array:
+    """Accuracy (mean correctness) or RMSE (root of the mean squared error)."""
+    return jnp.sqrt(mean_score) if task == "regression" else mean_score
+
+
+def apply_model(setup, model_params, x, cond, **kwargs):
+    """``setup.model.apply``, run as the step's member in a multi-model run."""
+    if cond.model_masks is not None:
+        kwargs["masks"] = cond.model_masks
+    return setup.model.apply(model_params, x, **kwargs)
+
+
+def task_loss(setup, params, constants, cond, batch, rng):
+    """The task loss of the base model on ``batch`` (plus the kind's extra loss) and metrics.
+
+    ``batch`` is ``(x, y)``, or ``(graph, y, mask)`` for node classification, where only the
+    masked nodes count.
+    """
+    x, y, *mask = batch
+    kind = setup.kind
+    model_params = kind.target_params(setup, params, constants, cond)
+    outputs = apply_model(setup, model_params, x, cond, train=True, rng=rng)
+    loss, score = example_terms(setup.task, outputs, y)
+    weight = mask[0].astype(jnp.float32) if mask else jnp.ones_like(loss)
+    total = jnp.maximum(weight.sum(), 1.0)
+    loss = (loss * weight).sum() / total
+    metrics = {"loss": loss, setup.metric_name: metric(setup.task, (score * weight).sum() / total)}
+    extra, extra_metrics = kind.extra_loss(setup, params, constants, cond, model_params)
+    return loss + extra, {**metrics, **extra_metrics}
+
+
+def sample_batch(x, y, step, key, batch_size: int):
+    """The ``step``-th batch of a per-epoch random permutation (stateless, resumable)."""
+    n = x.shape[0]
+    steps_per_epoch = n // batch_size
+    perm = jax.random.permutation(jax.random.fold_in(key, step // steps_per_epoch), n)
+    idx = jax.lax.dynamic_slice_in_dim(perm, (step % steps_per_epoch) * batch_size, batch_size)
+    return x[idx], y[idx]
+
+
+def prepare_inputs(setup, x, key=None):
+    """Device-side input pipeline: augmentation (training, when on) and normalisation."""
+    if setup.input_norm is None:
+        return x
+    mean, std = setup.input_norm
+    if key is not None and setup.augment is not None:
+        return setup.augment(key, x, mean, std)
+    return augment.normalize_images(x, mean, std)
+
+
+def split_batch(setup, x: jax.Array) -> jax.Array:
+    """Splits a batch's examples over the mesh (identity without one)."""
+    return sharding_lib.constrain(x, sharding_lib.split(setup.mesh, x.ndim))
