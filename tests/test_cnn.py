@@ -130,7 +130,9 @@ def test_chunked_generation_equals_unchunked_at_resnet_shapes():
     # ResNet-20's layer structure (6 convs a stage) at small widths.
     model = base_models.CNN(input_shape=(8, 8, 3), num_classes=10, widths=(4, 8, 8))
     _, desc = _desc(model)
-    gen = generator.Generator(index_ranges=desc.index_ranges(), hidden=16, n_freqs=64)
+    gen = generator.Generator(
+        index_ranges=desc.index_ranges(), hidden=16, n_freqs=64, matmul_dtype="float32"
+    )
     v = generator.init(gen, jax.random.key(0))
     plan, arrays = generator.plan(gen, desc, min_separable=256)
     assert any(plan.separable) and not all(plan.separable)

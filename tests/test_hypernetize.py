@@ -2,7 +2,9 @@
 
 import dataclasses
 import functools
+import warnings
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -251,6 +253,19 @@ def test_flax_model_is_a_base_model_and_a_static_argument():
     dropped = model.apply(params, x, train=True, rng=jax.random.key(1))
     assert np.any(np.asarray(dropped) == 0) and np.any(np.asarray(dropped) != 0)
     assert model.merge(*model.split(params)) == params
+
+    # Given variables, they are the initial values; the input only finds the module classes.
+    given = {"params": jax.tree_util.tree_map(lambda a: a + 1, params)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from_vars = FlaxModel.from_linen(Drop(), x, variables=given, train=False)
+    (spec,) = from_vars.layers()
+    (ref,) = model.layers()
+    assert (spec.name, spec.layer_type, spec.fields) == (ref.name, ref.layer_type, ref.fields)
+    assert dict(spec.roles)["bias"].target == (1.0, 0.0)  # the given values' statistics
+    chex.assert_trees_all_equal(from_vars.init(jax.random.key(5)), given["params"])
+    with pytest.warns(UserWarning, match="Dense_0/bias"):  # no module known: generic
+        FlaxModel.from_linen(Drop(), given)
 
     traces = []
 

@@ -5,6 +5,7 @@ The public API, in pipeline order (each name documented where it is defined):
 * core: :mod:`layouts` (``from_params``, ``flatten``, ``unflatten``), :mod:`descriptors`
   (``build_descriptors``);
 * generator: :class:`Generator`, :class:`GeneratorConfig`, ``init_generator``, ``generate``;
+* data: ``register_dataset`` and ``register_formula`` (open dataset registry);
 * models: :mod:`models` (the library's base models), ``register_family``;
 * hypernetwork kinds: :class:`Kind`, ``register_kind``;
 * training: ``run`` (one experiment), ``compare`` (direct vs UHN over seeds),
@@ -16,6 +17,8 @@ from uhn_jax.config import Experiment, GeneratorConfig, from_config_dict
 from uhn_jax.core import descriptors, layouts
 from uhn_jax.core.descriptors import build as build_descriptors
 from uhn_jax.core.layouts import Layout, flatten, from_params, unflatten
+from uhn_jax.data.formulas import register_formula
+from uhn_jax.data.registry import register_dataset
 from uhn_jax.generator import Generator, generate
 from uhn_jax.generator import init as init_generator
 from uhn_jax.hypernets import Kind
@@ -44,7 +47,9 @@ __all__ = [
     "init_generator",
     "layouts",
     "models",
+    "register_dataset",
     "register_family",
+    "register_formula",
     "register_kind",
     "run",
     "run_multitask",

@@ -101,10 +101,11 @@ class FlaxModel:
         owners, inputs = {}, None
         if example_input is not None:
             args = example_input if isinstance(example_input, tuple) else (example_input,)
-            leaves, treedef = jax.tree_util.tree_flatten(args)
-            inputs = (treedef, tuple(jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in leaves))
             found, owners = _linen_init(module, key, args, init_kwargs, variables is not None)
-            variables = found if variables is None else variables
+            if variables is None:  # else init() returns the given variables
+                leaves, treedef = jax.tree_util.tree_flatten(args)
+                specs = tuple(jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in leaves)
+                variables, inputs = found, (treedef, specs)
         variables = dict(nn.meta.unbox(variables))
         params = variables.pop("params")
         return _make(

@@ -23,7 +23,7 @@ from uhn_jax.hypernets import recursion, uhn
 from uhn_jax.training import tasks
 
 #: Tensors of at least this many scalars (and 2+ axes) take the separable generation path.
-SEPARABLE_MIN_SIZE = 1024
+SEPARABLE_MIN_SIZE = generator.MIN_SEPARABLE
 
 
 class DescArrays(NamedTuple):
