@@ -7,6 +7,7 @@ The public API, in pipeline order (each name documented where it is defined):
 * generator: :class:`Generator`, :class:`GeneratorConfig`, ``init_generator``, ``generate``;
 * data: ``register_dataset`` and ``register_formula`` (open dataset registry);
 * models: :mod:`models` (the library's base models), ``register_family``;
+  :class:`FlaxModel` and ``hypernetize`` for any Flax Linen or NNX module;
 * hypernetwork kinds: :class:`Kind`, ``register_kind``;
 * training: ``run`` (one experiment), ``compare`` (direct vs UHN over seeds),
   ``run_multitask``; :class:`Experiment` and ``from_config_dict`` build its config.
@@ -23,15 +24,18 @@ from uhn_jax.generator import Generator, generate
 from uhn_jax.generator import init as init_generator
 from uhn_jax.hypernets import Kind
 from uhn_jax.hypernets import register as register_kind
-from uhn_jax.models import register_family
+from uhn_jax.models import FlaxModel, register_family
+from uhn_jax.models.hypernetize import HyperModel, hypernetize
 from uhn_jax.training.experiments import compare
 from uhn_jax.training.multitask import run as run_multitask
 from uhn_jax.training.train import run
 
 __all__ = [
     "Experiment",
+    "FlaxModel",
     "Generator",
     "GeneratorConfig",
+    "HyperModel",
     "Kind",
     "Layout",
     "build_descriptors",
@@ -44,6 +48,7 @@ __all__ = [
     "generate",
     "generator",
     "hypernets",
+    "hypernetize",
     "init_generator",
     "layouts",
     "models",

@@ -297,7 +297,8 @@ def _describe_leaf(info: LeafInfo) -> Description | None:
         if entry.matches(info):
             desc = entry.fn(info)
             if desc is not None:
-                return _checked(info, desc, f"{where} (describer {entry.fn.__name__})")
+                name = getattr(entry.fn, "__name__", repr(entry.fn))
+                return _checked(info, desc, f"{where} (describer {name})")
     if len(info.shape) > len(D.AXIS_FIELDS):
         raise ValueError(
             f"{where} has {len(info.shape)} axes but only {len(D.AXIS_FIELDS)} index fields "

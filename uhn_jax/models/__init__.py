@@ -14,6 +14,7 @@ module joins through :class:`uhn_jax.models.flax_adapter.FlaxModel`.
 
 from uhn_jax.models import families  # noqa: F401  (registers the built-in families)
 from uhn_jax.models.cnn import CNN
+from uhn_jax.models.flax_adapter import FlaxModel
 from uhn_jax.models.gnn import GAT, GCN
 from uhn_jax.models.kan import KAN
 from uhn_jax.models.mlp import MLP
@@ -23,6 +24,7 @@ from uhn_jax.models.transformer import Transformer
 
 __all__ = [
     "CNN",
+    "FlaxModel",
     "GAT",
     "GCN",
     "KAN",

@@ -42,8 +42,8 @@ class FlaxModel:
     Frozen and hashable (a valid ``jax.jit`` static argument): it stores the module (Linen) or
     its ``GraphDef`` (NNX), shapes, dtypes and the descriptors' layer specs. The initial
     variables are kept by reference in ``initial``, outside hashing and equality: an NNX module
-    or a Linen module given only its variables cannot be re-initialised from a key, so
-    :meth:`init` returns them.
+    cannot be re-initialised from a key, and a Linen module given its variables keeps them, so
+    :meth:`init` returns them there.
 
     Build with :meth:`from_linen` or :meth:`from_nnx`.
     """

@@ -20,6 +20,8 @@ RESULTS_SCHEMA_VERSION = 1
 def describe_model(exp: config_lib.Experiment) -> str:
     """A short name of ``exp``'s base model, e.g. ``mlp-64x64`` or ``cnn-d6-6-6-w16x32x64``."""
     m = exp.model
+    if m.family not in config_lib.MODEL_FAMILIES:  # a user's family: its own name says it
+        return m.family
     widths = "x".join(str(w) for w in m.widths)
     if m.family == "cnn":
         return f"cnn-d{'-'.join(str(d) for d in m.depths)}-w{widths}"
