@@ -12,6 +12,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
+from uhn_jax.core import checks
 from uhn_jax.generator import settings as generator_settings
 
 # The library's own families (uhn_jax.models.families); users register more. A built-in family
@@ -55,16 +56,16 @@ class DataConfig:
         from uhn_jax.data import formulas, registry
 
         registry.get(self.name)  # ValueError naming the registered datasets
-        _choice("data.formula", self.formula, formulas.names())
-        _choice("data.ag_news_split", self.ag_news_split, AG_NEWS_SPLITS)
+        checks.choice("data.formula", self.formula, formulas.names())
+        checks.choice("data.ag_news_split", self.ag_news_split, AG_NEWS_SPLITS)
         if self.max_len != 0 and (not isinstance(self.max_len, int) or self.max_len < 2):
             raise ValueError(f"data.max_len must be 0 (default) or an int >= 2, got {self.max_len}")
         if not isinstance(self.vocab_size, int) or self.vocab_size < 4:
             raise ValueError(f"data.vocab_size must be an int >= 4, got {self.vocab_size!r}")
         if not isinstance(self.formula_seed, int) or self.formula_seed < 0:
             raise ValueError(f"data.formula_seed must be an int >= 0, got {self.formula_seed!r}")
-        _choice("data.mnist_train", self.mnist_train, MNIST_TRAIN)
-        _choice("data.cifar_source", self.cifar_source, CIFAR_SOURCES)
+        checks.choice("data.mnist_train", self.mnist_train, MNIST_TRAIN)
+        checks.choice("data.cifar_source", self.cifar_source, CIFAR_SOURCES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +127,7 @@ class ModelConfig:
         if self.family == "gat" and len(self.widths) != 1:
             raise ValueError(f"model.widths for gat is (per-head hidden width,), got {self.widths}")
         for name in ("num_heads", "output_heads", "embed_dim", "num_encoders", "grid_size"):
-            _positive_int(f"model.{name}", getattr(self, name))
+            checks.positive_int(f"model.{name}", getattr(self, name))
         for name in ("linears_per_encoder", "spline_order"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"model.{name} must be an int >= 0, got {getattr(self, name)!r}")
@@ -135,9 +136,9 @@ class ModelConfig:
                 f"model.embed_dim ({self.embed_dim}) must be divisible by model.num_heads "
                 f"({self.num_heads})"
             )
-        _in_range("model.dropout_rate", self.dropout_rate, 0.0, 1.0, hi_open=True)
-        _in_range("model.attention_dropout", self.attention_dropout, 0.0, 1.0, hi_open=True)
-        _in_range("model.slope", self.slope, 0.0, 1.0)
+        checks.in_range("model.dropout_rate", self.dropout_rate, 0.0, 1.0, hi_open=True)
+        checks.in_range("model.attention_dropout", self.attention_dropout, 0.0, 1.0, hi_open=True)
+        checks.in_range("model.slope", self.slope, 0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,11 +166,11 @@ class TrainConfig:
     num_devices: int = 0
 
     def validate(self):
-        _positive_int("train.steps", self.steps)
-        _positive_int("train.batch_size", self.batch_size)
-        _positive_int("train.eval_batch_size", self.eval_batch_size)
-        _positive_int("train.log_every", self.log_every)
-        _positive_int("train.checkpoint_every", self.checkpoint_every)
+        checks.positive_int("train.steps", self.steps)
+        checks.positive_int("train.batch_size", self.batch_size)
+        checks.positive_int("train.eval_batch_size", self.eval_batch_size)
+        checks.positive_int("train.log_every", self.log_every)
+        checks.positive_int("train.checkpoint_every", self.checkpoint_every)
         for name in ("warmup_steps", "init_steps", "eval_every", "num_devices"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be an int >= 0, got {getattr(self, name)!r}")
@@ -178,10 +179,10 @@ class TrainConfig:
                 f"train.warmup_steps ({self.warmup_steps}) must be smaller than train.steps "
                 f"({self.steps})"
             )
-        _in_range("train.lr", self.lr, 0.0, 1.0, lo_open=True)
-        _in_range("train.direct_lr", self.direct_lr, 0.0, 1.0)
-        _in_range("train.init_lr", self.init_lr, 0.0, 1.0)
-        _in_range("train.grad_clip", self.grad_clip, 0.0, float("inf"))
+        checks.in_range("train.lr", self.lr, 0.0, 1.0, lo_open=True)
+        checks.in_range("train.direct_lr", self.direct_lr, 0.0, 1.0)
+        checks.in_range("train.init_lr", self.init_lr, 0.0, 1.0)
+        checks.in_range("train.grad_clip", self.grad_clip, 0.0, float("inf"))
         if not isinstance(self.normalize_grads, bool):
             raise ValueError(f"train.normalize_grads must be a bool, got {self.normalize_grads!r}")
 
@@ -266,25 +267,6 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     if hint in (int, float, str) and (not isinstance(value, hint) or isinstance(value, bool)):
         raise ValueError(f"config field {name} must be {hint.__name__}, got {value!r}")
     return value
-
-
-def _choice(name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _in_range(name, value, lo, hi, lo_open=False, hi_open=False) -> None:
-    ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-    if not ok:
-        raise ValueError(
-            f"{name} must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, "
-            f"got {value!r}"
-        )
 
 
 def default_config_dict():

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uhn_jax.core import descriptors, encodings
+from uhn_jax.core import checks, descriptors, encodings
 from uhn_jax.generator import precision, separable, settings
 
 #: LayerNorm epsilon: PyTorch's default, which the reference generator uses.
@@ -145,8 +145,8 @@ class Generator(nn.Module):
     separable_method: str = _D.separable_method
 
     def setup(self):
-        settings.check_choice("separable_method", self.separable_method, settings.SEPARABLE_METHODS)
-        settings.check_choice("encoding", self.encoding, settings.ENCODINGS)
+        checks.choice("separable_method", self.separable_method, settings.SEPARABLE_METHODS)
+        checks.choice("encoding", self.encoding, settings.ENCODINGS)
         self.index_b = self.variable(
             "constants",
             "index_B",

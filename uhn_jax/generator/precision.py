@@ -7,6 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from uhn_jax.core import checks
 from uhn_jax.generator import settings
 
 
@@ -32,7 +33,7 @@ def resolve_matmul_dtype(name: str) -> jnp.dtype:
     (:func:`cpu_has_native_bf16`), float32 elsewhere (other CPUs emulate bf16 GEMMs and run
     them slower than float32).
     """
-    settings.check_choice("matmul_dtype", name, settings.MATMUL_DTYPES)
+    checks.choice("matmul_dtype", name, settings.MATMUL_DTYPES)
     if name == "auto":
         fast = jax.default_backend() != "cpu" or cpu_has_native_bf16()
         name = "bfloat16" if fast else "float32"

@@ -9,9 +9,8 @@ and one built by :func:`uhn_jax.generator.from_config` from a default config are
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-from uhn_jax.core import encodings
+from uhn_jax.core import checks, encodings
 
 #: Values of ``encoding``.
 ENCODINGS = encodings.ENCODINGS
@@ -62,39 +61,23 @@ class GeneratorConfig:
 
     def validate(self):
         for name in ("hidden", "n_freqs", "structure_freqs", "structure_heads", "memory_mib"):
-            _positive_int(f"generator.{name}", getattr(self, name))
-        if not isinstance(self.chain_depth, int) or self.chain_depth < 0:
-            raise ValueError(f"generator.chain_depth must be an int >= 0, got {self.chain_depth!r}")
+            checks.positive_int(f"generator.{name}", getattr(self, name))
+        checks.non_negative_int("generator.chain_depth", self.chain_depth)
         if self.chain_depth and not self.structure:
             raise ValueError(
                 "generator.chain_depth > 0 needs generator.structure=True (a generated UHN reads "
                 "the encoded structure of the model it generates)"
             )
-        if not isinstance(self.num_blocks, int) or self.num_blocks < 0:
-            raise ValueError(f"generator.num_blocks must be an int >= 0, got {self.num_blocks!r}")
-        if not isinstance(self.chunk_size, int) or self.chunk_size < 0:
-            raise ValueError(
-                "generator.chunk_size must be an int >= 0 (0 = automatic from memory_mib), "
-                f"got {self.chunk_size!r}"
-            )
-        if not self.sigma > 0.0:
-            raise ValueError(f"generator.sigma must be in (0.0, inf], got {self.sigma!r}")
-        check_choice("generator.encoding", self.encoding, ENCODINGS)
-        check_choice("generator.out_of_range", self.out_of_range, OUT_OF_RANGE)
-        check_choice("generator.matmul_dtype", self.matmul_dtype, MATMUL_DTYPES)
-        check_choice("generator.separable_method", self.separable_method, SEPARABLE_METHODS)
+        checks.non_negative_int("generator.num_blocks", self.num_blocks)
+        checks.non_negative_int(
+            "generator.chunk_size", self.chunk_size, " (0 = automatic from memory_mib)"
+        )
+        checks.in_range("generator.sigma", self.sigma, 0.0, float("inf"), lo_open=True)
+        checks.choice("generator.encoding", self.encoding, ENCODINGS)
+        checks.choice("generator.out_of_range", self.out_of_range, OUT_OF_RANGE)
+        checks.choice("generator.matmul_dtype", self.matmul_dtype, MATMUL_DTYPES)
+        checks.choice("generator.separable_method", self.separable_method, SEPARABLE_METHODS)
 
 
 #: The defaults every generator setting takes unless given.
 DEFAULTS = GeneratorConfig()
-
-
-def check_choice(name: str, value: Any, allowed: tuple) -> None:
-    """Raises ValueError naming the setting, its value and the allowed ones."""
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
