@@ -9,6 +9,8 @@ A kind answers four questions for the training loop (``uhn_jax.training``):
   condition is the run's descriptor arrays (``uhn_jax.training.setup.DescArrays``);
 * what its loss adds: :meth:`Kind.extra_loss` (a regulariser, 0 by default) is added to the
   task loss of every task step;
+* how it is optimised: one AdamW at :meth:`Kind.task_lr`, or one per parameter group
+  (:meth:`Kind.lr_groups`) through ``optax.multi_transform``;
 * whether it has a stage before task training: :meth:`Kind.init_steps` steps of
   :meth:`Kind.init_loss` (the UHN's moment matching), each sub-stage with a fresh optimiser.
 
@@ -53,6 +55,11 @@ class Kind(abc.ABC):
     def task_lr(self, setup) -> float:
         """Peak learning rate of the task stage."""
         return setup.train.lr
+
+    def lr_groups(self, setup) -> dict[str, float] | None:
+        """Peak task learning rates by top-level key of ``params``, each group trained through
+        its own ``optax.multi_transform`` branch; ``None`` = one optimiser at :meth:`task_lr`."""
+        return None
 
     def num_trained(self, params) -> dict[str, int]:
         """Parameter counts for ``results.json`` (e.g. ``num_generator_params``)."""

@@ -12,6 +12,7 @@ element.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -27,6 +28,12 @@ def split_params(model, params) -> tuple[Any, dict]:
     """``(generated, rest)`` leaves of a base model's params; models without ``split``
     generate every leaf."""
     return model.split(params) if hasattr(model, "split") else (params, {})
+
+
+@functools.lru_cache(maxsize=64)
+def has_direct_leaves(model) -> bool:
+    """Whether ``model`` trains some of its leaves directly (they are not generated)."""
+    return bool(split_params(model, jax.eval_shape(model.init, jax.random.key(0)))[1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +93,14 @@ class UHN(base.Kind):
     def task_lr(self, setup) -> float:
         scale = recursion.lr_scale(setup.chain.depth) if setup.chain else 1.0
         return setup.train.lr * scale
+
+    def lr_groups(self, setup) -> dict[str, float] | None:
+        """The generator at the UHN's rate and, when the model keeps some leaves as they are
+        (a ``FlaxModel`` with a ``select``), those at the direct rate."""
+        if not has_direct_leaves(setup.model):
+            return None
+        t = setup.train
+        return {"generator": self.task_lr(setup), "direct": t.direct_lr or t.lr}
 
     def num_trained(self, params) -> dict[str, int]:
         count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params["generator"]))
