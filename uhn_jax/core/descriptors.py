@@ -574,8 +574,3 @@ def _build_cached(layout, layers, global_items) -> ModelDescriptors:
         raise ValueError(f"unknown global descriptor fields {sorted(unknown)}")
     global_ = np.asarray([global_values.get(k, 0.0) for k in GLOBAL_FIELDS], np.float32)
     return ModelDescriptors(layout, tuple(grids), structure, global_)
-
-
-# The built-in kinds' role functions register themselves on import. Imported last: roles
-# builds on the names above.
-from uhn_jax.core import roles as _roles  # noqa: E402, F401
