@@ -17,7 +17,14 @@ MAX_MODULE_LINES, MAX_FUNCTION_LINES = 600, 80
 # What each floor may not import: the pipeline reads top to bottom.
 _ABOVE_GENERATOR = ("uhn_jax.training", "uhn_jax.data", "uhn_jax.cli", "uhn_jax.models",
                     "uhn_jax.hypernets", "uhn_jax.config")  # fmt: skip
-FORBIDDEN = {"core": (*_ABOVE_GENERATOR, "uhn_jax.generator"), "generator": _ABOVE_GENERATOR}
+_FACE = ("uhn_jax.training", "uhn_jax.cli")
+FORBIDDEN = {
+    "core": (*_ABOVE_GENERATOR, "uhn_jax.generator"),
+    "generator": _ABOVE_GENERATOR,
+    "models": (*_FACE, "uhn_jax.data", "uhn_jax.hypernets"),
+    "hypernets": (*_FACE, "uhn_jax.data"),
+    "data": (*_FACE, "uhn_jax.models", "uhn_jax.hypernets", "uhn_jax.generator"),
+}
 
 
 def _name(path: Path) -> str:
