@@ -26,7 +26,7 @@ class L2Direct(direct.Direct):
     name: str = "l2direct"
     weight: float = 1.0
 
-    def extra_loss(self, setup, params, constants, cond, target_params):
+    def extra_loss(self, setup, params, constants, cond, aux):
         l2 = sum(jnp.sum(x**2) for x in jax.tree.leaves(params))
         return self.weight * l2, {"l2": l2}
 

@@ -7,6 +7,8 @@ A kind answers four questions for the training loop (``uhn_jax.training``):
 * how those map to the target's weights: :meth:`Kind.target_params` is a pure, jit-safe map
   from ``(params, constants, condition)`` to the base model's params pytree, where the
   condition is the run's descriptor arrays (``uhn_jax.training.setup.DescArrays``);
+  :meth:`Kind.forward` runs the base model with them (a data-adaptive kind, whose weights
+  depend on each example, overrides it and sets :attr:`Kind.per_example`);
 * what its loss adds: :meth:`Kind.extra_loss` (a regulariser, 0 by default) is added to the
   task loss of every task step;
 * how it is optimised: one AdamW at :meth:`Kind.task_lr`, or one per parameter group
@@ -40,6 +42,20 @@ class Kind(abc.ABC):
     def target_params(self, setup, params, constants, cond) -> Any:
         """The base model's params pytree for the condition ``cond``; pure and jit-safe."""
 
+    #: Whether the target's weights depend on each example (data-adaptive kinds): evaluation
+    #: then runs :meth:`forward` per batch instead of generating the weights once.
+    per_example: bool = False
+
+    def forward(self, setup, params, constants, cond, x, *, train=False, rng=None):
+        """``(outputs, aux)``: the base model run on ``x`` with the weights this kind gives it.
+
+        The default generates the target's params once (:meth:`target_params`) and applies the
+        base model (as the step's member in a model-set run); ``aux`` is those params. A kind
+        whose weights depend on the input overrides this (and sets :attr:`per_example`).
+        """
+        model_params = self.target_params(setup, params, constants, cond)
+        return apply_base(setup, model_params, x, cond, train=train, rng=rng), model_params
+
     def init_steps(self, train_cfg) -> int:
         """Steps of the initialisation stage that precedes task training (none by default)."""
         return 0
@@ -48,8 +64,9 @@ class Kind(abc.ABC):
         """``(loss, metrics)`` of initialisation sub-stage ``sub_stage``."""
         raise NotImplementedError(f"kind {self.name!r} has no initialisation stage")
 
-    def extra_loss(self, setup, params, constants, cond, target_params):
-        """``(loss, metrics)`` added to every task step's loss; nothing by default."""
+    def extra_loss(self, setup, params, constants, cond, aux):
+        """``(loss, metrics)`` added to every task step's loss (``aux`` is :meth:`forward`'s,
+        by default the target's params); nothing by default."""
         return jnp.zeros(()), {}
 
     def task_lr(self, setup) -> float:
@@ -64,6 +81,12 @@ class Kind(abc.ABC):
     def num_trained(self, params) -> dict[str, int]:
         """Parameter counts for ``results.json`` (e.g. ``num_generator_params``)."""
         return {}
+
+
+def apply_base(setup, model_params, x, cond, *, train=False, rng=None):
+    """``setup.model.apply``, run as the step's member in a model-set run."""
+    kwargs = {} if cond.model_masks is None else {"masks": cond.model_masks}
+    return setup.model.apply(model_params, x, train=train, rng=rng, **kwargs)
 
 
 _KINDS: dict[str, Kind] = {}

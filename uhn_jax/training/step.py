@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from uhn_jax import hypernets
 from uhn_jax.core import sharding as sharding_lib
 from uhn_jax.training import optim, tasks
 from uhn_jax.training.setup import Setup, select_member
@@ -139,12 +140,16 @@ materialize_params = jax.jit(target_params, static_argnums=0)
 def evaluate(setup: Setup, params, constants, cond, data, batch_size: int) -> dict:
     """The metric (accuracy or RMSE) and mean loss on ``data``.
 
-    The weights are generated once (:data:`materialize_params`), then batches of
-    ``batch_size`` (the last one padded and masked) go through one jitted function, so the
-    train and test sets, and every member of a model set, share the same two compiles. Node
-    classification evaluates the whole graph on the masked nodes.
+    The weights are generated once (:data:`materialize_params`; per batch for a kind whose
+    weights depend on each example), then batches of ``batch_size`` (the last one padded and
+    masked) go through one jitted function, so the train and test sets, and every member of a
+    model set, share the same two compiles. Node classification evaluates the whole graph on
+    the masked nodes.
     """
-    model_params = materialize_params(setup, params, constants, cond)
+    if setup.kind.per_example:
+        model_params = (params, constants)
+    else:
+        model_params = materialize_params(setup, params, constants, cond)
     if setup.task == "node_classification":
         graph, y, mask = data
         score, loss, total = _evaluate_batch(setup, model_params, cond, graph, y, mask)
@@ -167,11 +172,17 @@ def evaluate(setup: Setup, params, constants, cond, data, batch_size: int) -> di
 
 @functools.partial(jax.jit, static_argnums=0, compiler_options=XLA_OPTIONS)
 def _evaluate_batch(setup: Setup, model_params, cond, x, y, valid):
-    """Sums of the per-example score and loss over the ``valid`` examples, and their count."""
+    """Sums of the per-example score and loss over the ``valid`` examples, and their count.
+
+    ``model_params`` are the base model's, or ``(params, constants)`` of a per-example kind.
+    """
     if setup.task != "node_classification":
         x, y, valid = (tasks.split_batch(setup, b) for b in (x, y, valid))
         x = tasks.prepare_inputs(setup, x)
-    outputs = tasks.apply_model(setup, model_params, x, cond)
+    if setup.kind.per_example:
+        outputs = setup.kind.forward(setup, *model_params, cond, x)[0]
+    else:
+        outputs = hypernets.base.apply_base(setup, model_params, x, cond)
     loss, score = tasks.example_terms(setup.task, outputs, y)
     w = valid.astype(jnp.float32)
     return (score * w).sum(), (loss * w).sum(), jnp.maximum(w.sum(), 1.0)

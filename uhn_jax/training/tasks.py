@@ -58,13 +58,6 @@ def metric(task: str, mean_score: jax.Array) -> jax.Array:
     return jnp.sqrt(mean_score) if task == "regression" else mean_score
 
 
-def apply_model(setup, model_params, x, cond, **kwargs):
-    """``setup.model.apply``, run as the step's member in a multi-model run."""
-    if cond.model_masks is not None:
-        kwargs["masks"] = cond.model_masks
-    return setup.model.apply(model_params, x, **kwargs)
-
-
 def task_loss(setup, params, constants, cond, batch, rng):
     """The task loss of the base model on ``batch`` (plus the kind's extra loss) and metrics.
 
@@ -73,14 +66,13 @@ def task_loss(setup, params, constants, cond, batch, rng):
     """
     x, y, *mask = batch
     kind = setup.kind
-    model_params = kind.target_params(setup, params, constants, cond)
-    outputs = apply_model(setup, model_params, x, cond, train=True, rng=rng)
+    outputs, aux = kind.forward(setup, params, constants, cond, x, train=True, rng=rng)
     loss, score = example_terms(setup.task, outputs, y)
     weight = mask[0].astype(jnp.float32) if mask else jnp.ones_like(loss)
     total = jnp.maximum(weight.sum(), 1.0)
     loss = (loss * weight).sum() / total
     metrics = {"loss": loss, setup.metric_name: metric(setup.task, (score * weight).sum() / total)}
-    extra, extra_metrics = kind.extra_loss(setup, params, constants, cond, model_params)
+    extra, extra_metrics = kind.extra_loss(setup, params, constants, cond, aux)
     return loss + extra, {**metrics, **extra_metrics}
 
 
