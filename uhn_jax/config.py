@@ -141,6 +141,43 @@ class ModelConfig:
         checks.in_range("model.slope", self.slope, 0.0, 1.0)
 
 
+CONDITIONINGS = ("onehot", "random", "input")
+ACTIVATIONS = ("relu", "leaky_relu", "tanh", "gelu", "silu")
+
+
+@dataclasses.dataclass(frozen=True)
+class HyperNetConfig:
+    """The classic hypernetwork kinds (``mode=conditional``): a condition in, whole tensors out.
+
+    The UHN reads ``generator``; these kinds read this group.
+    """
+
+    # What conditions the generated weights: a fixed one-hot task vector, a fixed random vector
+    # (both one condition for the whole run), or "input": each example's own encoding
+    # (data-adaptive weights; every example gets its own target network).
+    conditioning: str = "onehot"
+    conditioning_size: int = 8
+    hidden_sizes: tuple[int, ...] = (64,)  # each weight generator's hidden layers
+    activation: str = "relu"
+    # One generator per target tensor (False) or one shared generator with a learned tensor
+    # embedding of this size (True).
+    shared: bool = False
+    embedding_size: int = 8
+    # Generate large tensors chunk by chunk with a learned chunk embedding (0 = whole tensors).
+    chunk_size: int = 0
+
+    def validate(self):
+        checks.choice("hypernet.conditioning", self.conditioning, CONDITIONINGS)
+        checks.choice("hypernet.activation", self.activation, ACTIVATIONS)
+        for name in ("conditioning_size", "embedding_size"):
+            checks.positive_int(f"hypernet.{name}", getattr(self, name))
+        checks.non_negative_int("hypernet.chunk_size", self.chunk_size)
+        if not self.hidden_sizes:
+            raise ValueError("hypernet.hidden_sizes must name at least one hidden layer")
+        for h in self.hidden_sizes:
+            checks.positive_int("hypernet.hidden_sizes", h)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, evaluation and checkpointing."""
@@ -196,6 +233,7 @@ class Experiment:
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     generator: GeneratorConfig = GeneratorConfig()
+    hypernet: HyperNetConfig = HyperNetConfig()
     train: TrainConfig = TrainConfig()
 
     def validate(self) -> Experiment:
@@ -204,7 +242,7 @@ class Experiment:
         hypernets.get(self.mode)  # ValueError naming the registered kinds
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
-        for part in (self.data, self.model, self.generator, self.train):
+        for part in (self.data, self.model, self.generator, self.hypernet, self.train):
             part.validate()
         from uhn_jax.data import registry
 

@@ -33,6 +33,9 @@ class Kind(abc.ABC):
 
     #: The config's ``mode`` value that selects this kind.
     name: str = ""
+    #: The kind-specific config groups it reads (``generator``, ``hypernet``); a workdir's
+    #: saved config is compared on these and the shared groups only.
+    config_groups: tuple[str, ...] = ()
 
     @abc.abstractmethod
     def init(self, setup, key) -> tuple[Any, Any]:

@@ -41,6 +41,7 @@ class UHN(base.Kind):
     """The universal hypernetwork (spec §2)."""
 
     name: str = "uhn"
+    config_groups: tuple[str, ...] = ("generator",)
 
     def init(self, setup, key):
         variables = generator.init(setup.gen, key)

@@ -9,21 +9,28 @@ from typing import Any
 import jax
 
 from uhn_jax import config as config_lib
+from uhn_jax import hypernets
+
+#: Config groups that only some hypernetwork kinds read (:attr:`Kind.config_groups`).
+KIND_GROUPS = ("generator", "hypernet")
 
 
 def _fields_read(cfg: dict[str, Any], mode: str) -> dict[str, Any]:
     """The part of a config dict (``Experiment.to_dict`` layout) that a ``mode`` run reads.
 
-    Direct training never reads the generator, the initialisation stage or, when
-    ``train.direct_lr`` is set, ``train.lr``; a direct run's workdir then accepts other values
-    for them, so a ``compare`` with new UHN settings reuses its finished direct runs. ``mode``
-    is the new run's, so a mode mismatch is reported as ``mode`` alone.
+    A kind reads only its own groups of :data:`KIND_GROUPS` (a UHN the generator, a classic
+    kind the hypernet group, direct training neither). Direct training also never reads the
+    initialisation stage or, when ``train.direct_lr`` is set, ``train.lr``; a direct run's
+    workdir then accepts other values for them, so a ``compare`` with new UHN settings reuses
+    its finished direct runs. ``mode`` is the new run's, so a mode mismatch is reported as
+    ``mode`` alone.
     """
+    reads = hypernets.get(mode).config_groups
+    cfg = {k: v for k, v in cfg.items() if k not in KIND_GROUPS or k in reads}
     if mode != "direct":
         return cfg
     ignored = {"init_steps", "init_lr"} | ({"lr"} if cfg["train"]["direct_lr"] > 0 else set())
-    train_cfg = {k: v for k, v in cfg["train"].items() if k not in ignored}
-    return {**{k: v for k, v in cfg.items() if k != "generator"}, "train": train_cfg}
+    return {**cfg, "train": {k: v for k, v in cfg["train"].items() if k not in ignored}}
 
 
 def check_config(workdir: Path, exp: config_lib.Experiment) -> None:
