@@ -142,7 +142,6 @@ class ModelConfig:
 
 
 CONDITIONINGS = ("onehot", "random", "input")
-ACTIVATIONS = ("relu", "leaky_relu", "tanh", "gelu", "silu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,19 +158,13 @@ class HyperNetConfig:
     conditioning_size: int = 8
     hidden_sizes: tuple[int, ...] = (64,)  # each weight generator's hidden layers
     activation: str = "relu"
-    # One generator per target tensor (False) or one shared generator with a learned tensor
-    # embedding of this size (True).
-    shared: bool = False
-    embedding_size: int = 8
-    # Generate large tensors chunk by chunk with a learned chunk embedding (0 = whole tensors).
-    chunk_size: int = 0
 
     def validate(self):
         checks.choice("hypernet.conditioning", self.conditioning, CONDITIONINGS)
-        checks.choice("hypernet.activation", self.activation, ACTIVATIONS)
-        for name in ("conditioning_size", "embedding_size"):
-            checks.positive_int(f"hypernet.{name}", getattr(self, name))
-        checks.non_negative_int("hypernet.chunk_size", self.chunk_size)
+        from uhn_jax.hypernets import conditional_layers
+
+        checks.choice("hypernet.activation", self.activation, tuple(conditional_layers.ACTIVATIONS))
+        checks.positive_int("hypernet.conditioning_size", self.conditioning_size)
         if not self.hidden_sizes:
             raise ValueError("hypernet.hidden_sizes must name at least one hidden layer")
         for h in self.hidden_sizes:

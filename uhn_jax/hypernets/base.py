@@ -8,7 +8,7 @@ A kind answers four questions for the training loop (``uhn_jax.training``):
   from ``(params, constants, condition)`` to the base model's params pytree, where the
   condition is the run's descriptor arrays (``uhn_jax.training.setup.DescArrays``);
   :meth:`Kind.forward` runs the base model with them (a data-adaptive kind, whose weights
-  depend on each example, overrides it and sets :attr:`Kind.per_example`);
+  depend on each example, overrides it and :meth:`Kind.per_example`);
 * what its loss adds: :meth:`Kind.extra_loss` (a regulariser, 0 by default) is added to the
   task loss of every task step;
 * how it is optimised: one AdamW at :meth:`Kind.task_lr`, or one per parameter group
@@ -45,16 +45,17 @@ class Kind(abc.ABC):
     def target_params(self, setup, params, constants, cond) -> Any:
         """The base model's params pytree for the condition ``cond``; pure and jit-safe."""
 
-    #: Whether the target's weights depend on each example (data-adaptive kinds): evaluation
-    #: then runs :meth:`forward` per batch instead of generating the weights once.
-    per_example: bool = False
+    def per_example(self, setup) -> bool:
+        """Whether the target's weights depend on each example (data-adaptive kinds):
+        evaluation then runs :meth:`forward` per batch instead of generating them once."""
+        return False
 
     def forward(self, setup, params, constants, cond, x, *, train=False, rng=None):
         """``(outputs, aux)``: the base model run on ``x`` with the weights this kind gives it.
 
         The default generates the target's params once (:meth:`target_params`) and applies the
         base model (as the step's member in a model-set run); ``aux`` is those params. A kind
-        whose weights depend on the input overrides this (and sets :attr:`per_example`).
+        whose weights depend on the input overrides this (and :meth:`per_example`).
         """
         model_params = self.target_params(setup, params, constants, cond)
         return apply_base(setup, model_params, x, cond, train=train, rng=rng), model_params

@@ -69,6 +69,8 @@ class Setup:
     members: int = 0
     # Recursive runs (generator.chain_depth = K > 0): the generated UHNs' model and layout.
     chain: recursion.Chain | None = None
+    # The classic kinds' settings (mode=conditional).
+    hypernet: config_lib.HyperNetConfig | None = None
 
     @property
     def kind(self) -> hypernets.Kind:
@@ -224,6 +226,7 @@ def make_setup(
         exp.train,
         mesh,
         chain=chain,
+        hypernet=exp.hypernet,
     )
     return setup, desc
 

@@ -146,7 +146,7 @@ def evaluate(setup: Setup, params, constants, cond, data, batch_size: int) -> di
     model set, share the same two compiles. Node classification evaluates the whole graph on
     the masked nodes.
     """
-    if setup.kind.per_example:
+    if setup.kind.per_example(setup):
         model_params = (params, constants)
     else:
         model_params = materialize_params(setup, params, constants, cond)
@@ -179,7 +179,7 @@ def _evaluate_batch(setup: Setup, model_params, cond, x, y, valid):
     if setup.task != "node_classification":
         x, y, valid = (tasks.split_batch(setup, b) for b in (x, y, valid))
         x = tasks.prepare_inputs(setup, x)
-    if setup.kind.per_example:
+    if setup.kind.per_example(setup):
         outputs = setup.kind.forward(setup, *model_params, cond, x)[0]
     else:
         outputs = hypernets.base.apply_base(setup, model_params, x, cond)

@@ -1,0 +1,147 @@
+"""Ha et al.'s small MNIST CNN (HyperNetworks, 2016, section 4.1) as a functional base model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from uhn_jax.core import descriptors as D
+from uhn_jax.models.common import torch_default_init
+
+
+def max_pool_2x2(x_BHWC: jax.Array) -> jax.Array:
+    """2x2 max pooling with stride 2 (VALID: an odd last row/column is dropped)."""
+    return jax.lax.reduce_window(x_BHWC, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+
+@dataclasses.dataclass(frozen=True)
+class HaCNN:
+    """conv(k x k, 1 -> C), ReLU, maxpool 2, conv(k x k, C -> C), ReLU, maxpool 2, Linear.
+
+    Both convs use SAME padding and have a bias; the head flattens the ``(H/4, W/4, C)`` map.
+    With the defaults (``28 x 28`` inputs, ``C = 16``, ``k = 7``, 10 classes) the layers are
+
+    ===========  ======================  ========
+    layer        kernel                  params
+    ===========  ======================  ========
+    layer_000    (7, 7, 1, 16) + 16         800
+    layer_001    (7, 7, 16, 16) + 16     12,560
+    layer_002    (784, 10) + 10           7,850
+    ===========  ======================  ========
+
+    21,210 in all; ``layer_001``'s 12,544-weight kernel is the one Ha et al.'s static
+    hypernetwork generates (:mod:`uhn_jax.hypernets.static`).
+
+    Init is PyTorch's default for ``nn.Conv2d``/``nn.Linear`` (what the paper's reference
+    implementations use): kernel and bias ``U(+-1/sqrt(fan_in))``, ``fan_in = in * k * k`` for a
+    conv, so each kernel's std is ``1/sqrt(3 * fan_in)``.
+
+    Attributes:
+      input_shape: ``(H, W)`` or ``(H, W, C)`` of one example; H and W divisible by 4.
+      num_classes: output width.
+      channels: channels of both convs (the paper's 16).
+      kernel_size: conv kernel size (the paper's 7; odd).
+      dataset_type: :class:`~uhn_jax.core.descriptors.DatasetType` for the global descriptor.
+    """
+
+    input_shape: tuple[int, ...] = (28, 28)
+    num_classes: int = 10
+    channels: int = 16
+    kernel_size: int = 7
+    dataset_type: int = int(D.DatasetType.MNIST)
+
+    def __post_init__(self):
+        if len(self.input_shape) not in (2, 3):
+            raise ValueError(
+                f"HaCNN input_shape must be (H, W) or (H, W, C), got {self.input_shape}"
+            )
+        if self.input_shape[0] % 4 or self.input_shape[1] % 4:
+            raise ValueError(
+                f"HaCNN input_shape {self.input_shape}: H and W must be divisible by 4 (two 2x2 "
+                "max-pools)"
+            )
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"HaCNN kernel_size must be odd and positive, got {self.kernel_size}")
+        if self.channels < 1 or self.num_classes < 1:
+            raise ValueError(
+                f"HaCNN channels and num_classes must be positive, got {self.channels}, "
+                f"{self.num_classes}"
+            )
+
+    @property
+    def in_channels(self) -> int:
+        return self.input_shape[2] if len(self.input_shape) == 3 else 1
+
+    @property
+    def flat_features(self) -> int:
+        """Width of the flattened feature map the head reads."""
+        return (self.input_shape[0] // 4) * (self.input_shape[1] // 4) * self.channels
+
+    @staticmethod
+    def name(i: int) -> str:
+        return f"layer_{i:03d}"
+
+    def convs(self) -> tuple[tuple[int, int], ...]:
+        """``(in, out)`` channels of the two convs."""
+        return ((self.in_channels, self.channels), (self.channels, self.channels))
+
+    def layers(self) -> tuple[D.LayerSpec, ...]:
+        specs = []
+        for i, (c_in, c_out) in enumerate(self.convs()):
+            fields = {
+                "bias_type": 1,
+                "output_size": c_out,
+                "input_size": c_in,
+                # ReLU is the LeakyReLU of slope 0.
+                "activation_type": int(D.ActivationType.LEAKY_RELU),
+                "activation_param": 0.0,
+                "kernel_size": self.kernel_size,
+                "stage_wise_pooling_type": int(D.StageWisePoolingType.MAX),
+                "initialization_type": int(D.InitializationType.DEFAULT),
+            }
+            specs.append(D.LayerSpec(self.name(i), D.LayerType.CONV, tuple(fields.items())))
+        head = {
+            "bias_type": 1,
+            "output_size": self.num_classes,
+            "input_size": self.flat_features,
+            "input_pooling_reshape_type": int(D.InputPoolingReshapeType.RESHAPE_TO_2D),
+            "initialization_type": int(D.InitializationType.DEFAULT),
+        }
+        specs.append(D.LayerSpec(self.name(2), D.LayerType.LINEAR, tuple(head.items())))
+        return tuple(specs)
+
+    def global_fields(self) -> dict[str, float]:
+        return {
+            "model_type": int(D.ModelType.CNN),
+            "task_type": int(D.TaskType.IMAGE_CLS),
+            "dataset_type": self.dataset_type,
+            "cnn_stage_num": 2,
+        }
+
+    def init(self, key: jax.Array) -> dict:
+        """PyTorch-default init: kernel and bias ``U(+-1/sqrt(fan_in))``."""
+        k = self.kernel_size
+        shapes = [((k, k, c_in, c_out), c_in * k * k) for c_in, c_out in self.convs()]
+        shapes.append(((self.flat_features, self.num_classes), self.flat_features))
+        return torch_default_init(key, {self.name(i): s for i, s in enumerate(shapes)})
+
+    def apply(self, params: dict, x: jax.Array, *, train: bool = False, rng=None) -> jax.Array:
+        """Logits ``(B, num_classes)`` for inputs ``(B, H, W[, C])``; ``train`` and ``rng`` are
+        accepted for the base-model interface and unused (no dropout)."""
+        del train, rng
+        h = x if x.ndim == 4 else x[..., None]
+        pad = self.kernel_size // 2
+        for i in range(2):
+            p = params[self.name(i)]
+            h = jax.lax.conv_general_dilated(
+                h,
+                p["kernel"],
+                (1, 1),
+                [(pad, pad), (pad, pad)],
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+            h = max_pool_2x2(jax.nn.relu(h + p["bias"]))
+        head = params[self.name(2)]
+        return h.reshape(h.shape[0], -1) @ head["kernel"] + head["bias"]
