@@ -17,7 +17,7 @@ from uhn_jax.generator import settings as generator_settings
 
 # The library's own families (uhn_jax.models.families); users register more. A built-in family
 # must suit the dataset (its registry entry's ``families``); a user's family fits any dataset.
-MODEL_FAMILIES = ("mlp", "cnn", "gcn", "gat", "transformer", "kan")
+MODEL_FAMILIES = ("mlp", "cnn", "ha_cnn", "gcn", "gat", "transformer", "kan")
 AG_NEWS_SPLITS = ("auto", "official", "test_only")
 CIFAR_SOURCES = ("auto", "pickle", "jpeg")
 # The generator's settings live with the generator (one set of defaults for the Linen module
@@ -146,7 +146,7 @@ CONDITIONINGS = ("onehot", "random", "input")
 
 @dataclasses.dataclass(frozen=True)
 class HyperNetConfig:
-    """The classic hypernetwork kinds (``mode=conditional``): a condition in, whole tensors out.
+    """The classic hypernetwork kinds (``mode=conditional``, ``mode=static``).
 
     The UHN reads ``generator``; these kinds read this group.
     """
@@ -158,8 +158,18 @@ class HyperNetConfig:
     conditioning_size: int = 8
     hidden_sizes: tuple[int, ...] = (64,)  # each weight generator's hidden layers
     activation: str = "relu"
+    # mode=static (Ha et al.'s static hypernetwork): the conv layers whose kernels are generated
+    # from learned block embeddings of size embedding_size (N_z = d), in blocks of block_size
+    # input x block_size output channels; the other params train directly.
+    static_layers: tuple[str, ...] = ("layer_001",)
+    embedding_size: int = 4
+    block_size: int = 16
 
     def validate(self):
+        checks.positive_int("hypernet.embedding_size", self.embedding_size)
+        checks.positive_int("hypernet.block_size", self.block_size)
+        if not self.static_layers:
+            raise ValueError("hypernet.static_layers must name at least one conv layer")
         checks.choice("hypernet.conditioning", self.conditioning, CONDITIONINGS)
         from uhn_jax.hypernets import conditional_layers
 

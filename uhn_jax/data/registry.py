@@ -244,7 +244,7 @@ def _tfds_dataset_type(d: DataConfig) -> int:
 
 def _register_builtins() -> None:
     kinds = {
-        "image": ("classification", "image_cls", ("mlp", "cnn")),
+        "image": ("classification", "image_cls", ("mlp", "cnn", "ha_cnn")),
         "graph": ("node_classification", "graph_node_cls", ("gcn", "gat")),
         "text": ("classification", "text_cls", ("transformer",)),
     }
@@ -282,7 +282,7 @@ def _register_builtins() -> None:
         lambda d: tfds.load_tfds(d.name[len(TFDS_PREFIX) :], d.data_dir or None),
         task="classification",
         results_task="image_cls",
-        families=("mlp", "cnn"),
+        families=("mlp", "cnn", "ha_cnn"),
         dataset_type=_tfds_dataset_type,
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from uhn_jax.models.cnn import CNN
 from uhn_jax.models.gnn import GAT, GCN
+from uhn_jax.models.ha_cnn import HaCNN
 from uhn_jax.models.kan import KAN
 from uhn_jax.models.mlp import MLP
 from uhn_jax.models.registry import register_family
@@ -33,6 +34,17 @@ def cnn(m, dataset, dataset_type: int) -> CNN:
         depths=m.depths,
         kernel_size=m.kernel_size,
         groups=m.groups,
+    )
+
+
+def ha_cnn(m, dataset, dataset_type: int) -> HaCNN:
+    """Ha et al.'s small MNIST CNN: two k x k convs of ``widths[0]`` channels, then a Linear."""
+    return HaCNN(
+        input_shape=dataset.input_shape,
+        num_classes=dataset.num_classes,
+        channels=m.widths[0],
+        kernel_size=m.kernel_size,
+        dataset_type=dataset_type,
     )
 
 
@@ -93,6 +105,7 @@ def kan(m, dataset, dataset_type: int) -> KAN:
 for _name, _build in (
     ("mlp", mlp),
     ("cnn", cnn),
+    ("ha_cnn", ha_cnn),
     ("gcn", gcn),
     ("gat", gat),
     ("transformer", transformer),

@@ -28,7 +28,8 @@ def format_results(results: dict[str, Any]) -> str:
 def compare(
     exp: config_lib.Experiment, workdir: str | Path, seeds: int = 3, *, progress: bool = True
 ) -> str:
-    """Runs direct and UHN training for ``seeds`` seeds and returns a markdown table.
+    """Runs direct training and ``exp.mode``'s kind (the UHN when ``exp.mode`` is ``direct``)
+    for ``seeds`` seeds and returns a markdown table.
 
     Runs go to ``workdir/{mode}_seed{seed}`` (each resumable); the table is also written to
     ``workdir/compare.md`` and the per-run results to ``workdir/compare.json``.
@@ -38,7 +39,7 @@ def compare(
     workdir = Path(workdir)
     dataset = tasks.load_dataset(exp)
     rows = []
-    for mode in ("direct", "uhn"):
+    for mode in ("direct", "uhn" if exp.mode == "direct" else exp.mode):
         for seed in range(exp.seed, exp.seed + seeds):
             run_exp = dataclasses.replace(exp, mode=mode, seed=seed)
             results = train.run(
@@ -63,10 +64,11 @@ def format_metric(values: np.ndarray, rmse: bool, spread: bool = True) -> str:
 
 
 def comparison_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table of mean ± std test metric per mode, with the UHN - direct gap.
+    """Markdown table of mean ± std test metric per mode, with the gap of the hypernetwork
+    kind (``uhn`` or another) to ``direct``.
 
     Accuracies are shown in percent with the gap in percentage points; an RMSE as is, with the
-    UHN / direct ratio.
+    kind / direct ratio.
     """
     metric = rows[0].get("metric_name", "accuracy")
     rmse = metric == "rmse"
@@ -76,7 +78,7 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     means = {}
-    for mode in ("direct", "uhn"):
+    for mode in ("direct", *sorted({r["mode"] for r in rows} - {"direct"})):
         rs = [r for r in rows if r["mode"] == mode]
         if not rs:
             continue
@@ -90,13 +92,16 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
             f"| {r0['num_generator_params']:,} | {len(rs)} | {steps} "
             f"| {shown} | {np.mean([r['wall_s'] for r in rs]):.1f} |"
         )
-    if len(means) == 2:
+    kinds = [m for m in means if m != "direct"]
+    if "direct" in means and kinds:
         lines.append("")
+    for kind in kinds if "direct" in means else ():
+        label = "UHN" if kind == "uhn" else kind
         if rmse:
-            lines.append(f"UHN / direct RMSE: {means['uhn'] / means['direct']:.3f}")
+            lines.append(f"{label} / direct RMSE: {means[kind] / means['direct']:.3f}")
         else:
-            gap = round(100 * (means["uhn"] - means["direct"]), 2) + 0.0  # no "-0.00"
-            lines.append(f"UHN - direct: {gap:+.2f} pp")
+            gap = round(100 * (means[kind] - means["direct"]), 2) + 0.0  # no "-0.00"
+            lines.append(f"{label} - direct: {gap:+.2f} pp")
     return "\n".join(lines)
 
 
