@@ -41,12 +41,12 @@ def subprocess_env(*xla_flags: str, cheap: bool = True, **extra: str) -> dict[st
     return dict(os.environ, XLA_FLAGS=" ".join((*flags, *xla_flags)), **extra)
 
 
-def load_config(name: str):
-    """The ConfigDict of ``configs/<name>.py``."""
+def load_config(name: str, *args):
+    """The ConfigDict of ``configs/<name>.py`` (``get_config(*args)``)."""
     spec = importlib.util.spec_from_file_location(f"_cfg_{name}", CONFIG_DIR / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module.get_config(*args)
 
 
 def real_data_dir(subdir: str) -> Path:

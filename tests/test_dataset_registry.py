@@ -12,7 +12,7 @@ from uhn_jax.data import augment, formulas, graphs, images, registry, text
 
 # The built-ins as config.py and train.py described them before the registry: task kind,
 # results.json task, default model families, descriptor value.
-_IMAGE = ("classification", "image_cls", ("mlp", "cnn"))
+_IMAGE = ("classification", "image_cls", ("mlp", "cnn", "ha_cnn"))
 _GRAPH = ("node_classification", "graph_node_cls", ("gcn", "gat"))
 _TEXT = ("classification", "text_cls", ("transformer",))
 EXPECTED = {
@@ -185,7 +185,9 @@ def test_user_namespace_and_exact_name_precedence(scratch):
 
 
 def test_reregistration_needs_overwrite(scratch):
-    common = dict(task="classification", results_task="image_cls", families=("mlp", "cnn"))
+    common = dict(
+        task="classification", results_task="image_cls", families=("mlp", "cnn", "ha_cnn")
+    )
     with pytest.raises(ValueError, match="'mnist' is already registered; pass overwrite=True"):
         registry.register_dataset("mnist", lambda cfg: None, dataset_type=0, **common)
     registry.register_dataset(

@@ -121,7 +121,7 @@ def test_load_rgb_through_the_registry(data_dir):
     np.testing.assert_allclose(ds.mean, pixels.mean(0), rtol=1e-10)
     np.testing.assert_allclose(ds.std, pixels.std(0), rtol=1e-10)
     assert registry.dataset_type(cfg) == registry.TFDS_DATASET_TYPE
-    assert registry.get(cfg.name).families == ("mlp", "cnn")
+    assert registry.get(cfg.name).families == ("mlp", "cnn", "ha_cnn")
     # Preparing and reading imported no TensorFlow. (A None entry in sys.modules cannot force
     # this: TFDS takes any "tensorflow" key there to mean TensorFlow is loaded.)
     assert "tensorflow" not in sys.modules

@@ -253,6 +253,11 @@ def _fake_data_dir(name, tmp_path):
             f'"{1 + i % 4}","title {i % 4}","words of class {i % 4} item {i}"' for i in range(40)
         ]
         (tmp_path / "test.csv").write_text("\n".join(rows) + "\n")
+    elif name == "mr_chars":  # 200 short lines of each polarity: about 4,000 characters
+        words = ("good", "bad", "plot", "actors", "a", "film", "the", "!", ",")
+        for fname in ("rt-polarity.pos", "rt-polarity.neg"):
+            lines = [" ".join(rng.choice(words, 4)) for _ in range(200)]
+            (tmp_path / fname).write_text("\n".join(lines) + "\n")
     elif name == "cifar10":
         for fname in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
             pixels = rng.integers(0, 256, (8, 3072), dtype=np.uint8)

@@ -17,7 +17,10 @@ from uhn_jax.generator import settings as generator_settings
 
 # The library's own families (uhn_jax.models.families); users register more. A built-in family
 # must suit the dataset (its registry entry's ``families``); a user's family fits any dataset.
-MODEL_FAMILIES = ("mlp", "cnn", "ha_cnn", "gcn", "gat", "transformer", "kan")
+MODEL_FAMILIES = (
+    "mlp", "cnn", "ha_cnn", "gcn", "gat", "transformer", "kan", "lstm", "layernorm_lstm",
+    "hyperlstm",
+)  # fmt: skip
 AG_NEWS_SPLITS = ("auto", "official", "test_only")
 CIFAR_SOURCES = ("auto", "pickle", "jpeg")
 # The generator's settings live with the generator (one set of defaults for the Linen module

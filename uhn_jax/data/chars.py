@@ -189,3 +189,44 @@ def eval_batches(
         w, m = windows[start : start + batch_size], mask[start : start + batch_size]
         pad = batch_size - len(w)
         yield np.pad(w, ((0, pad), (0, 0))), np.pad(m, ((0, pad), (0, 0)))
+
+
+#: Characters a training or test window predicts, when ``data.max_len`` is 0.
+DEFAULT_SEQ_LEN = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class CharWindows:
+    """A character corpus cut into windows for the training loop's sampled batches.
+
+    ``x[k]`` is ``L`` consecutive ids and ``y[k]`` the same window shifted by one (the ids
+    ``x[k]`` predicts). Training windows do not overlap and batches sample them per epoch; the
+    test split is cut the same way, leaving out its last partial window (under ``L`` ids).
+    """
+
+    name: str
+    x_train: np.ndarray  # [n, L] int32
+    y_train: np.ndarray  # [n, L] int32
+    x_test: np.ndarray
+    y_test: np.ndarray
+    vocab: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.vocab)
+
+
+def _cut(ids: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    n = (len(ids) - 1) // seq_len
+    if n < 1:
+        raise ValueError(f"seq_len={seq_len} needs more than {seq_len} ids, got {len(ids)}")
+    starts = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)
+    w = np.asarray(ids, np.int32)[starts]
+    return w[:, :-1], w[:, 1:]
+
+
+def lm_windows(data: CharData, seq_len: int = DEFAULT_SEQ_LEN, name: str = "mr_chars"):
+    """``data`` as :class:`CharWindows` of ``seq_len`` predicted characters."""
+    x_train, y_train = _cut(data.train, seq_len)
+    x_test, y_test = _cut(data.test, seq_len)
+    return CharWindows(name, x_train, y_train, x_test, y_test, data.vocab)

@@ -23,17 +23,19 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from uhn_jax.core import descriptors
-from uhn_jax.data import augment, cifar, files, formulas, graphs, images, text, tfds
+from uhn_jax.data import augment, chars, cifar, files, formulas, graphs, images, text, tfds
 
 if TYPE_CHECKING:
     from uhn_jax.config import DataConfig
 
 #: What a run optimises, by kind of dataset (the training floor implements each):
 #: ``classification`` (images, text), ``node_classification`` (one graph, masked nodes),
-#: ``regression`` (formulas).
-TASKS = ("classification", "node_classification", "regression")
+#: ``regression`` (formulas), ``language_modeling`` (next-character prediction, in bits).
+TASKS = ("classification", "node_classification", "regression", "language_modeling")
 #: The ``results.json`` task names of the built-in datasets (the reference's TaskType names).
-RESULTS_TASKS = ("image_cls", "graph_node_cls", "text_cls", "formula_regression")
+RESULTS_TASKS = ("image_cls", "graph_node_cls", "text_cls", "formula_regression", "char_lm")
+#: ``dataset_type`` of the MR corpus as characters (``mr_chars``): next to the built-in MR (102).
+MR_CHARS_DATASET_TYPE = 104
 #: The namespace of TFDS-prepared image datasets: ``data.name = "tfds:<tfds name>"``.
 TFDS_PREFIX = "tfds:"
 #: ``dataset_type`` of a TFDS dataset without a built-in counterpart (mnist, fashion_mnist and
@@ -276,6 +278,16 @@ def _register_builtins() -> None:
         results_task="formula_regression",
         families=("kan",),
         dataset_type=lambda d: formulas.get_formula(d.formula).dataset_type,
+    )
+    register_dataset(
+        "mr_chars",
+        lambda d: chars.lm_windows(
+            chars.load_mr_chars(d.data_dir), d.max_len or chars.DEFAULT_SEQ_LEN
+        ),
+        task="language_modeling",
+        results_task="char_lm",
+        families=("lstm", "layernorm_lstm", "hyperlstm"),
+        dataset_type=MR_CHARS_DATASET_TYPE,
     )
     register_dataset(
         TFDS_PREFIX,

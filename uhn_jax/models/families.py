@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
+
+from uhn_jax.models import hyperlstm
 from uhn_jax.models.cnn import CNN
+from uhn_jax.models.flax_adapter import FlaxModel
 from uhn_jax.models.gnn import GAT, GCN
 from uhn_jax.models.ha_cnn import HaCNN
 from uhn_jax.models.kan import KAN
@@ -102,6 +106,23 @@ def kan(m, dataset, dataset_type: int) -> KAN:
     )
 
 
+def char_lm(cell: str):
+    """The character language model with ``cell`` (``lstm``, ``layernorm_lstm``,
+    ``hyperlstm``), ``widths[0]`` hidden units, as a :class:`FlaxModel`."""
+
+    def build(m, dataset, dataset_type: int) -> FlaxModel:
+        module = hyperlstm.CharLM(
+            vocab_size=dataset.num_classes,
+            features=m.widths[0],
+            cell=cell,
+            embed_dim=m.embed_dim,
+        )
+        example = jnp.zeros((1, dataset.x_train.shape[1]), jnp.int32)
+        return FlaxModel.from_linen(module, example, global_fields={"dataset_type": dataset_type})
+
+    return build
+
+
 for _name, _build in (
     ("mlp", mlp),
     ("cnn", cnn),
@@ -110,5 +131,8 @@ for _name, _build in (
     ("gat", gat),
     ("transformer", transformer),
     ("kan", kan),
+    ("lstm", char_lm("lstm")),
+    ("layernorm_lstm", char_lm("layernorm_lstm")),
+    ("hyperlstm", char_lm("hyperlstm")),
 ):
     register_family(_name, _build)

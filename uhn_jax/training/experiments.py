@@ -71,7 +71,7 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
     kind / direct ratio.
     """
     metric = rows[0].get("metric_name", "accuracy")
-    rmse = metric == "rmse"
+    rmse = metric in ("rmse", "bpc")  # shown as they are, lower is better
     lines = [
         "| mode | dataset | model | target params | generator params | seeds | steps "
         f"| test {metric} (mean ± std) | wall s / run |",
@@ -97,7 +97,9 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
         lines.append("")
     for kind in kinds if "direct" in means else ():
         label = "UHN" if kind == "uhn" else kind
-        if rmse:
+        if metric == "bpc":
+            lines.append(f"{label} - direct: {means[kind] - means['direct']:+.3f} bpc")
+        elif rmse:
             lines.append(f"{label} / direct RMSE: {means[kind] / means['direct']:.3f}")
         else:
             gap = round(100 * (means[kind] - means["direct"]), 2) + 0.0  # no "-0.00"

@@ -3,9 +3,13 @@
 ``classification``: cross-entropy on sampled batches (images, text), metric accuracy.
 ``node_classification``: cross-entropy on the masked nodes of one full graph per step.
 ``regression``: mean squared error on sampled batches (formulas), metric RMSE.
+``language_modeling``: next-token cross-entropy over each window's positions (characters),
+metric bits per character (``bpc``, the cross-entropy in base 2).
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +23,8 @@ TASKS = registry.TASKS
 
 
 def metric_name(task: str) -> str:
-    """``rmse`` for regression, ``accuracy`` otherwise."""
-    return "rmse" if task == "regression" else "accuracy"
+    """``rmse`` for regression, ``bpc`` for language modelling, ``accuracy`` otherwise."""
+    return {"regression": "rmse", "language_modeling": "bpc"}.get(task, "accuracy")
 
 
 def task_of(exp: config_lib.Experiment) -> str:
@@ -45,10 +49,14 @@ def load_dataset(exp: config_lib.Experiment):
 
 def example_terms(task: str, outputs: jax.Array, y: jax.Array):
     """Per-example ``(loss, score)``: cross-entropy and 0/1 correctness for classification,
-    the squared error averaged over outputs (as both) for regression."""
+    the squared error averaged over outputs (as both) for regression, the mean cross-entropy
+    over a window's positions and its value in bits for language modelling."""
     if task == "regression":
         se = jnp.mean((outputs - y) ** 2, axis=-1)
         return se, se
+    if task == "language_modeling":  # outputs [B, L, V], y [B, L]: mean over positions
+        ce = optax.softmax_cross_entropy_with_integer_labels(outputs, y).mean(axis=-1)
+        return ce, ce / math.log(2.0)
     loss = optax.softmax_cross_entropy_with_integer_labels(outputs, y)
     return loss, (outputs.argmax(-1) == y).astype(jnp.float32)
 
