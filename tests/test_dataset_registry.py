@@ -47,7 +47,7 @@ def _tiny_images(name: str, n: int = 6) -> images.ArrayDataset:
 
 
 def test_every_builtin_keeps_its_task_families_and_dataset_type():
-    assert registry.names() == (*EXPECTED, "formula", "tfds:")
+    assert registry.names() == (*EXPECTED, "formula", "mr_chars", "tfds:")
     for name, (task, results_task, families, value) in EXPECTED.items():
         entry = registry.get(name)
         assert (entry.name, entry.task, entry.results_task) == (name, task, results_task)
@@ -60,6 +60,10 @@ def test_every_builtin_keeps_its_task_families_and_dataset_type():
         "formula_regression",
         ("kan",),
     )
+    chars = registry.get("mr_chars")
+    assert (chars.task, chars.results_task) == ("language_modeling", "char_lm")
+    assert chars.families == ("lstm", "layernorm_lstm", "hyperlstm")
+    assert registry.dataset_type(DataConfig(name="mr_chars")) == registry.MR_CHARS_DATASET_TYPE
 
 
 def test_formula_dataset_types_follow_the_reference_enum():
