@@ -324,3 +324,24 @@ def test_summarize_one_row_per_compare_run(tmp_path):
         experiments.summarize(tmp_path)
     with pytest.raises(FileNotFoundError, match="compare.json"):
         experiments.summarize(tmp_path / "a")
+
+
+def test_summarize_groups_plain_train_runs_by_model(tmp_path):
+    runs = {"lstm": [2.0, 2.2], "hyperlstm": [1.9, 1.9], "layernorm_lstm": [2.05, 1.95]}
+    for model, vals in runs.items():
+        for seed, v in enumerate(vals):
+            run = tmp_path / f"{model}_seed{seed}"
+            run.mkdir()
+            result = {"mode": "direct", "model": model, "dataset": "mr_chars", "seed": seed}
+            result |= {"metric_name": "bpc", "test_metric": v, "num_target_params": 1000}
+            (run / "results.json").write_text(json.dumps(result))
+    table = experiments.summarize(tmp_path)
+    assert "| hyperlstm | mr_chars | 1,000 | 2 | 1.9 ± 0 | 1.900 / 1.900 |" in table
+    assert "| lstm | mr_chars | 1,000 | 2 | 2.1 ± 0.1 | 2.000 / 2.200 |" in table
+    assert "hyperlstm - lstm: -0.200 bpc" in table
+    assert "hyperlstm - layernorm_lstm: -0.100 bpc" in table
+    (tmp_path / "lstm_seed0" / "results.json").write_text(
+        json.dumps({**result, "metric_name": "accuracy"})
+    )
+    with pytest.raises(ValueError, match="different metrics"):
+        experiments.summarize(tmp_path)

@@ -467,6 +467,35 @@ def test_comparison_table_reports_mean_std_and_gap():
     assert "UHN - direct: +1.00 pp" in table
 
 
+def test_matched_widths_sizes_the_direct_model_to_a_parameter_count():
+    exp = _exp(mode="direct")  # MLP 16-16 on digits: 64*16 + 16 + 16*16 + 16 + 16*10 + 10
+    ds = tasks_lib.load_dataset(exp)
+    assert setup_lib.describe(exp, ds).layout.size == 1482
+    assert experiments.matched_widths(exp, ds, 1482) == (16, 16)
+    widths = experiments.matched_widths(exp, ds, 50_000)
+    assert widths[0] == widths[1] > 16
+    big = dataclasses.replace(exp, model=dataclasses.replace(exp.model, widths=widths))
+    assert abs(setup_lib.describe(big, ds).layout.size - 50_000) < 400  # one width step
+    with pytest.raises(ValueError, match="model.widths"):
+        experiments.matched_widths(
+            dataclasses.replace(exp, model=dataclasses.replace(exp.model, widths=())), ds, 10
+        )
+
+
+def test_compare_with_match_params_adds_the_equal_size_direct_model(tmp_path):
+    exp = _exp(mode="conditional", train__init_steps=0, train__steps=2, hypernet__hidden_sizes=(4,))
+    table = experiments.compare(exp, tmp_path, seeds=1, progress=False, match_params=True)
+    rows = {r["mode"]: r for r in json.loads((tmp_path / "compare.json").read_text())}
+    assert set(rows) == {"direct", "conditional", "direct_matched"}
+    trained = rows["conditional"]["num_generator_params"]
+    assert trained == experiments.trained_params(rows["conditional"])
+    assert abs(rows["direct_matched"]["num_target_params"] - trained) < 0.05 * trained
+    assert rows["direct"]["num_target_params"] == rows["conditional"]["num_target_params"]
+    assert "conditional - direct:" in table and "conditional - direct_matched:" in table
+    on_disk = json.loads((tmp_path / "direct_matched_seed0" / "results.json").read_text())
+    assert on_disk["mode"] == "direct"
+
+
 def test_non_finite_loss_fails_fast_and_keeps_the_last_good_checkpoint(tmp_path):
     good = data.load_digits()
     x = good.x_train.copy()

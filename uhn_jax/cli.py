@@ -1,4 +1,5 @@
-"""The ``uhn-jax`` command line: ``train``, ``compare``, ``export``, ``summarize``, ``multitask``.
+"""The ``uhn-jax`` command line: ``train``, ``compare``, ``export``, ``summarize``, ``multitask``,
+``plot``.
 
 Examples::
 
@@ -7,6 +8,7 @@ Examples::
   uhn-jax export  --workdir runs/digits
   uhn-jax summarize --workdir runs/kan      # one row per compare run under runs/kan/*/
   uhn-jax multitask --config configs/multitask.py --workdir runs/multitask --baselines [--seeds 3]
+  uhn-jax plot --workdir runs/demo        # curves over seeds as PNGs in runs/demo/plots
 
 Any config field can be overridden with ``--config.<group>.<field>=value``. Rerunning a command
 with the same ``--workdir`` resumes where it stopped.
@@ -19,20 +21,34 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "compare", "export", "summarize", "multitask")
+COMMANDS = ("train", "compare", "export", "summarize", "multitask", "plot")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; reused to resume).")
 _SEEDS = flags.DEFINE_integer(
     "seeds", 3, "compare (and multitask, where it defaults to 1): seeds seed, seed+1, ..."
 )
-_OUT = flags.DEFINE_string("out", None, "export: output directory (default WORKDIR/export).")
+_OUT = flags.DEFINE_string(
+    "out",
+    None,
+    "export: output directory (default WORKDIR/export); plot: output directory (default "
+    "WORKDIR/plots).",
+)
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+_KERNELS = flags.DEFINE_boolean(
+    "kernels", False, "plot: also draw each group's conv kernels (needs the run's data)."
+)
 _BASELINES = flags.DEFINE_boolean(
     "baselines",
     False,
     "multitask: also train each task's single-task UHN (same generator, steps scaled by the "
     "task's probability) and write WORKDIR/compare.md.",
+)
+_MATCH_PARAMS = flags.DEFINE_boolean(
+    "match_params",
+    False,
+    "compare: also train the base model directly with its widths scaled to the hypernetwork's "
+    "trained parameter count (the static model of equal size), as rows direct_matched.",
 )
 _DISTRIBUTED = flags.DEFINE_boolean(
     "distributed",
@@ -68,6 +84,12 @@ def _run(command: str) -> None:
         path = experiments.export(_WORKDIR.value, _OUT.value)
         print(f"exported generated params to {path}")
         return
+    if command == "plot":
+        from uhn_jax import plots
+
+        for path in plots.plot_workdir(_WORKDIR.value, _OUT.value, kernels=_KERNELS.value):
+            print(path)
+        return
     if _CONFIG.value is None:
         raise app.UsageError("--config is required, e.g. --config configs/digits_mlp.py")
     if command == "multitask":
@@ -92,7 +114,13 @@ def _run(command: str) -> None:
         results = train.run(exp, _WORKDIR.value, progress=_PROGRESS.value)
         print(experiments.format_results(results))
     else:
-        table = experiments.compare(exp, _WORKDIR.value, _SEEDS.value, progress=_PROGRESS.value)
+        table = experiments.compare(
+            exp,
+            _WORKDIR.value,
+            _SEEDS.value,
+            progress=_PROGRESS.value,
+            match_params=_MATCH_PARAMS.value,
+        )
         print(table)
 
 

@@ -26,32 +26,89 @@ def format_results(results: dict[str, Any]) -> str:
 
 
 def compare(
-    exp: config_lib.Experiment, workdir: str | Path, seeds: int = 3, *, progress: bool = True
+    exp: config_lib.Experiment,
+    workdir: str | Path,
+    seeds: int = 3,
+    *,
+    progress: bool = True,
+    match_params: bool = False,
 ) -> str:
     """Runs direct training and ``exp.mode``'s kind (the UHN when ``exp.mode`` is ``direct``)
     for ``seeds`` seeds and returns a markdown table.
 
-    Runs go to ``workdir/{mode}_seed{seed}`` (each resumable); the table is also written to
-    ``workdir/compare.md`` and the per-run results to ``workdir/compare.json``.
+    With ``match_params``, a third row trains the base model directly with its widths scaled so
+    that it has as many parameters as the kind trains (:func:`matched_widths`): the static model
+    of equal parameter count.
+
+    Runs go to ``workdir/{mode}_seed{seed}`` (each resumable; the matched model's to
+    ``workdir/direct_matched_seed{seed}``); the table is also written to ``workdir/compare.md``
+    and the per-run results to ``workdir/compare.json``.
     """
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     workdir = Path(workdir)
     dataset = tasks.load_dataset(exp)
+    kind = "uhn" if exp.mode == "direct" else exp.mode
+    runs = [(mode, dataclasses.replace(exp, mode=mode)) for mode in ("direct", kind)]
     rows = []
-    for mode in ("direct", "uhn" if exp.mode == "direct" else exp.mode):
+    for label, run_exp in runs + [("direct_matched", None)] * match_params:
+        if run_exp is None:  # sized from the kind's runs, once they are done
+            count = trained_params(rows[-1])
+            model = dataclasses.replace(exp.model, widths=matched_widths(exp, dataset, count))
+            run_exp = dataclasses.replace(exp, mode="direct", model=model)
         for seed in range(exp.seed, exp.seed + seeds):
-            run_exp = dataclasses.replace(exp, mode=mode, seed=seed)
             results = train.run(
-                run_exp, workdir / f"{mode}_seed{seed}", dataset=dataset, progress=progress
+                dataclasses.replace(run_exp, seed=seed),
+                workdir / f"{label}_seed{seed}",
+                dataset=dataset,
+                progress=progress,
             )
             print(format_results(results), flush=True)
-            rows.append(results)
+            rows.append({**results, "mode": label})
     table = comparison_table(rows)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "compare.md").write_text(table + "\n")
     (workdir / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
     return table
+
+
+def trained_params(results: dict[str, Any]) -> int:
+    """Parameters a run trained, from its ``results.json``: the generator's (plus any trained
+    directly beside it) for a hypernetwork kind, the base model's for direct training."""
+    if results["mode"] == "direct":
+        return results["num_target_params"]
+    return results["num_generator_params"] + results.get("num_direct_params", 0)
+
+
+def matched_widths(exp: config_lib.Experiment, dataset, count: int) -> tuple[int, ...]:
+    """``exp.model.widths`` scaled by one factor so the base model has about ``count``
+    parameters (the nearest of the counts found by bisection on the factor).
+
+    Raises:
+        ValueError: If ``exp.model`` has no widths to scale.
+    """
+    widths = exp.model.widths
+    if not widths:
+        raise ValueError(f"model.family={exp.model.family!r} has no model.widths to scale")
+
+    def size(factor: float) -> tuple[int, tuple[int, ...]]:
+        scaled = tuple(max(1, round(w * factor)) for w in widths)
+        model = dataclasses.replace(exp.model, widths=scaled)
+        desc = setup_lib.describe(dataclasses.replace(exp, mode="direct", model=model), dataset)
+        return desc.layout.size, scaled
+
+    lo, hi = 1.0 / max(widths), 1.0
+    while size(hi)[0] < count:
+        lo, hi = hi, 2 * hi
+    best = min(size(lo), size(hi), key=lambda s: abs(s[0] - count))
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        n, scaled = size(mid)
+        best = min(best, (n, scaled), key=lambda s: abs(s[0] - count))
+        lo, hi = (mid, hi) if n < count else (lo, mid)
+        if hi - lo < 0.5 / max(widths):
+            break
+    return best[1]
 
 
 def format_metric(values: np.ndarray, rmse: bool, spread: bool = True) -> str:
@@ -78,7 +135,8 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     means = {}
-    for mode in ("direct", *sorted({r["mode"] for r in rows} - {"direct"})):
+    first = ("direct", "direct_matched")
+    for mode in (*first, *sorted({r["mode"] for r in rows} - set(first))):
         rs = [r for r in rows if r["mode"] == mode]
         if not rs:
             continue
@@ -92,24 +150,27 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
             f"| {r0['num_generator_params']:,} | {len(rs)} | {steps} "
             f"| {shown} | {np.mean([r['wall_s'] for r in rs]):.1f} |"
         )
-    kinds = [m for m in means if m != "direct"]
-    if "direct" in means and kinds:
+    baselines = [b for b in ("direct", "direct_matched") if b in means]
+    kinds = [m for m in means if m not in baselines]
+    if baselines and kinds:
         lines.append("")
-    for kind in kinds if "direct" in means else ():
+    for kind, base in ((k, b) for k in kinds for b in baselines):
         label = "UHN" if kind == "uhn" else kind
         if metric == "bpc":
-            lines.append(f"{label} - direct: {means[kind] - means['direct']:+.3f} bpc")
+            lines.append(f"{label} - {base}: {means[kind] - means[base]:+.3f} bpc")
         elif rmse:
-            lines.append(f"{label} / direct RMSE: {means[kind] / means['direct']:.3f}")
+            lines.append(f"{label} / {base} RMSE: {means[kind] / means[base]:.3f}")
         else:
-            gap = round(100 * (means[kind] - means["direct"]), 2) + 0.0  # no "-0.00"
-            lines.append(f"{label} - direct: {gap:+.2f} pp")
+            gap = round(100 * (means[kind] - means[base]), 2) + 0.0  # no "-0.00"
+            lines.append(f"{label} - {base}: {gap:+.2f} pp")
     return "\n".join(lines)
 
 
 def summarize(workdir: str | Path) -> str:
     """One row per ``compare`` run found under ``workdir`` (each subdirectory holding a
     ``compare.json``): direct and UHN test metric (mean ± std over seeds) and their gap.
+    A ``workdir`` of plain ``train`` runs (subdirectories holding ``results.json``) gets
+    :func:`runs_table` instead.
 
     Accuracies get the UHN - direct gap in percentage points and its mean over the rows; RMSEs
     get the UHN / direct ratio and the geometric mean of the ratios.
@@ -117,7 +178,13 @@ def summarize(workdir: str | Path) -> str:
     workdir = Path(workdir)
     paths = sorted(workdir.glob("*/compare.json"))
     if not paths:
-        raise FileNotFoundError(f"no */compare.json under {workdir}; run `uhn-jax compare` first")
+        runs = sorted(workdir.glob("*/results.json"))
+        if runs:
+            return runs_table([json.loads(p.read_text()) for p in runs])
+        raise FileNotFoundError(
+            f"no */compare.json or */results.json under {workdir}; run `uhn-jax compare` or "
+            "`uhn-jax train --workdir {workdir}/<run>` first"
+        )
     lines, gaps, metric = [], [], None
     for path in paths:
         rows = json.loads(path.read_text())
@@ -158,11 +225,51 @@ def summarize(workdir: str | Path) -> str:
     return "\n".join(head + lines + ["", summary])
 
 
-def export(workdir: str | Path, out: str | Path | None = None) -> Path:
-    """Writes the base-model params of a run as a plain orbax checkpoint.
+def runs_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of ``train`` runs grouped by (mode, model): mean ± std of the test metric
+    over seeds, with every pair's gap, e.g. the HyperLSTM against its same-size LSTM.
 
-    For a UHN run the weights are generated once from the latest checkpoint; the export then
-    loads with :func:`uhn_jax.training.checkpoint.load_params` alone, without the generator.
+    Raises:
+        ValueError: If the runs report different metrics.
+    """
+    metrics = {r["metric_name"] for r in rows}
+    if len(metrics) != 1:
+        raise ValueError(f"the runs report different metrics: {sorted(metrics)}")
+    metric = metrics.pop()
+    lower = metric in ("rmse", "bpc")
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(rows, key=lambda r: (r["mode"], r["model"], r["seed"])):
+        label = r["model"] if r["mode"] == "direct" else f"{r['mode']} {r['model']}"
+        groups.setdefault(label, []).append(r)
+    lines = [
+        f"| run | dataset | trained params | seeds | test {metric} (mean ± std) | per seed |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    means = {}
+    for label, rs in groups.items():
+        vals = np.array([r["test_metric"] for r in rs])
+        means[label] = vals.mean() if lower else 100 * vals.mean()
+        per_seed = " / ".join(f"{v:.3f}" if lower else f"{100 * v:.2f}" for v in vals)
+        lines.append(
+            f"| {label} | {rs[0]['dataset']} | {trained_params(rs[0]):,} | {len(rs)} "
+            f"| {format_metric(vals, lower)} | {per_seed} |"
+        )
+    unit = metric if lower else "pp"
+    labels = list(means)
+    gaps = [
+        f"{a} - {b}: {means[a] - means[b]:+.3f} {unit}"
+        for i, a in enumerate(labels)
+        for b in labels[i + 1 :]
+    ]
+    return "\n".join(lines + ([""] + gaps if gaps else []))
+
+
+def load_model_params(workdir: str | Path) -> tuple[config_lib.Experiment, Any]:
+    """The config and the base model's params of a run's latest checkpoint (for a hypernetwork
+    kind, generated once from it).
+
+    Raises:
+        FileNotFoundError: If ``workdir`` is not a run directory or holds no checkpoint.
     """
     workdir = Path(workdir)
     config_path = workdir / "config.json"
@@ -179,4 +286,15 @@ def export(workdir: str | Path, out: str | Path | None = None) -> Path:
     params = step_lib.materialize_params(
         setup, state["params"], state["constants"], setup_lib.desc_arrays(setup, desc)
     )
+    return exp, params
+
+
+def export(workdir: str | Path, out: str | Path | None = None) -> Path:
+    """Writes the base-model params of a run as a plain orbax checkpoint.
+
+    For a UHN run the weights are generated once from the latest checkpoint; the export then
+    loads with :func:`uhn_jax.training.checkpoint.load_params` alone, without the generator.
+    """
+    workdir = Path(workdir)
+    _, params = load_model_params(workdir)
     return checkpoint.save_params(Path(out) if out else workdir / "export", params)

@@ -1,0 +1,195 @@
+"""uhn_jax.plots and ``uhn-jax plot`` on small fake workdirs (no training)."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import matplotlib.image
+import numpy as np
+import pytest
+from conftest import subprocess_env
+
+from uhn_jax import plots
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(run_dir, *, mode="uhn", model="mlp-64-64", seed=0, metric="accuracy", shift=0.0):
+    """A fake finished run: init-stage lines, training lines every 10 steps, two evaluations."""
+    run_dir.mkdir(parents=True)
+    lines = [{"step": 5, "loss": 99.0, metric: 99.0, "stage": "init"}]
+    for step in range(10, 101, 10):
+        value = step / 100 + shift
+        lines.append(
+            {"step": step, metric: value, "grad_norm": 0.5, "loss": 1 / step, "stage": "task"}
+        )
+        if step % 50 == 0:
+            lines.append({"step": step, f"test_{metric}": value - 0.01})
+    text = "\n".join(json.dumps(line) for line in lines) + "\n\n"  # with a trailing blank line
+    (run_dir / "metrics.jsonl").write_text(text)
+    results = {
+        "mode": mode,
+        "model": model,
+        "dataset": "digits",
+        "seed": seed,
+        "metric_name": metric,
+        "test_metric": 0.9,
+        "num_target_params": 100,
+        "num_generator_params": 50,
+    }
+    (run_dir / "results.json").write_text(json.dumps(results))
+    (run_dir / "config.json").write_text(json.dumps({"mode": mode, "seed": seed}))
+    return results
+
+
+def write_compare(workdir, modes=("direct", "uhn"), seeds=2):
+    rows = [
+        {**write_run(workdir / f"{m}_seed{s}", mode=m, seed=s, shift=0.01 * s), "mode": m}
+        for m in modes
+        for s in range(seeds)
+    ]
+    (workdir / "compare.json").write_text(json.dumps(rows))
+
+
+def check_png(path):
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_curves_with_two_seeds_of_two_labels_writes_a_png(tmp_path):
+    groups = {}
+    for label in ("direct", "uhn"):
+        groups[label] = [tmp_path / f"{label}_seed{s}" for s in range(2)]
+        for s, run in enumerate(groups[label]):
+            write_run(run, mode=label, seed=s, shift=0.02 * s)
+    out = plots.curves(groups, "accuracy", tmp_path / "figs" / "acc.png", title="t", ylabel="acc")
+    assert out == tmp_path / "figs" / "acc.png"
+    check_png(out)
+
+
+def test_mean_band_uses_only_the_steps_every_seed_logged():
+    runs = [
+        (np.array([10, 20, 30]), np.array([1.0, 2.0, 3.0])),
+        (np.array([20, 30, 40]), np.array([4.0, 6.0, 8.0])),
+        (np.array([0, 20, 30]), np.array([9.0, 0.0, 3.0])),
+    ]
+    steps, mean, lo, hi = plots._mean_band(runs)
+    np.testing.assert_array_equal(steps, [20, 30])
+    np.testing.assert_array_equal(mean, [2.0, 4.0])
+    np.testing.assert_array_equal(lo, [0.0, 3.0])
+    np.testing.assert_array_equal(hi, [4.0, 6.0])
+    one = plots._mean_band(runs[:1])
+    for got in one[1:]:
+        np.testing.assert_array_equal(got, [1.0, 2.0, 3.0])
+
+
+def test_series_skips_init_stage_and_non_numeric_values(tmp_path):
+    write_run(tmp_path / "r")
+    steps, values = plots._series(tmp_path / "r", "accuracy")
+    np.testing.assert_array_equal(steps, np.arange(10, 101, 10))  # not the init line's step 5
+    np.testing.assert_allclose(values, steps / 100)
+    steps, _ = plots._series(tmp_path / "r", "stage")
+    assert len(steps) == 0
+
+
+def test_curves_names_a_missing_key(tmp_path):
+    write_run(tmp_path / "r")
+    with pytest.raises(ValueError, match="test_bpc"):
+        plots.curves({"uhn": [tmp_path / "r"]}, "test_bpc", tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_read_metrics_errors_name_the_file_and_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        plots.read_metrics(tmp_path)
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n\n{"step": 2, "loss"\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl, line 3"):
+        plots.read_metrics(tmp_path)
+    path.write_text('{"step": 1, "loss": 2.0}\n\n')
+    assert plots.read_metrics(tmp_path) == [{"step": 1, "loss": 2.0}]
+
+
+def test_plot_workdir_of_a_compare_run(tmp_path):
+    write_compare(tmp_path, modes=("direct", "uhn", "direct_matched"))
+    written = plots.plot_workdir(tmp_path)
+    assert [p.name for p in written] == ["train_accuracy.png", "test_accuracy.png", "loss.png"]
+    assert all(p.parent == tmp_path / "plots" for p in written)
+    for path in written:
+        check_png(path)
+    assert plots._find_groups(tmp_path) == {
+        m: [tmp_path / f"{m}_seed{s}" for s in range(2)]
+        for m in ("direct", "uhn", "direct_matched")
+    }
+
+
+def test_plot_workdir_of_train_runs_groups_them_by_model(tmp_path):
+    for model in ("hyperlstm", "lstm"):
+        for seed in range(2):
+            write_run(tmp_path / f"{model}_seed{seed}", mode="direct", model=model, metric="bpc")
+    (tmp_path / "lstm_seed0" / "metrics.jsonl").write_text(  # no evaluation lines
+        '{"step": 10, "bpc": 3.0, "loss": 2.0, "stage": "task"}\n'
+    )
+    written = plots.plot_workdir(tmp_path, tmp_path / "out")
+    assert [p.name for p in written] == ["train_bpc.png", "test_bpc.png", "loss.png"]
+    assert all(p.parent == tmp_path / "out" and p.stat().st_size > 0 for p in written)
+    groups = plots._find_groups(tmp_path)
+    assert list(groups) == ["hyperlstm", "lstm"] and len(groups["lstm"]) == 2
+
+
+def test_plot_workdir_of_one_run_without_evaluations(tmp_path):
+    run = tmp_path / "run"
+    write_run(run, metric="rmse")
+    lines = [line for line in plots.read_metrics(run) if "test_rmse" not in line]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert [p.name for p in plots.plot_workdir(run)] == ["train_rmse.png", "loss.png"]
+
+
+def test_plot_workdir_without_runs_names_the_workdir(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty"):
+        plots.plot_workdir(tmp_path / "empty")
+
+
+def test_kernel_image_writes_a_png(tmp_path):
+    kernel = np.random.default_rng(0).normal(size=(7, 7, 2, 3))
+    out = plots.kernel_image(kernel, tmp_path / "k" / "kernel.png", title="layer_001")
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    assert matplotlib.image.imread(out).ndim == 3
+
+
+def test_cli_plot_writes_the_figures(tmp_path):
+    write_compare(tmp_path / "w")
+    out = tmp_path / "elsewhere"  # the default, WORKDIR/plots, is checked on plot_workdir
+    cmd = [sys.executable, "-m", "uhn_jax.cli", "plot", "--workdir", str(tmp_path / "w")]
+    proc = subprocess.run(
+        cmd + ["--out", str(out)], capture_output=True, text=True, env=subprocess_env()
+    )
+    assert proc.returncode == 0, proc.stderr
+    names = ["train_accuracy.png", "test_accuracy.png", "loss.png"]
+    assert proc.stdout.split() == [str(out / n) for n in names]
+    for name in names:
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_kernel_figures_draw_the_trained_conv_kernels_of_a_run(tmp_path):
+    from conftest import load_config
+
+    from uhn_jax import config as config_lib
+    from uhn_jax.training import experiments, train
+
+    cfg = load_config("test")
+    cfg.mode = "direct"
+    cfg.model.family = "cnn"
+    cfg.model.widths = (4,)
+    cfg.model.depths = (1,)
+    cfg.train.steps = 2
+    train.run(config_lib.from_config_dict(cfg), tmp_path / "run", progress=False)
+    _, params = experiments.load_model_params(tmp_path / "run")
+    kernels = [p for p in jax.tree.leaves(params) if p.ndim == 4]
+    paths = plots.plot_workdir(tmp_path / "run", kernels=True)
+    drawn = [p for p in paths if p.name.startswith("kernel_")]
+    assert len(drawn) == len(kernels) > 0
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in drawn)
