@@ -5,7 +5,8 @@ Commands (``:random`` for a random fixed condition, ``:input`` for data-adaptive
 example conditioned on a linear encoding of itself):
 
   uhn-jax compare --config configs/digits_conditional.py --workdir runs/conditional --seeds 3
-  uhn-jax compare --config configs/digits_conditional.py:input --workdir runs/adaptive --seeds 3
+  uhn-jax compare --config configs/digits_conditional.py:input --workdir runs/adaptive --seeds 3 \
+      --match_params   # adds the direct MLP with the hypernetwork's parameter count
 
 Expected: within 1 pp of direct (README, Results).
 """

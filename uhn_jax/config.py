@@ -80,7 +80,10 @@ class ModelConfig:
     # transformer: unused (see embed_dim).
     widths: tuple[int, ...] = (128, 128)
     depths: tuple[int, ...] = (6, 6, 6)  # cnn only: convs per stage
-    kernel_size: int = 3  # cnn only
+    kernel_size: int = 3  # cnn, ha_cnn
+    # ha_cnn: widths of ReLU Linear layers between the convs and the head (Deutsch et al.'s
+    # MNIST target network: (8,)).
+    head_hidden: tuple[int, ...] = ()
     groups: int = 4  # cnn only: GroupNorm groups
     slope: float = 0.1
     dropout_rate: float = 0.0
@@ -107,6 +110,8 @@ class ModelConfig:
         family = models.get_family(self.family)  # ValueError naming the registered families
         if family.validate is not None:
             family.validate(self)
+        for w in self.head_hidden:
+            checks.positive_int("model.head_hidden", w)
         for name in ("widths", "depths"):
             value = getattr(self, name)
             if not value or any(not isinstance(w, int) or w < 1 for w in value):
@@ -167,6 +172,22 @@ class HyperNetConfig:
     static_layers: tuple[str, ...] = ("layer_001",)
     embedding_size: int = 4
     block_size: int = 16
+    # mode=diverse (Deutsch et al. 2018): noise z ~ U(-1, 1)^noise_size -> extractor MLP ->
+    # a code_size code per filter -> per layer, one weight generator of filter_depth hidden
+    # layers of width filter_hidden[layer] shared by the layer's filters. Each step generates
+    # noise_batch networks, each trained on train.batch_size / noise_batch images, and adds
+    # diversity_weight x (minus the entropy estimate of the gauge-fixed weights) to the loss.
+    # Evaluation generates its networks with batch-norm statistics from reference_batch fixed
+    # noise vectors.
+    noise_size: int = 300
+    noise_batch: int = 32
+    diversity_weight: float = 1e-3
+    extractor_sizes: tuple[int, ...] = (300, 300)
+    code_size: int = 15
+    filter_hidden: tuple[int, ...] = (40, 100, 100, 60)
+    filter_depth: int = 2
+    leaky_slope: float = 0.05
+    reference_batch: int = 256
 
     def validate(self):
         checks.positive_int("hypernet.embedding_size", self.embedding_size)
@@ -182,6 +203,21 @@ class HyperNetConfig:
             raise ValueError("hypernet.hidden_sizes must name at least one hidden layer")
         for h in self.hidden_sizes:
             checks.positive_int("hypernet.hidden_sizes", h)
+        for name in ("noise_size", "code_size", "reference_batch"):
+            checks.positive_int(f"hypernet.{name}", getattr(self, name))
+        checks.non_negative_int("hypernet.filter_depth", self.filter_depth)
+        if not isinstance(self.noise_batch, int) or self.noise_batch < 2:
+            raise ValueError(
+                f"hypernet.noise_batch must be an int >= 2 (the entropy estimate needs a nearest "
+                f"neighbour in the batch of generated networks), got {self.noise_batch!r}"
+            )
+        if not isinstance(self.diversity_weight, int | float) or self.diversity_weight < 0:
+            raise ValueError(
+                f"hypernet.diversity_weight must be >= 0, got {self.diversity_weight!r}"
+            )
+        for name in ("extractor_sizes", "filter_hidden"):
+            for w in getattr(self, name):
+                checks.positive_int(f"hypernet.{name}", w)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,11 +281,12 @@ class Experiment:
     def validate(self) -> Experiment:
         from uhn_jax import hypernets
 
-        hypernets.get(self.mode)  # ValueError naming the registered kinds
+        kind = hypernets.get(self.mode)  # ValueError naming the registered kinds
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
         for part in (self.data, self.model, self.generator, self.hypernet, self.train):
             part.validate()
+        kind.validate(self)
         from uhn_jax.data import registry
 
         allowed = registry.get(self.data.name).families

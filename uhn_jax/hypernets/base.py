@@ -25,6 +25,7 @@ from __future__ import annotations
 import abc
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 
@@ -36,6 +37,11 @@ class Kind(abc.ABC):
     #: The kind-specific config groups it reads (``generator``, ``hypernet``); a workdir's
     #: saved config is compared on these and the shared groups only.
     config_groups: tuple[str, ...] = ()
+
+    def validate(self, exp) -> None:
+        """Checks across config groups this kind needs (an ``Experiment``), raising a
+        ``ValueError`` that names the field; called when a config is built. Nothing by default."""
+        del exp
 
     @abc.abstractmethod
     def init(self, setup, key) -> tuple[Any, Any]:
@@ -126,3 +132,19 @@ def get(name: str) -> Kind:
 def names() -> tuple[str, ...]:
     """The registered kinds' names."""
     return tuple(_KINDS)
+
+
+def apply_many(setup, model_params, x, cond, *, train=False, rng=None):
+    """``M`` networks (params stacked on a leading axis), network ``m`` on its own inputs
+    ``x[m]``: the model's ``apply_many`` when it has one, else ``vmap`` (``lax.map`` on CPU,
+    where XLA runs a conv with a kernel per network as a slow grouped convolution)."""
+    many = getattr(setup.model, "apply_many", None)
+    if many is not None and cond.model_masks is None:
+        return many(model_params, x)
+
+    def one(p, xi):
+        return apply_base(setup, p, xi, cond, train=train, rng=rng)
+
+    if jax.default_backend() == "cpu":
+        return jax.lax.map(lambda a: one(*a), (model_params, x))
+    return jax.vmap(one)(model_params, x)

@@ -42,13 +42,20 @@ def cnn(m, dataset, dataset_type: int) -> CNN:
 
 
 def ha_cnn(m, dataset, dataset_type: int) -> HaCNN:
-    """Ha et al.'s small MNIST CNN: two k x k convs of ``widths[0]`` channels, then a Linear."""
+    """Ha et al.'s small MNIST CNN: two k x k convs of ``widths`` channels (one width for
+    both, or two), ``head_hidden`` ReLU Linear layers, then a Linear head."""
+    if len(m.widths) not in (1, 2):
+        raise ValueError(
+            f"model.widths for ha_cnn is (channels,) or (conv1, conv2), got {m.widths}"
+        )
     return HaCNN(
         input_shape=dataset.input_shape,
         num_classes=dataset.num_classes,
         channels=m.widths[0],
         kernel_size=m.kernel_size,
         dataset_type=dataset_type,
+        channels_2=m.widths[-1],
+        hidden=tuple(m.head_hidden),
     )
 
 

@@ -1,0 +1,158 @@
+"""Deutsch et al.'s noise-input hypernetwork: target network, generator sizes, gauge fixing,
+the entropy estimate, the batched target, bad input, and the kind in the one training loop."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import load_config
+
+from uhn_jax import config as config_lib
+from uhn_jax.hypernets import diverse as D
+from uhn_jax.hypernets import diverse_kind
+from uhn_jax.models.ha_cnn import HaCNN
+from uhn_jax.training import setup as setup_lib
+from uhn_jax.training import step as step_lib
+from uhn_jax.training import tasks, train
+
+DEUTSCH = HaCNN(channels=32, channels_2=16, kernel_size=5, hidden=(8,))
+
+
+def _sizes(params):
+    return [sum(int(x.size) for x in jax.tree.leaves(params[k])) for k in sorted(params)]
+
+
+def test_target_network_has_the_papers_20018_weights():
+    params = jax.eval_shape(DEUTSCH.init, jax.random.key(0))
+    assert _sizes(params) == [832, 12816, 6280, 90]
+    layout = D.filter_layout(params)
+    assert [(f.count, f.size) for f in layout] == [(32, 26), (16, 801), (8, 785), (1, 90)]
+
+
+def test_generator_part_counts_match_the_papers_table():
+    exp = config_lib.from_config_dict(load_config("mnist_diverse"))
+    gen = diverse_kind.generator(DEUTSCH, exp.hypernet)
+    z = jnp.zeros((4, exp.hypernet.noise_size))
+    params = jax.eval_shape(gen.init, jax.random.key(0), z)["params"]
+    assert D.part_counts(params) == {
+        "extractor": 436_500,
+        "layer_000": 3_240,
+        "layer_001": 91_600,
+        "layer_002": 90_000,
+        "layer_003": 9_900,
+    }
+
+
+def _random_net(key, scale=1.0):
+    params = DEUTSCH.init(key)
+    return jax.tree.map(lambda a: a * scale, params)
+
+
+def test_gauge_fix_keeps_the_function_and_fixes_the_gauge():
+    params = _random_net(jax.random.key(1), scale=3.0)
+    x = jax.random.normal(jax.random.key(2), (8, 28, 28))
+    fixed = D.gauge_fix(params)
+    p_orig = jax.nn.softmax(DEUTSCH.apply(params, x))
+    p_fixed = jax.nn.softmax(DEUTSCH.apply(fixed, x))
+    np.testing.assert_allclose(p_fixed, p_orig, atol=1e-5)
+    for name in sorted(fixed)[:-1]:
+        k, b = fixed[name]["kernel"], fixed[name]["bias"]
+        sq = (k.reshape(-1, k.shape[-1]) ** 2).sum(0) + b**2
+        np.testing.assert_allclose(np.sqrt(sq / (k[..., 0].size + 1)), 1.0, rtol=1e-4)
+    assert abs(float(fixed["layer_003"]["bias"].mean())) < 1e-6
+    # Rescaling a filter (and unscaling the next layer) lands on the same representative.
+    moved = jax.tree.map(lambda a: a, params)
+    moved["layer_000"] = {k: v * 5.0 for k, v in params["layer_000"].items()}
+    moved["layer_001"] = dict(params["layer_001"], kernel=params["layer_001"]["kernel"] / 5.0)
+    for a, b in zip(jax.tree.leaves(D.gauge_fix(moved)), jax.tree.leaves(fixed), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_kl_entropy_scales_with_the_log_of_the_spread_and_needs_two_rows():
+    w = jax.random.normal(jax.random.key(3), (16, 50))
+    h1, h2 = D.kl_entropy(w, 300), D.kl_entropy(2.0 * w, 300)
+    np.testing.assert_allclose(float(h2 - h1), 300 * math.log(2.0), rtol=1e-4)
+    with pytest.raises(ValueError, match="at least two"):
+        D.kl_entropy(w[:1], 300)
+
+
+def test_apply_many_matches_each_network_on_its_own_images():
+    params = jax.vmap(DEUTSCH.init)(jax.random.split(jax.random.key(4), 3))
+    x = jax.random.normal(jax.random.key(5), (3, 4, 28, 28))
+    ref = jnp.stack(
+        [DEUTSCH.apply(jax.tree.map(lambda a, i=i: a[i], params), x[i]) for i in range(3)]
+    )
+    np.testing.assert_allclose(DEUTSCH.apply_many(params, x), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("diversity_weight", -1.0, "hypernet.diversity_weight"),
+        ("noise_batch", 1, "hypernet.noise_batch"),
+        ("noise_size", 0, "hypernet.noise_size"),
+    ],
+)
+def test_bad_hypernet_fields_are_named(field, value, match):
+    cfg = load_config("mnist_diverse")
+    cfg.hypernet[field] = value
+    with pytest.raises(ValueError, match=match):
+        config_lib.from_config_dict(cfg)
+
+
+def test_batch_must_split_evenly_over_the_generated_networks():
+    cfg = load_config("mnist_diverse")
+    cfg.train.batch_size = 100
+    with pytest.raises(ValueError, match="multiple of hypernet.noise_batch"):
+        config_lib.from_config_dict(cfg)
+
+
+def _digits_exp(**train):
+    cfg = load_config("mnist_diverse", "1e-3")
+    cfg.data.name = "digits"
+    cfg.model.widths = (4, 4)
+    cfg.model.kernel_size = 3
+    cfg.hypernet.noise_size = 8
+    cfg.hypernet.noise_batch = 4
+    cfg.hypernet.extractor_sizes = (16,)
+    cfg.hypernet.code_size = 3
+    cfg.hypernet.filter_hidden = (8, 8, 8, 8)
+    cfg.hypernet.filter_depth = 1
+    cfg.hypernet.reference_batch = 16
+    cfg.train.batch_size = 16
+    cfg.train.steps = 3
+    cfg.train.log_every = 1
+    cfg.train.eval_batch_size = 128
+    for k, v in train.items():
+        cfg.train[k] = v
+    return config_lib.from_config_dict(cfg)
+
+
+def test_a_model_without_the_scale_symmetry_is_refused():
+    exp = _digits_exp()
+    cfg = exp.to_dict()
+    cfg["model"]["family"] = "mlp"
+    cfg["model"]["widths"] = (8,)
+    exp = config_lib.from_config_dict(cfg)
+    setup, _ = setup_lib.make_setup(exp, tasks.load_dataset(exp))
+    with pytest.raises(ValueError, match="gauge_chain"):
+        setup.kind.init(setup, jax.random.key(0))
+
+
+def test_the_kind_trains_in_the_one_loop_and_samples_distinct_networks(tmp_path):
+    exp = _digits_exp()
+    results = train.run(exp, tmp_path, progress=False)
+    assert results["mode"] == "diverse" and results["generator_parts"]["extractor"] > 0
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert '"entropy"' in lines[0]
+    setup, _ = setup_lib.make_setup(exp, tasks.load_dataset(exp))
+    state = step_lib.init_state(setup, jax.random.key_data(jax.random.key(0)))
+    z = diverse_kind.noise(jax.random.key(7), 5, exp.hypernet.noise_size)
+    w = diverse_kind.sample(setup, state["params"], state["constants"], z)
+    assert w.shape == (5, setup.layout.size)
+    assert float(jnp.abs(w[0] - w[1]).max()) > 1e-3  # different noise, different networks
+    # A network depends on its own noise only (reference-batch statistics).
+    w0 = diverse_kind.sample(setup, state["params"], state["constants"], z[:1])
+    np.testing.assert_allclose(w0[0], w[0], atol=1e-5)
