@@ -156,3 +156,33 @@ def test_the_kind_trains_in_the_one_loop_and_samples_distinct_networks(tmp_path)
     # A network depends on its own noise only (reference-batch statistics).
     w0 = diverse_kind.sample(setup, state["params"], state["constants"], z[:1])
     np.testing.assert_allclose(w0[0], w[0], atol=1e-5)
+
+
+def test_deep_ensemble_and_population_report(tmp_path):
+    from uhn_jax.analysis import report
+
+    diverse = _digits_exp()
+    train.run(diverse, tmp_path / "diverse", progress=False)
+    cfg = diverse.to_dict()
+    cfg["mode"] = "ensemble"
+    cfg["hypernet"]["ensemble_size"] = 4
+    ensemble = config_lib.from_config_dict(cfg)
+    results = train.run(ensemble, tmp_path / "ensemble", progress=False)
+    assert results["num_direct_params"] == 4 * results["num_target_params"]
+    out = report.analyze(
+        tmp_path / "diverse",
+        baseline=tmp_path / "ensemble",
+        networks=12,
+        sizes=(1, 5, 10),
+        test_images=100,
+        fgsm_images=40,
+    )
+    assert out["networks"] == 12 and len(out["accuracy"]["all"]) == 12
+    assert set(out["ensembles"]) == {"1", "5", "10"}
+    assert set(out["baseline"]["ensembles"]) == {"1"}  # 4 members: sizes 5 and 10 left out
+    assert out["diversity"]["mean_pairwise_distance"] > 0
+    assert "isotropic_baseline" in out and len(out["paths"]["t"]) > 2
+    assert out["fgsm"]["single"][0] == 0.0
+    names = {p.name for p in (tmp_path / "diverse" / "analysis").iterdir()}
+    assert {"report.json", "accuracy_histogram.png", "ensembles.png", "pca.png"} <= names
+    assert {"paths.png", "fgsm.png"} <= names

@@ -9,6 +9,7 @@ Examples::
   uhn-jax summarize --workdir runs/kan      # one row per compare run under runs/kan/*/
   uhn-jax multitask --config configs/multitask.py --workdir runs/multitask --baselines [--seeds 3]
   uhn-jax plot --workdir runs/demo        # curves over seeds as PNGs in runs/demo/plots
+  uhn-jax analyze --workdir runs/diverse --baseline runs/deep_ensemble   # a population report
 
 Any config field can be overridden with ``--config.<group>.<field>=value``. Rerunning a command
 with the same ``--workdir`` resumes where it stopped.
@@ -21,7 +22,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "compare", "export", "summarize", "multitask", "plot")
+COMMANDS = ("train", "compare", "export", "summarize", "multitask", "plot", "analyze")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; reused to resume).")
@@ -50,6 +51,10 @@ _MATCH_PARAMS = flags.DEFINE_boolean(
     "compare: also train the base model directly with its widths scaled to the hypernetwork's "
     "trained parameter count (the static model of equal size), as rows direct_matched.",
 )
+_BASELINE = flags.DEFINE_string(
+    "baseline", None, "analyze: a second run (e.g. mode=ensemble) measured alongside."
+)
+_NETWORKS = flags.DEFINE_integer("networks", 1000, "analyze: networks a generative kind samples.")
 _DISTRIBUTED = flags.DEFINE_boolean(
     "distributed",
     False,
@@ -89,6 +94,16 @@ def _run(command: str) -> None:
 
         for path in plots.plot_workdir(_WORKDIR.value, _OUT.value, kernels=_KERNELS.value):
             print(path)
+        return
+    if command == "analyze":
+        from uhn_jax.analysis import report
+
+        result = report.analyze(_WORKDIR.value, baseline=_BASELINE.value, networks=_NETWORKS.value)
+        acc = result["accuracy"]
+        print(
+            f"{result['networks']} networks: test accuracy {100 * acc['mean']:.2f} ± "
+            f"{100 * acc['std']:.2f} %; report and figures in {_WORKDIR.value}/analysis"
+        )
         return
     if _CONFIG.value is None:
         raise app.UsageError("--config is required, e.g. --config configs/digits_mlp.py")

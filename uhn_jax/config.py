@@ -188,6 +188,9 @@ class HyperNetConfig:
     filter_depth: int = 2
     leaky_slope: float = 0.05
     reference_batch: int = 256
+    # mode=ensemble: a deep ensemble of this many directly trained copies of the base model,
+    # each on train.batch_size / ensemble_size images per step.
+    ensemble_size: int = 32
 
     def validate(self):
         checks.positive_int("hypernet.embedding_size", self.embedding_size)
@@ -203,7 +206,7 @@ class HyperNetConfig:
             raise ValueError("hypernet.hidden_sizes must name at least one hidden layer")
         for h in self.hidden_sizes:
             checks.positive_int("hypernet.hidden_sizes", h)
-        for name in ("noise_size", "code_size", "reference_batch"):
+        for name in ("noise_size", "code_size", "reference_batch", "ensemble_size"):
             checks.positive_int(f"hypernet.{name}", getattr(self, name))
         checks.non_negative_int("hypernet.filter_depth", self.filter_depth)
         if not isinstance(self.noise_batch, int) or self.noise_batch < 2:

@@ -4,7 +4,14 @@ Every kind implements :class:`uhn_jax.hypernets.base.Kind`; the loop looks a kin
 config's ``mode`` (``uhn``, ``direct``, ...). Register your own with :func:`register`.
 """
 
-from uhn_jax.hypernets import conditional_kind, direct, diverse_kind, static_kind, uhn
+from uhn_jax.hypernets import (
+    conditional_kind,
+    direct,
+    diverse_kind,
+    ensemble_kind,
+    static_kind,
+    uhn,
+)
 from uhn_jax.hypernets.base import Kind, get, names, register
 
 __all__ = [
@@ -12,6 +19,7 @@ __all__ = [
     "conditional_kind",
     "direct",
     "diverse_kind",
+    "ensemble_kind",
     "get",
     "names",
     "register",

@@ -88,6 +88,14 @@ class Kind(abc.ABC):
         its own ``optax.multi_transform`` branch; ``None`` = one optimiser at :meth:`task_lr`."""
         return None
 
+    def population(self, setup, params, constants, key, n: int):
+        """The params of the networks this run stands for, stacked on a leading axis: ``n``
+        samples of a generative kind, the members of an ensemble; by default the one target
+        network (``n`` and ``key`` unused). What :mod:`uhn_jax.analysis.report` measures."""
+        del key, n
+        one = self.target_params(setup, params, constants, None)
+        return jax.tree.map(lambda a: a[None], one)
+
     def num_trained(self, params) -> dict[str, int]:
         """Parameter counts for ``results.json`` (e.g. ``num_generator_params``)."""
         return {}

@@ -131,6 +131,19 @@ def flatten(params: dict) -> Array:
     )
 
 
+def unflatten(w: Array, like: dict) -> dict:
+    """The inverse of :func:`flatten`: params shaped like ``like`` from the vector ``w``."""
+    out, start = {}, 0
+    for name in sorted(like):
+        out[name] = {}
+        for k in ("kernel", "bias"):
+            shape = like[name][k].shape
+            size = math.prod(shape)
+            out[name][k] = w[start : start + size].reshape(shape)
+            start += size
+    return out
+
+
 def kl_entropy(w: Array, dim: int) -> Array:
     """Kozachenko–Leonenko entropy estimate of the rows of ``w`` (``[N, W]``, ``N >= 2``):
     ``dim · mean_i log ε_i + ψ(N)``, ``ε_i`` the Euclidean distance to the nearest other row.
@@ -172,6 +185,8 @@ class NoiseGenerator(nn.Module):
         hidden: Hidden widths of each layer's weight generator, one tuple per layer (the
             paper's MNIST CNN: (40, 40), (100, 100), (100, 100), (60, 60)).
         slope: Leaky-ReLU slope (the paper's code: 0.05).
+        last_scale: Constant factor on the last layer's generated weights
+            (:func:`last_layer_scale`).
     """
 
     layout: tuple[FilterLayer, ...]
@@ -179,6 +194,7 @@ class NoiseGenerator(nn.Module):
     code_size: int
     hidden: tuple[tuple[int, ...], ...]
     slope: float
+    last_scale: float = 1.0
 
     @nn.compact
     def __call__(self, z: Array, n_ref: int = 0) -> list[Array]:
@@ -205,8 +221,35 @@ class NoiseGenerator(nn.Module):
                 g = nn.Dense(width, use_bias=False, kernel_init=init, name=f"{layer.name}_{j}")(g)
                 g = act(_batch_norm(g, n_ref, (0, 1)))
             head = nn.Dense(layer.size, use_bias=False, kernel_init=init, name=f"{layer.name}_out")
-            out.append(head(g))
+            out.append(head(g) * (self.last_scale if layer.kind == "last" else 1.0))
         return out
+
+
+def last_layer_scale(layout: tuple[FilterLayer, ...], widths: tuple[int, ...]) -> float:
+    """The factor that gives the generated networks a fan-in init's scale at the start.
+
+    With the paper's ``N(0, 0.1²)`` weights, a weight generator whose last hidden layer has
+    width ``h`` emits numbers of root-mean-square about ``r = 0.1 sqrt(h / 2)``. The gauge
+    removes every filter's scale but moves it into the next layer, so the function's scale
+    is the product over layers of ``r_l sqrt(fan_in_l + 1)``, which for the paper's MNIST CNN
+    is about 300: initial logits are 300x too large (a cross-entropy near 50) and the first
+    hundreds of steps go into shrinking them. Scaling the last layer's output by the inverse
+    product (times a fan-in init's ``1 / sqrt(fan_in)`` for that layer) starts the networks at
+    logits of order one, without changing the generator's parameters or their learning rates.
+
+    Args:
+        layout: The target's filters.
+        widths: Width of the layer feeding each weight generator's output layer.
+    """
+    scale = 1.0
+    for layer, width in zip(layout, widths, strict=True):
+        r = 0.1 * math.sqrt(width / 2)
+        fan_in = math.prod(layer.kernel_shape[:-1])
+        if layer.kind == "last":
+            scale *= 1.0 / (r * math.sqrt(fan_in))
+        else:
+            scale *= 1.0 / (r * math.sqrt(fan_in + 1))
+    return scale
 
 
 def part_counts(params: dict) -> dict[str, int]:

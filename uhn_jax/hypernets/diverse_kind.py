@@ -43,12 +43,15 @@ def generator(model, hypernet_cfg) -> D.NoiseGenerator:
             f"hypernet.filter_hidden needs one width per target layer ({len(layout)}: "
             f"{[layer.name for layer in layout]}), got {h.filter_hidden}"
         )
+    hidden = tuple((w,) * h.filter_depth for w in h.filter_hidden)
+    feeds = tuple(w[-1] if w else h.code_size for w in hidden)
     return D.NoiseGenerator(
         layout=layout,
         extractor=tuple(h.extractor_sizes),
         code_size=h.code_size,
-        hidden=tuple((w,) * h.filter_depth for w in h.filter_hidden),
+        hidden=hidden,
         slope=h.leaky_slope,
+        last_scale=D.last_layer_scale(layout, feeds),
     )
 
 
@@ -71,15 +74,14 @@ def networks(setup, params, z, reference=None) -> dict:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _sample(setup, params, constants, z):
-    nets = networks(setup, params, z, constants["reference"])
-    return jax.vmap(D.flatten)(nets)
+def _networks_jit(setup, params, constants, z):
+    return networks(setup, params, z, constants["reference"])
 
 
 def sample(setup, params, constants, z) -> jax.Array:
     """Flat gauge-fixed weights ``[M, W]`` of the networks of noise ``z [M, d]`` (evaluation
     batch norm), in one jitted, vmapped call."""
-    return _sample(setup, params, constants, jnp.asarray(z))
+    return jax.vmap(D.flatten)(_networks_jit(setup, params, constants, jnp.asarray(z)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +113,10 @@ class Diverse(base.Kind):
     def target_params(self, setup, params, constants, cond):
         nets = networks(setup, params, constants["eval_noise"], constants["reference"])
         return jax.tree.map(lambda a: a[0], nets)
+
+    def population(self, setup, params, constants, key, n: int):
+        z = noise(key, n, setup.hypernet.noise_size)
+        return _networks_jit(setup, params, constants, z)
 
     def forward(self, setup, params, constants, cond, x, *, train=False, rng=None):
         if not train:

@@ -264,9 +264,9 @@ def runs_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines + ([""] + gaps if gaps else []))
 
 
-def load_model_params(workdir: str | Path) -> tuple[config_lib.Experiment, Any]:
-    """The config and the base model's params of a run's latest checkpoint (for a hypernetwork
-    kind, generated once from it).
+def load_run(workdir: str | Path):
+    """A finished or interrupted run's ``(exp, setup, desc, dataset, state)`` from its
+    ``config.json`` and latest checkpoint.
 
     Raises:
         FileNotFoundError: If ``workdir`` is not a run directory or holds no checkpoint.
@@ -276,13 +276,25 @@ def load_model_params(workdir: str | Path) -> tuple[config_lib.Experiment, Any]:
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: is {workdir} a uhn-jax run directory?")
     exp = config_lib.from_config_dict(json.loads(config_path.read_text()))
-    setup, desc = setup_lib.make_setup(exp, tasks.load_dataset(exp))
+    dataset = tasks.load_dataset(exp)
+    setup, desc = setup_lib.make_setup(exp, dataset)
     mngr = checkpoint.manager(workdir / "checkpoints")
     state, step = checkpoint.restore_latest(
         mngr, step_lib.init_state(setup, jax.random.key_data(jax.random.key(0)))
     )
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
+    return exp, setup, desc, dataset, state
+
+
+def load_model_params(workdir: str | Path) -> tuple[config_lib.Experiment, Any]:
+    """The config and the base model's params of a run's latest checkpoint (for a hypernetwork
+    kind, generated once from it).
+
+    Raises:
+        FileNotFoundError: If ``workdir`` is not a run directory or holds no checkpoint.
+    """
+    exp, setup, desc, _, state = load_run(workdir)
     params = step_lib.materialize_params(
         setup, state["params"], state["constants"], setup_lib.desc_arrays(setup, desc)
     )
