@@ -42,6 +42,7 @@ def test_generator_part_counts_match_the_papers_table():
         "layer_001": 91_600,
         "layer_002": 90_000,
         "layer_003": 9_900,
+        "batch_norm": 2 * (300 + 300 + 2 * 40 + 4 * 100 + 2 * 60),
     }
 
 

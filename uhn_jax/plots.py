@@ -282,11 +282,12 @@ def _compare_groups(workdir: Path) -> dict[str, list[Path]]:
 
 def _model_groups(run_dirs: list[Path]) -> dict[str, list[Path]]:
     """Base model -> run dirs, for a directory of ``uhn-jax train`` runs. The label is
-    ``results["model"]`` (the directory name without ``_seed<n>`` for a run still training),
+    ``results["model"]`` (for a run still training, from its ``config.json``, else the directory
+    name without ``_seed<n>``),
     with the mode added when the runs do not all share one mode."""
     info = []
     for run in run_dirs:
-        results = _read_json(run / "results.json") or {}
+        results = _read_json(run / "results.json") or _describe_config(run)
         model = results.get("model") or re.sub(r"_seed\d+$", "", run.name)
         info.append((run, model, results.get("mode")))
     mixed = len({mode for _, _, mode in info}) > 1
@@ -294,6 +295,21 @@ def _model_groups(run_dirs: list[Path]) -> dict[str, list[Path]]:
     for run, model, mode in info:
         groups.setdefault(f"{model} [{mode}]" if mixed and mode else model, []).append(run)
     return groups
+
+
+def _describe_config(run: Path) -> dict[str, Any]:
+    """``{model, mode}`` of a run still training, from its ``config.json`` (empty if none)."""
+    cfg = _read_json(run / "config.json")
+    if not cfg:
+        return {}
+    from uhn_jax import config as config_lib
+    from uhn_jax.training import results
+
+    try:
+        exp = config_lib.from_config_dict(cfg)
+    except ValueError:
+        return {}
+    return {"model": results.describe_model(exp), "mode": exp.mode}
 
 
 def _find_groups(workdir: Path) -> dict[str, list[Path]]:

@@ -167,16 +167,20 @@ def kl_entropy(w: Array, dim: int) -> Array:
 
 
 def _batch_norm(h: Array, n_ref: int, axes: tuple[int, ...]) -> Array:
-    """Normalises over ``axes`` with the statistics of the first ``n_ref`` rows (all if 0);
-    no learned scale or shift (the paper's parameter counts have none)."""
+    """Normalises over ``axes`` with the statistics of the first ``n_ref`` rows (all if 0)."""
     ref = h[:n_ref] if n_ref else h
     mean = ref.mean(axes, keepdims=True)
     var = ref.var(axes, keepdims=True)
-    return (h - mean) * jax.lax.rsqrt(var + 1e-3)
+    return (h - mean) * jax.lax.rsqrt(var + 1e-7)
 
 
 class NoiseGenerator(nn.Module):
     """Extractor + per-layer weight generators (see the module docstring).
+
+    As in the paper's code: weights drawn with variance ``0.01 / fan_in``; every hidden layer
+    is Dense (no bias) -> leaky-ReLU -> batch norm with a learned scale and offset; each
+    sub-network's output layer is a plain Dense. (The paper's parameter table counts the weight
+    matrices; the batch-norm scales and offsets come on top, :func:`part_counts`.)
 
     Attributes:
         layout: The target's filters (:func:`filter_layout`).
@@ -185,8 +189,6 @@ class NoiseGenerator(nn.Module):
         hidden: Hidden widths of each layer's weight generator, one tuple per layer (the
             paper's MNIST CNN: (40, 40), (100, 100), (100, 100), (60, 60)).
         slope: Leaky-ReLU slope (the paper's code: 0.05).
-        last_scale: Constant factor on the last layer's generated weights
-            (:func:`last_layer_scale`).
     """
 
     layout: tuple[FilterLayer, ...]
@@ -194,23 +196,24 @@ class NoiseGenerator(nn.Module):
     code_size: int
     hidden: tuple[tuple[int, ...], ...]
     slope: float
-    last_scale: float = 1.0
+
+    def _hidden(self, h: Array, width: int, name: str, n_ref: int, axes) -> Array:
+        h = nn.Dense(width, use_bias=False, kernel_init=INIT, name=name)(h)
+        h = nn.leaky_relu(h, self.slope)
+        scale = self.param(f"{name}_bn_scale", nn.initializers.ones_init(), (width,))
+        offset = self.param(f"{name}_bn_offset", nn.initializers.zeros_init(), (width,))
+        return _batch_norm(h, n_ref, axes) * scale + offset
 
     @nn.compact
     def __call__(self, z: Array, n_ref: int = 0) -> list[Array]:
         """Filters ``[M, count, size]`` per layer for noise ``z [M, d]``; batch-norm statistics
         from the first ``n_ref`` rows (0 = all of ``z``)."""
-        act = lambda h: nn.leaky_relu(h, self.slope)  # noqa: E731
-        # The paper's code: N(0, 0.1²) for every weight. The gauge removes the scale of every
-        # generated filter but the last layer's, so only that one's scale matters.
-        init = nn.initializers.normal(0.1)
         h = z
         for i, width in enumerate(self.extractor):
-            h = nn.Dense(width, use_bias=False, kernel_init=init, name=f"extractor_{i}")(h)
-            h = act(_batch_norm(h, n_ref, (0,)))
+            h = self._hidden(h, width, f"extractor_{i}", n_ref, (0,))
         total = sum(layer.count for layer in self.layout)
         codes = nn.Dense(
-            total * self.code_size, use_bias=False, kernel_init=init, name="extractor_codes"
+            total * self.code_size, use_bias=False, kernel_init=INIT, name="extractor_codes"
         )(h)
         codes = codes.reshape(z.shape[0], total, self.code_size)
         out, start = [], 0
@@ -218,45 +221,27 @@ class NoiseGenerator(nn.Module):
             g = codes[:, start : start + layer.count]
             start += layer.count
             for j, width in enumerate(widths):
-                g = nn.Dense(width, use_bias=False, kernel_init=init, name=f"{layer.name}_{j}")(g)
-                g = act(_batch_norm(g, n_ref, (0, 1)))
-            head = nn.Dense(layer.size, use_bias=False, kernel_init=init, name=f"{layer.name}_out")
-            out.append(head(g) * (self.last_scale if layer.kind == "last" else 1.0))
+                g = self._hidden(g, width, f"{layer.name}_{j}", n_ref, (0, 1))
+            head = nn.Dense(layer.size, use_bias=False, kernel_init=INIT, name=f"{layer.name}_out")
+            out.append(head(g))
         return out
 
 
-def last_layer_scale(layout: tuple[FilterLayer, ...], widths: tuple[int, ...]) -> float:
-    """The factor that gives the generated networks a fan-in init's scale at the start.
-
-    With the paper's ``N(0, 0.1²)`` weights, a weight generator whose last hidden layer has
-    width ``h`` emits numbers of root-mean-square about ``r = 0.1 sqrt(h / 2)``. The gauge
-    removes every filter's scale but moves it into the next layer, so the function's scale
-    is the product over layers of ``r_l sqrt(fan_in_l + 1)``, which for the paper's MNIST CNN
-    is about 300: initial logits are 300x too large (a cross-entropy near 50) and the first
-    hundreds of steps go into shrinking them. Scaling the last layer's output by the inverse
-    product (times a fan-in init's ``1 / sqrt(fan_in)`` for that layer) starts the networks at
-    logits of order one, without changing the generator's parameters or their learning rates.
-
-    Args:
-        layout: The target's filters.
-        widths: Width of the layer feeding each weight generator's output layer.
-    """
-    scale = 1.0
-    for layer, width in zip(layout, widths, strict=True):
-        r = 0.1 * math.sqrt(width / 2)
-        fan_in = math.prod(layer.kernel_shape[:-1])
-        if layer.kind == "last":
-            scale *= 1.0 / (r * math.sqrt(fan_in))
-        else:
-            scale *= 1.0 / (r * math.sqrt(fan_in + 1))
-    return scale
+#: The paper's code: ``variance_scaling(0.01)``, i.e. weights of variance ``0.01 / fan_in``.
+#: The generated numbers then start with std about 0.1 in every layer, and the networks (after
+#: the gauge moves every filter's scale into the last layer) with logits of std about 0.4.
+INIT = nn.initializers.variance_scaling(0.01, "fan_in", "truncated_normal")
 
 
 def part_counts(params: dict) -> dict[str, int]:
-    """Parameters of the extractor and of each layer's weight generator (the paper's table),
-    from a :class:`NoiseGenerator`'s params."""
-    counts = {"extractor": 0}
-    for module, leaves in params.items():
-        part = "extractor" if module.startswith("extractor_") else module.rsplit("_", 1)[0]
-        counts[part] = counts.get(part, 0) + sum(int(x.size) for x in jax.tree.leaves(leaves))
+    """Weights of the extractor and of each layer's weight generator (the paper's table), and
+    the batch-norm scales and offsets on top (``batch_norm``), from a
+    :class:`NoiseGenerator`'s params."""
+    counts = {"extractor": 0, "batch_norm": 0}
+    for name, leaf in params.items():
+        if not isinstance(leaf, dict):  # a batch-norm scale or offset
+            counts["batch_norm"] += int(leaf.size)
+            continue
+        part = "extractor" if name.startswith("extractor_") else name.rsplit("_", 1)[0]
+        counts[part] = counts.get(part, 0) + int(leaf["kernel"].size)
     return counts

@@ -43,15 +43,12 @@ def generator(model, hypernet_cfg) -> D.NoiseGenerator:
             f"hypernet.filter_hidden needs one width per target layer ({len(layout)}: "
             f"{[layer.name for layer in layout]}), got {h.filter_hidden}"
         )
-    hidden = tuple((w,) * h.filter_depth for w in h.filter_hidden)
-    feeds = tuple(w[-1] if w else h.code_size for w in hidden)
     return D.NoiseGenerator(
         layout=layout,
         extractor=tuple(h.extractor_sizes),
         code_size=h.code_size,
-        hidden=hidden,
+        hidden=tuple((w,) * h.filter_depth for w in h.filter_hidden),
         slope=h.leaky_slope,
-        last_scale=D.last_layer_scale(layout, feeds),
     )
 
 
