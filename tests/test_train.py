@@ -284,6 +284,9 @@ def test_every_config_runs_one_step(name, tmp_path):
         cfg.data.data_dir = _fake_data_dir(cfg.data.name, tmp_path)
         cfg.train.batch_size = min(cfg.train.batch_size, 16)
         cfg.train.eval_batch_size = min(cfg.train.eval_batch_size, 16)
+        # Kinds that split each batch over networks (mode=diverse, ensemble): 4 of 4 images.
+        cfg.hypernet.noise_batch = min(cfg.hypernet.noise_batch, 4)
+        cfg.hypernet.ensemble_size = min(cfg.hypernet.ensemble_size, 4)
     if cfg.model.model_set:  # 2 of the set's members (the first again held out): quick
         from uhn_jax.training import model_sets
 
