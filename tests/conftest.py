@@ -49,17 +49,28 @@ def load_config(name: str, *args):
     return module.get_config(*args)
 
 
-def real_data_dir(subdir: str) -> Path:
-    """``$UHN_DATA_DIR/<subdir>`` for tests on real data files. The test fails when
-    ``UHN_DATA_DIR`` is unset, and missing or broken files fail it too (the loaders raise), so
-    no run passes by skipping them."""
+def real_data_dir(subdir: str, *needs: str) -> Path:
+    """``$UHN_DATA_DIR/<subdir>`` for tests on real data files.
+
+    When the directory (or a file matching each glob in ``needs``) is missing, the test skips
+    with a message naming the data and how to get it; with ``UHN_REQUIRE_DATA=1`` (set by
+    ``.ci/run``) it fails instead, so CI runs every real-data test. Broken files fail the test
+    either way (the loaders raise).
+    """
     root = os.environ.get("UHN_DATA_DIR", "")
-    if not root:
-        pytest.fail(
-            f"UHN_DATA_DIR is unset: set it to the data directory holding {subdir}/ (`make test` "
-            "sets it), or deselect the real-data tests with -k 'not real'"
+    path = Path(root) / subdir if root else None
+    missing = path is None or not path.is_dir() or any(not any(path.glob(n)) for n in needs)
+    if missing:
+        wanted = f"{subdir}/" + (f" with {', '.join(needs)}" if needs else "")
+        message = (
+            f"real data {wanted} not found (UHN_DATA_DIR={root or 'unset'}): get the project's "
+            "data directory (docs/data.md says where each dataset comes from) and point "
+            "UHN_DATA_DIR at it; `make test` uses ../shared/data"
         )
-    return Path(root) / subdir
+        if os.environ.get("UHN_REQUIRE_DATA") == "1":
+            pytest.fail(message + " (UHN_REQUIRE_DATA=1: every real-data test must run)")
+        pytest.skip(message)
+    return path
 
 
 @pytest.fixture

@@ -12,14 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import real_data_dir
 
 from uhn_jax.data import cifar, files
 
 _HAS_PIL = importlib.util.find_spec("PIL") is not None
-_UHN_DATA_DIR = os.environ.get("UHN_DATA_DIR", "")
-_REAL_CIFAR10_TARBALL = (
-    Path(_UHN_DATA_DIR) / "cifar10" / "cifar10-jpeg.tar.gz" if _UHN_DATA_DIR else None
-)
 needs_pil = pytest.mark.skipif(not _HAS_PIL, reason="Pillow not installed")
 
 
@@ -281,13 +278,10 @@ def test_load_cifar10_rejects_unknown_source(tmp_path):
 
 @pytest.mark.slow
 @needs_pil
-@pytest.mark.skipif(
-    _REAL_CIFAR10_TARBALL is None or not _REAL_CIFAR10_TARBALL.is_file(),
-    reason="set UHN_DATA_DIR to a directory with cifar10/cifar10-jpeg.tar.gz",
-)
 def test_real_cifar10_jpeg_tarball():
+    directory = real_data_dir("cifar10", "cifar10-jpeg.tar.gz")
     start = time.perf_counter()
-    ds = cifar.load_cifar10(_REAL_CIFAR10_TARBALL.parent, source="jpeg")
+    ds = cifar.load_cifar10(directory, source="jpeg")
     print(f"decoded the real CIFAR-10 JPEG tarball in {time.perf_counter() - start:.1f} s")
     assert ds.x_train.shape == (50_000, 32, 32, 3) and ds.x_train.dtype == np.uint8
     assert ds.x_test.shape == (10_000, 32, 32, 3) and ds.x_test.dtype == np.uint8

