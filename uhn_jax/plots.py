@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from uhn_jax.analysis import figures
+
 #: Keys of a training log line that are not the training metric.
 _LOG_KEYS = frozenset({"step", "stage", "loss", "grad_norm", "steps_per_s", "lr"})
 
@@ -98,16 +100,6 @@ def _mean_band(
     return shared, stacked.mean(axis=0), stacked.min(axis=0), stacked.max(axis=0)
 
 
-def _pyplot():
-    """``matplotlib.pyplot`` on the Agg backend (files only, no display)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _draw_group(ax, label: str, found: list[tuple[np.ndarray, np.ndarray]]) -> bool:
     """Draws one legend entry of :func:`curves`: the seeds' mean and min-max band (an error bar
     when they share a single step; each seed as a thin line when they share none).
@@ -172,7 +164,7 @@ def curves(
     if not series:
         names = ", ".join(groups) or "none"
         raise ValueError(f"no run logged {key!r} (groups: {names})")
-    plt = _pyplot()
+    plt = figures.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     positive = True
     for label, found in series.items():
@@ -185,12 +177,7 @@ def curves(
         ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return figures.save(fig, out)
 
 
 def kernel_image(kernel_HWIO, out: str | Path, *, title: str | None = None) -> Path:
@@ -212,19 +199,14 @@ def kernel_image(kernel_HWIO, out: str | Path, *, title: str | None = None) -> P
     rows, cols = grid.shape
     scale = 6.0 / max(rows, cols)  # inches per pixel: the longer side is 6 inches
     size = (max(cols * scale, 1.5), max(rows * scale, 1.5) + (0.4 if title else 0.0))
-    plt = _pyplot()
+    plt = figures.pyplot()
     fig, ax = plt.subplots(figsize=size, dpi=120)
     ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return figures.save(fig, out)
 
 
 def kernel_figures(run_dir: str | Path, out_dir: str | Path) -> list[Path]:

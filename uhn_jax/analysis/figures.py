@@ -19,7 +19,8 @@ from uhn_jax.analysis.robustness import calibration
 DPI = 120
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,12 +29,13 @@ def _pyplot():
     return plt
 
 
-def _save(fig, out: str | Path) -> Path:
+def save(fig, out: str | Path) -> Path:
+    """Lays out, writes (creating the parent directories) and closes ``fig``."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(out, dpi=DPI)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return out
 
 
@@ -56,14 +58,14 @@ def accuracy_histogram(
     acc = np.asarray(acc, np.float64)
     if acc.ndim != 1 or acc.size == 0:
         raise ValueError(f"acc must be a non-empty [N] array, got shape {acc.shape}")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(100 * acc, bins=bins, color="tab:blue", alpha=0.8, label=f"{acc.size} networks")
     if reference is not None:
         ax.axvline(100 * reference, color="tab:red", ls="--", label=reference_label)
     ax.set(xlabel="test accuracy (%)", ylabel="networks", title=title)
     ax.legend()
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def ensemble_curve(
@@ -76,7 +78,7 @@ def ensemble_curve(
     entry of ``results`` (``{label: majority_vote_accuracy(...)}``, e.g. ``"generated"`` and
     ``"deep ensemble"``)."""
     _non_empty(results, "results")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, by_size in results.items():
         _non_empty(by_size, f"results[{label!r}]")
@@ -91,7 +93,7 @@ def ensemble_curve(
     ax.set(xlabel="ensemble size", ylabel="test accuracy (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def pca_scatter(
@@ -105,7 +107,7 @@ def pca_scatter(
     """One scatter subplot per entry of ``proj`` (``pca_2d`` output, ``{name: [N, 2]}``),
     points coloured by ``color [N]`` (e.g. the accuracies) when given."""
     _non_empty(proj, "proj")
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(proj), figsize=(4 * len(proj), 4), squeeze=False)
     for ax, (name, p) in zip(axes[0], proj.items(), strict=True):
         p = np.asarray(p)
@@ -118,7 +120,7 @@ def pca_scatter(
             fig.colorbar(points, ax=ax, label=color_label)
         ax.set(title=name, xlabel="PC 1", ylabel="PC 2")
     fig.suptitle(title)
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def path_plot(
@@ -129,7 +131,7 @@ def path_plot(
     missing = {"t", "interpolated", "direct"} - set(paths)
     if missing:
         raise ValueError(f"paths lacks the keys {sorted(missing)} (from interpolation_paths)")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(
         paths["t"],
@@ -145,7 +147,7 @@ def path_plot(
     )
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def fgsm_plot(result: Mapping, out: str | Path, *, title: str | None = None) -> Path:
@@ -154,7 +156,7 @@ def fgsm_plot(result: Mapping, out: str | Path, *, title: str | None = None) -> 
     missing = {"eps", "single", "ensemble"} - set(result)
     if missing:
         raise ValueError(f"result lacks the keys {sorted(missing)} (from fgsm_success)")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(
         result["eps"],
@@ -174,7 +176,7 @@ def fgsm_plot(result: Mapping, out: str | Path, *, title: str | None = None) -> 
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def reliability_diagram(
@@ -185,7 +187,7 @@ def reliability_diagram(
     one panel per entry (e.g. one network and the ensemble)."""
     panels = dict(probs) if isinstance(probs, Mapping) else {"": probs}
     _non_empty(panels, "probs")
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
     for ax, (label, p) in zip(axes[0], panels.items(), strict=True):
         cal = calibration(p, y, bins=bins)
@@ -211,4 +213,4 @@ def reliability_diagram(
         )
         ax.legend(loc="upper left")
     fig.suptitle(title)
-    return _save(fig, out)
+    return save(fig, out)
