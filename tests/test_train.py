@@ -12,6 +12,7 @@ import pytest
 from conftest import CONFIG_DIR, load_config, subprocess_env
 
 from uhn_jax import config as config_lib
+from uhn_jax import generator as uhn_jax_generator
 from uhn_jax.core import layouts
 from uhn_jax.data import augment, cifar, files
 from uhn_jax.data import images as data
@@ -556,3 +557,22 @@ def test_init_fit_is_written_and_a_poor_fit_is_named(tmp_path, capsys):
     good = [dict(r, std=1.4 * r["target_std"]) for r in rows]
     assert results_lib.poorly_fit(good) == []
     assert results_lib.poorly_fit([dict(rows[0], target_std=0.0, std=5.0)]) == []
+
+
+@pytest.mark.parametrize("mode", ["uhn", "direct"])
+def test_results_record_the_numerics(mode):
+    """results.json names the resolved first-layer dtype and method (UHN only) and the host."""
+    exp = _exp(mode=mode)
+    setup, *_ = _prepare(exp)
+    got = results_lib.numerics(setup)
+    assert got["backend"] == jax.default_backend() and got["jax_version"] == jax.__version__
+    assert isinstance(got["cpu_native_bf16"], bool)
+    if mode == "uhn":
+        assert got["matmul_dtype"] == str(
+            uhn_jax_generator.resolve_matmul_dtype(exp.generator.matmul_dtype)
+        )
+        assert got["first_layer"] in ("matmul", "nufft", "mixed")
+        forced = dataclasses.replace(setup, gen=setup.gen.clone(matmul_dtype="float32"))
+        assert results_lib.numerics(forced)["matmul_dtype"] == "float32"
+    else:
+        assert got["matmul_dtype"] is None and got["first_layer"] is None

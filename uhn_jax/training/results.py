@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from uhn_jax import config as config_lib
+from uhn_jax.generator import precision, separable
 from uhn_jax.hypernets import uhn
 from uhn_jax.training import tasks
 from uhn_jax.training.setup import Setup, select_member
@@ -34,6 +35,31 @@ def describe_model(exp: config_lib.Experiment) -> str:
     return f"{m.family}-{widths}"
 
 
+def numerics(setup: Setup) -> dict[str, Any]:
+    """What decides a run's floating-point arithmetic, so a reader can tell comparable runs.
+
+    ``matmul_dtype`` is the generator's resolved first-layer operand dtype (``auto`` picks
+    bfloat16 where bf16 GEMMs are native, see :func:`uhn_jax.generator.resolve_matmul_dtype`),
+    ``first_layer`` how the separable groups' first layer runs (``matmul``, ``nufft``, or
+    ``mixed`` when some groups use each); both are ``None`` for kinds without a UHN generator.
+    """
+    matmul_dtype = first_layer = None
+    if setup.gen is not None:
+        matmul_dtype = str(precision.resolve_matmul_dtype(setup.gen.matmul_dtype))
+        if setup.plan is not None:
+            used = set(separable.use_nufft(setup.gen, setup.plan, setup.chunk_size, setup.mesh))
+            first_layer = "mixed" if len(used) > 1 else ("nufft" if True in used else "matmul")
+    device = jax.devices()[0]
+    return {
+        "matmul_dtype": matmul_dtype,
+        "first_layer": first_layer,
+        "cpu_native_bf16": precision.cpu_has_native_bf16(),
+        "backend": jax.default_backend(),
+        "device_kind": device.device_kind,
+        "jax_version": jax.__version__,
+    }
+
+
 def header(exp: config_lib.Experiment, setup: Setup, params) -> dict[str, Any]:
     """The fields every single-model ``results.json`` starts with."""
     return {
@@ -44,6 +70,7 @@ def header(exp: config_lib.Experiment, setup: Setup, params) -> dict[str, Any]:
         "num_generator_params": 0,
         **setup.kind.num_trained(params),
         "metric_name": setup.metric_name,
+        "numerics": numerics(setup),
     }
 
 
