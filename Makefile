@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 PY_SRC := uhn_jax configs tests benchmarks notebooks
 
-.PHONY: demo test lint format bench mnist fashion-data clean
+.PHONY: demo test lint format bench mnist fashion-data figures clean reproduce-fast
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,35 @@ fashion-data:
 bench: $(BIN)/.installed
 	mkdir -p runs/bench
 	$(BIN)/python benchmarks/step_benchmark.py --model suite --json runs/bench/suite.json
+
+# The PNGs of docs/plots.md, docs/figures/plots_*.png, from small real runs on the embedded digits
+# data: direct and UHN (1 seed) at three MLP widths, a 24-member model set, then `uhn-jax plot`
+# (3 min of CPU; the model set trains beside the compares, as XLA compiles on one core). The
+# runs stay in $(FIGURES).
+FIGURES ?= runs/figures
+figures: $(BIN)/.installed
+	$(BIN)/python -m uhn_jax.training.model_sets --out $(FIGURES)/set24.json --n 24 --held-out 8
+	$(BIN)/uhn-jax train --config configs/digits_mlp_set.py --workdir $(FIGURES)/digits_set \
+		--config.model.model_set=$(FIGURES)/set24.json --config.train.steps=300 --noprogress \
+		> $(FIGURES)/digits_set.log 2>&1 & set=$$!; \
+	for w in 64 32 16; do \
+		$(BIN)/uhn-jax compare --config configs/digits_mlp.py --seeds 1 --noprogress \
+			--workdir $(FIGURES)/digits/mlp-$${w}x$${w} --config.model.widths="($$w, $$w)" \
+			--config.train.eval_every=50 || { kill $$set; exit 1; }; \
+	done; \
+	wait $$set; status=$$?; cat $(FIGURES)/digits_set.log; exit $$status
+	$(BIN)/uhn-jax plot --workdir $(FIGURES)/digits/mlp-64x64 & plot=$$!; \
+	$(BIN)/uhn-jax plot --workdir $(FIGURES)/digits --noweights \
+		&& $(BIN)/uhn-jax plot --workdir $(FIGURES)/digits_set && wait $$plot
+	for f in test_accuracy loss weights init_fit; do \
+		cp $(FIGURES)/digits/mlp-64x64/plots/$$f.png docs/figures/plots_$$f.png || exit 1; \
+	done
+	cp $(FIGURES)/digits/plots/ratio.png docs/figures/plots_ratio.png
+	cp $(FIGURES)/digits_set/plots/members.png docs/figures/plots_members.png
+
+# Re-runs the cheap published comparisons and checks each against its bound (docs/results.md).
+reproduce-fast: $(BIN)/.installed
+	$(BIN)/uhn-jax reproduce --workdir runs/reproduce --data_dir $(DATA)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,4 +1,4 @@
-"""uhn_jax.plots and ``uhn-jax plot`` on small fake workdirs (no training)."""
+"""uhn_jax.plots and ``uhn-jax plot`` on small fake workdirs, and on two tiny real runs."""
 
 import json
 import subprocess
@@ -11,6 +11,7 @@ import pytest
 from conftest import subprocess_env
 
 from uhn_jax import plots
+from uhn_jax.analysis import figures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -36,7 +37,7 @@ def write_run(run_dir, *, mode="uhn", model="mlp-64-64", seed=0, metric="accurac
         "metric_name": metric,
         "test_metric": 0.9,
         "num_target_params": 100,
-        "num_generator_params": 50,
+        "num_generator_params": 0 if mode == "direct" else 50,
     }
     (run_dir / "results.json").write_text(json.dumps(results))
     (run_dir / "config.json").write_text(json.dumps({"mode": mode, "seed": seed}))
@@ -193,3 +194,191 @@ def test_kernel_figures_draw_the_trained_conv_kernels_of_a_run(tmp_path):
     drawn = [p for p in paths if p.name.startswith("kernel_")]
     assert len(drawn) == len(kernels) > 0
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in drawn)
+
+
+def kept_figures(monkeypatch):
+    """The figures saved from now on (each still written), to inspect what was drawn."""
+    kept, save = [], figures.save
+
+    def keep(fig, out):
+        kept.append(fig)
+        return save(fig, out)
+
+    monkeypatch.setattr(figures, "save", keep)
+    return kept
+
+
+def test_tensors_are_named_by_path_in_tree_order():
+    params = {"layer_001": {"kernel": np.ones((2, 3))}, "layer_000": {"bias": np.arange(3.0)}}
+    flat = plots.run_figures.tensors(params)
+    assert list(flat) == ["layer_000/bias", "layer_001/kernel"]  # the names of init_fit.json
+    np.testing.assert_array_equal(flat["layer_000/bias"], [0.0, 1.0, 2.0])
+    assert flat["layer_001/kernel"].shape == (6,)
+
+
+def test_weight_histograms_draw_each_shared_tensor_for_each_label(tmp_path, monkeypatch):
+    kept = kept_figures(monkeypatch)
+    rng = np.random.default_rng(0)
+    trained = {
+        f"layer_00{i}": {"kernel": rng.normal(size=(4, 4)), "bias": rng.normal(size=4)}
+        for i in range(2)
+    }
+    generated = {**trained, "extra": {"kernel": np.ones(3)}}  # not in `trained`: left out
+    out = plots.weight_histograms({"direct": trained, "uhn": generated}, tmp_path / "w.png")
+    check_png(out)
+    axes = [ax for ax in kept[0].axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == [
+        "layer_000/bias (4)",
+        "layer_000/kernel (16)",
+        "layer_001/bias (4)",
+        "layer_001/kernel (16)",
+    ]
+    assert all(len(ax.patches) == 2 for ax in axes)  # one step histogram per label
+    assert axes[0].get_legend_handles_labels()[1] == ["direct", "uhn"]
+
+    plots.weight_histograms({"a": trained}, tmp_path / "w2.png", max_tensors=1, title="t")
+    assert kept[1].get_suptitle() == "t (first 1 of 4 tensors)"
+    with pytest.raises(ValueError, match="share no tensor"):
+        plots.weight_histograms({"a": trained, "b": {"x": np.ones(2)}}, tmp_path / "w3.png")
+
+
+def init_rows(*stds):
+    return [
+        {
+            "tensor": f"layer_00{i}/kernel",
+            "mean": 0.0,
+            "std": s,
+            "target_mean": 0.0,
+            "target_std": 0.1,
+        }
+        for i, s in enumerate(stds)
+    ]
+
+
+def test_init_fit_plot_marks_the_tensors_off_target_red(tmp_path, monkeypatch):
+    kept = kept_figures(monkeypatch)
+    check_png(plots.init_fit_plot(init_rows(0.1, 0.25, 0.12), tmp_path / "fit.png"))
+    (ax,) = kept[0].axes
+    assert ax.get_title() == "1 of 3 tensors off target by > 50 %"
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.get_yticklabels()][1] == "layer_001/kernel"
+    handles, labels = ax.get_legend_handles_labels()
+    points = dict(zip(labels, handles, strict=True))
+    np.testing.assert_allclose(points["generated, > 50 % off"].get_offsets(), [[0.25, 1]])
+    np.testing.assert_allclose(points["generated std"].get_offsets(), [[0.1, 0], [0.12, 2]])
+
+    plots.init_fit_plot({"a": init_rows(0.1), "b": init_rows(0.3, 0.1)}, tmp_path / "t.png")
+    titles = [ax.get_title() for ax in kept[1].axes]
+    assert titles == [
+        "task a: 0 of 1 tensors off target by > 50 %",
+        "task b: 1 of 2 tensors off target by > 50 %",
+    ]
+    with pytest.raises(ValueError, match="empty"):
+        plots.init_fit_plot([], tmp_path / "e.png")
+
+
+def result_row(mode, gen, metric_value, metric="accuracy", model="mlp"):
+    return {
+        "mode": mode,
+        "dataset": "digits",
+        "model": model,
+        "metric_name": metric,
+        "test_metric": metric_value,
+        "num_target_params": 100,
+        "num_generator_params": gen,
+    }
+
+
+def test_ratio_scatter_plots_the_hypernetwork_runs_of_the_common_metric(tmp_path, monkeypatch):
+    kept = kept_figures(monkeypatch)
+    rows = [
+        result_row("direct", 0, 0.99),  # no generator: left out
+        result_row("uhn", 50, 0.90),
+        result_row("uhn", 200, 0.95),
+        result_row("conditional", 400, 0.97),
+        result_row("uhn", 50, 0.3, metric="rmse"),  # the less common metric: left out
+    ]
+    check_png(plots.ratio_scatter(rows, tmp_path / "r.png"))
+    (ax,) = kept[0].axes
+    handles, labels = ax.get_legend_handles_labels()
+    assert labels == ["digits, uhn", "digits, conditional"]
+    np.testing.assert_allclose(handles[0].get_offsets(), [[0.5, 0.90], [2.0, 0.95]])
+    np.testing.assert_allclose(handles[1].get_offsets(), [[4.0, 0.97]])
+    assert ax.get_xscale() == "log" and ax.get_ylabel() == "test accuracy"
+    with pytest.raises(ValueError, match="generator"):
+        plots.ratio_scatter(rows[:1], tmp_path / "none.png")
+
+
+def test_plot_workdir_draws_init_fit_members_and_ratio_of_train_runs(tmp_path):
+    for model, gen in (("m1", 10), ("m2", 100), ("m3", 1000)):
+        results = write_run(tmp_path / model, model=model)
+        results["num_generator_params"] = gen
+        if model != "m3":
+            (tmp_path / model / "init_fit.json").write_text(json.dumps(init_rows(0.1, 0.3)))
+        if model == "m2":
+            results["members"] = [
+                {"index": i, "split": split, "num_params": 10 * (i + 1), "test_metric": 0.9}
+                for i, split in enumerate(["hold_in", "hold_in", "held_out"])
+            ]
+        (tmp_path / model / "results.json").write_text(json.dumps(results))
+    written = plots.plot_workdir(tmp_path)
+    assert [p.name for p in written] == [
+        "train_accuracy.png",
+        "test_accuracy.png",
+        "loss.png",
+        "init_fit_m1.png",
+        "init_fit_m2.png",
+        "members.png",
+        "ratio.png",
+    ]
+    for path in written:
+        check_png(path)
+
+
+def test_plot_workdir_of_compare_workdirs_plots_each_and_the_ratio_across(tmp_path):
+    for name, gen in (("small", 50), ("large", 500)):
+        write_compare(tmp_path / name, seeds=1)
+        results = json.loads((tmp_path / name / "uhn_seed0" / "results.json").read_text())
+        results["num_generator_params"] = gen
+        (tmp_path / name / "uhn_seed0" / "results.json").write_text(json.dumps(results))
+    written = plots.plot_workdir(tmp_path, tmp_path / "out")
+    curves_of = ["train_accuracy.png", "test_accuracy.png", "loss.png"]
+    assert [str(p.relative_to(tmp_path / "out")) for p in written] == [
+        *(f"large/{n}" for n in curves_of),
+        *(f"small/{n}" for n in curves_of),
+        "ratio.png",
+    ]
+    check_png(written[-1])
+
+
+def test_plot_of_a_finished_compare_draws_generated_against_trained_weights(tmp_path, monkeypatch):
+    from conftest import load_config
+
+    from uhn_jax import config as config_lib
+    from uhn_jax.training import experiments
+
+    cfg = load_config("test")
+    cfg.train.steps = 2
+    experiments.compare(config_lib.from_config_dict(cfg), tmp_path, seeds=1, progress=False)
+    drawn = {}
+    draw = plots.weight_histograms
+
+    def spy(weights, out, **kwargs):
+        drawn.update(weights)
+        return draw(weights, out, **kwargs)
+
+    monkeypatch.setattr(plots, "weight_histograms", spy)
+    written = plots.plot_workdir(tmp_path)
+    assert [p.name for p in written] == [
+        "train_accuracy.png",
+        "test_accuracy.png",
+        "loss.png",
+        "init_fit.png",
+        "weights.png",
+    ]
+    check_png(written[-1])
+    assert list(drawn) == ["direct (trained)", "uhn (generated)"]
+    for label, mode in zip(drawn, ("direct", "uhn"), strict=True):
+        _, params = experiments.load_model_params(tmp_path / f"{mode}_seed0")
+        jax.tree.map(np.testing.assert_array_equal, drawn[label], params)
+    assert plots.plot_workdir(tmp_path, weights=False)[-1].name == "init_fit.png"

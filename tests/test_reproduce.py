@@ -1,8 +1,11 @@
 """`uhn-jax reproduce`: published comparisons re-run and checked against their bounds."""
 
 import json
+import subprocess
+import sys
 
 import pytest
+from conftest import subprocess_env
 
 from uhn_jax.training import reproduce
 
@@ -48,3 +51,15 @@ def test_reproduce_runs_checks_and_reports_a_miss(tmp_path):
     # rerunning resumes from the finished runs and gives the same figures
     _, again = reproduce.reproduce(tmp_path, None, only=["easy"], checks=checks, progress=False)
     assert again[0]["measured"] == rows[0]["measured"]
+
+
+def test_cli_names_an_unknown_check_in_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "uhn_jax.cli", "reproduce", f"--workdir={tmp_path}", "--only=nope"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "unknown check(s) ['nope']" in proc.stderr and "Traceback" not in proc.stderr

@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -526,20 +528,39 @@ def test_interrupt_saves_a_checkpoint_and_the_run_resumes(tmp_path, monkeypatch)
     real_step = step_lib.run_step
     calls = []
 
-    def interrupted_step(*args):
+    def ctrl_c_during_step_4(*args):
+        out = real_step(*args)  # the input state's buffers are donated to this step
         calls.append(1)
         if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the step runs
+        return out
+
+    monkeypatch.setattr(step_lib, "run_step", ctrl_c_during_step_4)
+    with pytest.raises(KeyboardInterrupt, match=r"^\[uhn_jax\] interrupted: step 4 saved"):
+        train.run(exp, tmp_path / "split", progress=False)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert checkpoint.manager(tmp_path / "split" / "checkpoints").latest_step() == 4
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").open()]
+    assert steps == [2, 4]  # the metrics of the saved step are logged too
+
+    def interrupted_before_step_6(*args):  # e.g. a second Ctrl-C, before the step runs
+        calls.append(1)
+        if len(calls) == 6:
             raise KeyboardInterrupt
         return real_step(*args)
 
-    monkeypatch.setattr(step_lib, "run_step", interrupted_step)
-    with pytest.raises(KeyboardInterrupt):
-        train.run(exp, tmp_path, progress=False)
-    assert checkpoint.manager(tmp_path / "checkpoints").latest_step() == 3
+    monkeypatch.setattr(step_lib, "run_step", interrupted_before_step_6)
+    with pytest.raises(KeyboardInterrupt, match="step 5 saved"):
+        train.run(exp, tmp_path / "split", progress=False)
     monkeypatch.setattr(step_lib, "run_step", real_step)
-    resumed = train.run(exp, tmp_path, progress=False)
+    resumed = train.run(exp, tmp_path / "split", progress=False)
     full = train.run(exp, tmp_path / "full", progress=False)
     assert resumed["test_metric"] == full["test_metric"]
+    setup, *_, state0, _, _ = _prepare(exp)
+    a, _ = checkpoint.restore_latest(checkpoint.manager(tmp_path / "full" / "checkpoints"), state0)
+    b, _ = checkpoint.restore_latest(checkpoint.manager(tmp_path / "split" / "checkpoints"), state0)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_init_fit_is_written_and_a_poor_fit_is_named(tmp_path, capsys):

@@ -1,5 +1,5 @@
 """The ``uhn-jax`` command line: ``train``, ``compare``, ``export``, ``summarize``, ``multitask``,
-``plot``.
+``plot``, ``analyze``, ``reproduce`` (``uhn-jax --help`` lists them with one line each).
 
 Examples::
 
@@ -8,8 +8,9 @@ Examples::
   uhn-jax export  --workdir runs/digits
   uhn-jax summarize --workdir runs/kan      # one row per compare run under runs/kan/*/
   uhn-jax multitask --config configs/multitask.py --workdir runs/multitask --baselines [--seeds 3]
-  uhn-jax plot --workdir runs/demo        # curves over seeds as PNGs in runs/demo/plots
+  uhn-jax plot --workdir runs/demo        # curves, weights etc. as PNGs in runs/demo/plots
   uhn-jax analyze --workdir runs/diverse --baseline runs/deep_ensemble   # a population report
+  uhn-jax reproduce --workdir runs/reproduce --data_dir ../shared/data [--only digits,cora_gcn]
 
 Any config field can be overridden with ``--config.<group>.<field>=value``. Rerunning a command
 with the same ``--workdir`` resumes where it stopped.
@@ -22,7 +23,17 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "compare", "export", "summarize", "multitask", "plot", "analyze")
+#: Each command and what it does, in one line (``uhn-jax --help``).
+COMMANDS = {
+    "train": "train one run of a config (resumes from WORKDIR's latest checkpoint)",
+    "compare": "train direct and the config's hypernetwork over --seeds seeds; print a table",
+    "export": "write a run's base-model params (generated, for a hypernetwork) as a checkpoint",
+    "summarize": "one table row per compare workdir (or train run) under WORKDIR",
+    "multitask": "train one generator on several tasks (--baselines: each task alone too)",
+    "plot": "draw a workdir's curves, weights, init fit and sizes as PNGs in WORKDIR/plots",
+    "analyze": "measure a run's population of networks (accuracy, ensembles, diversity)",
+    "reproduce": "re-run the cheap published comparisons; check each against its bound",
+}
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; reused to resume).")
@@ -39,6 +50,12 @@ _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 _KERNELS = flags.DEFINE_boolean(
     "kernels", False, "plot: also draw each group's conv kernels (needs the run's data)."
 )
+_WEIGHTS = flags.DEFINE_boolean(
+    "weights",
+    True,
+    "plot: histograms of a compare workdir's generated against trained weights (rebuilds both "
+    "models, so needs the runs' data); --noweights skips them.",
+)
 _BASELINES = flags.DEFINE_boolean(
     "baselines",
     False,
@@ -54,6 +71,10 @@ _MATCH_PARAMS = flags.DEFINE_boolean(
 _BASELINE = flags.DEFINE_string(
     "baseline", None, "analyze: a second run (e.g. mode=ensemble) measured alongside."
 )
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "reproduce: the data directory (holding planetoid/, mnist/, ...)."
+)
+_ONLY = flags.DEFINE_list("only", None, "reproduce: run only these checks (comma-separated).")
 _NETWORKS = flags.DEFINE_integer("networks", 1000, "analyze: networks a generative kind samples.")
 _DISTRIBUTED = flags.DEFINE_boolean(
     "distributed",
@@ -92,7 +113,9 @@ def _run(command: str) -> None:
     if command == "plot":
         from uhn_jax import plots
 
-        for path in plots.plot_workdir(_WORKDIR.value, _OUT.value, kernels=_KERNELS.value):
+        for path in plots.plot_workdir(
+            _WORKDIR.value, _OUT.value, kernels=_KERNELS.value, weights=_WEIGHTS.value
+        ):
             print(path)
         return
     if command == "analyze":
@@ -104,6 +127,19 @@ def _run(command: str) -> None:
             f"{result['networks']} networks: test accuracy {100 * acc['mean']:.2f} ± "
             f"{100 * acc['std']:.2f} %; report and figures in {_WORKDIR.value}/analysis"
         )
+        return
+    if command == "reproduce":
+        from uhn_jax.training import reproduce
+
+        try:
+            table, rows = reproduce.reproduce(
+                _WORKDIR.value, _DATA_DIR.value, only=_ONLY.value, progress=_PROGRESS.value
+            )
+        except reproduce.CheckError as e:
+            raise app.UsageError(str(e)) from e
+        print(table)
+        if not all(r["holds"] for r in rows):
+            sys.exit(1)
         return
     if _CONFIG.value is None:
         raise app.UsageError("--config is required, e.g. --config configs/digits_mlp.py")
@@ -139,17 +175,95 @@ def _run(command: str) -> None:
         print(table)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a config file that fails to load and a ``--config.*`` override
+    of a field the config does not have reported as one line (exit 2), not a traceback."""
+    try:
+        args = app.parse_flags_with_usage(argv)
+        if _CONFIG.value is not None:
+            hasattr(_CONFIG.value, "keys")  # ml_collections raises a load error on first use
+        return args
+    except OSError as e:  # the file is missing or unreadable
+        lines = [line.strip() for line in str(e.__cause__ or e).splitlines() if line.strip()]
+        _fail(f"--config: cannot load the config file: {lines[-1]}")  # the last names it
+    except (AttributeError, KeyError) as e:  # an override of an unknown field
+        _fail(_unknown_field(e, argv))
+
+
+def _unknown_field(error: Exception, argv: list[str]) -> str:
+    """One line for ml_collections' error on an unknown config field, suggestion kept."""
+    while error.args and isinstance(error.args[0], Exception):
+        error = error.args[0]
+    text = str(error.args[0]) if error.args else str(error)
+    key, _, hint = text.partition("\n")
+    if not (key[:1] == key[-1:] == "'" and key[1:-1].isidentifier()):  # another lookup error
+        return "a --config.* override: " + " ".join(text.split())
+    key = key[1:-1]
+    overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    flag = next((f for f in overrides if key in f.split(".")), "--config")
+    return f"{flag}: the config has no field {key!r}. {hint}".strip()
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _usage() -> str:
+    """The top-level help: the commands with one line each, then the examples."""
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {summary}" for name, summary in COMMANDS.items()]
+    examples = __doc__.split("Examples::", 1)[1].strip("\n")
+    return "\n".join(
+        [
+            "usage: uhn-jax COMMAND --workdir DIR [--config FILE] [flags]",
+            "",
+            "commands:",
+            *lines,
+            "",
+            "examples:",
+            examples,
+            "",
+            "Flags of a command: uhn-jax COMMAND --helpfull",
+        ]
+    )
+
+
+def _run_reporting(command: str) -> None:
+    """:func:`_run`, with Ctrl-C and the errors of a run's own state (a NaN/Inf stop, a
+    workdir or checkpoint that does not fit) shown as one line instead of a traceback."""
+    try:
+        _run(command)
+    except KeyboardInterrupt as e:  # the training loop has saved the last completed step
+        print(str(e) or "[uhn_jax] interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:
+        from uhn_jax.training import checkpoint, loop, workdir
+
+        one_line = (
+            loop.NonFiniteLossError,
+            workdir.WorkdirError,
+            checkpoint.DamagedCheckpointError,
+        )
+        if not isinstance(e, one_line):
+            raise
+        print(f"uhn-jax {command}: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``uhn-jax`` script."""
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] not in COMMANDS:
-        print(
-            f"usage: uhn-jax {{{','.join(COMMANDS)}}} --config FILE --workdir DIR [...]\n{__doc__}",
-            file=sys.stderr,
-        )
+        asked = len(argv) == 2 and argv[1] in ("-h", "--help", "help")
+        if asked:
+            print(_usage())
+            sys.exit(0)
+        bad = f"unknown command {argv[1]!r}\n" if len(argv) > 1 else ""
+        print(bad + _usage(), file=sys.stderr)
         sys.exit(2)
     command = argv.pop(1)
-    app.run(lambda _: _run(command), argv=argv)
+    app.run(lambda _: _run_reporting(command), argv=argv, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

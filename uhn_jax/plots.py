@@ -1,17 +1,24 @@
-"""Figures from run directories: training and test curves over seeds, and conv kernels.
+"""Figures from run directories: curves over seeds, weights, initialisation fit, sizes, kernels.
 
 Every training run writes ``metrics.jsonl`` (one JSON object per logged step), ``results.json``
 and ``config.json`` to its workdir. :func:`plot_workdir` turns a workdir into PNG figures:
 
 * a ``uhn-jax compare`` workdir (``compare.json``): one curve per mode (``direct``, ``uhn``,
-  ``direct_matched``, ...), averaged over its seeds ``{mode}_seed{seed}/``;
-* a directory of ``uhn-jax train`` run dirs: one curve per base model (``results["model"]``);
-* a single run dir: its own curves.
+  ``direct_matched``, ...), averaged over its seeds ``{mode}_seed{seed}/``, and histograms of
+  the generated weights against the directly trained ones;
+* a directory of ``uhn-jax train`` run dirs: one curve per base model (``results["model"]``),
+  and test metric against the generator/target parameter ratio;
+* a single run dir: its own curves;
+* a directory of compare workdirs: each one's figures, and the ratio figure across them;
+
+and, from any run that wrote them, ``init_fit.json`` as generated against target std per
+tensor and a model set's per-member metric against parameter count.
 
 Curves over several seeds are drawn as the mean with a shaded min-max band, on the steps every
 seed logged. matplotlib is imported inside the functions (Agg backend, no display needed), so
 importing this module costs nothing. The command ``uhn-jax plot --workdir W [--out DIR]``
-calls :func:`plot_workdir`.
+calls :func:`plot_workdir`. The figures drawn from plain data live in
+:mod:`uhn_jax.analysis.run_figures` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -25,7 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from uhn_jax.analysis import figures
+from uhn_jax.analysis import figures, run_figures
+
+#: Per-tensor histograms of params pytrees (:func:`uhn_jax.analysis.run_figures.weight_histograms`).
+weight_histograms = run_figures.weight_histograms
+#: ``init_fit.json``'s std per tensor (:func:`uhn_jax.analysis.run_figures.init_fit_plot`).
+init_fit_plot = run_figures.init_fit_plot
+#: Metric against parameter ratio (:func:`uhn_jax.analysis.run_figures.ratio_scatter`).
+ratio_scatter = run_figures.ratio_scatter
 
 #: Keys of a training log line that are not the training metric.
 _LOG_KEYS = frozenset({"step", "stage", "loss", "grad_norm", "steps_per_s", "lr"})
@@ -305,8 +319,8 @@ def _find_groups(workdir: Path) -> dict[str, list[Path]]:
     if run_dirs:
         return _model_groups(run_dirs)
     raise FileNotFoundError(
-        f"nothing to plot in {workdir}: no compare.json, metrics.jsonl or */metrics.jsonl "
-        "(run `uhn-jax train` or `uhn-jax compare` with this --workdir first)"
+        f"nothing to plot in {workdir}: no compare.json, metrics.jsonl, */metrics.jsonl or "
+        "*/compare.json (run `uhn-jax train` or `uhn-jax compare` with this --workdir first)"
     )
 
 
@@ -321,22 +335,68 @@ def _title(runs: list[Path]) -> str:
     return ", ".join(parts)
 
 
+def weight_comparison(compare_dir: str | Path, out: str | Path) -> Path | None:
+    """Per-tensor histograms (:func:`weight_histograms`) of a ``uhn-jax compare`` workdir's
+    generated weights (its hypernetwork kind, e.g. ``uhn``) against the directly trained
+    model's, for the first seed both modes have a checkpoint of.
+
+    Args:
+      compare_dir: a workdir holding ``compare.json``; its data must be loadable (both models
+        are rebuilt from their ``config.json``, with :func:`~uhn_jax.training.experiments.
+        load_model_params`).
+      out: the PNG to write.
+
+    Returns:
+      ``out``, or None when no seed has checkpoints of both ``direct`` and a kind.
+    """
+    from uhn_jax.training import experiments
+
+    compare_dir = Path(compare_dir)
+    groups = _compare_groups(compare_dir)
+    kinds = [m for m in groups if m not in ("direct", "direct_matched")]
+    if "direct" not in groups or not kinds:
+        return None
+    for direct_run in groups["direct"]:
+        seed = direct_run.name.rsplit("_seed", 1)[1]
+        kind_run = compare_dir / f"{kinds[0]}_seed{seed}"
+        if not all((r / "checkpoints").is_dir() for r in (direct_run, kind_run)):
+            continue
+        weights = {
+            "direct (trained)": experiments.load_model_params(direct_run)[1],
+            f"{kinds[0]} (generated)": experiments.load_model_params(kind_run)[1],
+        }
+        context = _title([direct_run, kind_run])
+        title = f"{context + ', ' if context else ''}seed {seed}: trained and generated weights"
+        return weight_histograms(weights, out, title=title)
+    return None
+
+
 def plot_workdir(
-    workdir: str | Path, out_dir: str | Path | None = None, *, kernels: bool = False
+    workdir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    kernels: bool = False,
+    weights: bool = True,
 ) -> list[Path]:
-    """Writes the training and test curves of a workdir's runs as PNGs.
+    """Writes the figures of a workdir's runs as PNGs.
 
     The runs are grouped by mode in a ``uhn-jax compare`` workdir (``compare.json``), by base
     model in a directory of run dirs, and form one group in a single run dir. For each metric
     name ``m`` of the runs it writes ``train_<m>.png`` (the training-batch metric),
     ``test_<m>.png`` (the evaluations ``test_<m>``, when any run logged one) and, once,
-    ``loss.png`` (training loss, log scale).
+    ``loss.png`` (training loss, log scale); then those of :func:`result_figures`
+    (initialisation fit, model-set members, parameter ratio) and, for a compare workdir,
+    ``weights.png`` (:func:`weight_comparison`). A directory of compare workdirs
+    (``*/compare.json``) gets each one's figures in ``out_dir/<name>/`` and ``ratio.png``
+    across all of their runs.
 
     Args:
-      workdir: the compare workdir, run dir or directory of run dirs.
+      workdir: the compare workdir, run dir, directory of run dirs or of compare workdirs.
       out_dir: where to write (default ``workdir/plots``).
       kernels: also draw the conv kernels of each group's first run (:func:`kernel_figures`)
         into ``out_dir/<group>/``; this rebuilds the model, so it needs the run's data.
+      weights: draw ``weights.png`` of a compare workdir (:func:`weight_comparison`); this
+        rebuilds two models, so it needs the runs' data.
 
     Returns:
       The paths written.
@@ -347,9 +407,36 @@ def plot_workdir(
     workdir = Path(workdir)
     if not workdir.is_dir():
         raise FileNotFoundError(f"no such workdir: {workdir}")
-    groups = _find_groups(workdir)
-    runs = [run for group in groups.values() for run in group]
     out_dir = Path(out_dir) if out_dir is not None else workdir / "plots"
+    try:
+        groups = _find_groups(workdir)
+    except FileNotFoundError:
+        subdirs = sorted(p.parent for p in workdir.glob("*/compare.json"))
+        if not subdirs:
+            raise
+        written = []
+        for sub in subdirs:
+            written += plot_workdir(sub, out_dir / sub.name, kernels=kernels, weights=weights)
+        rows = [_read_json(p) for p in sorted(workdir.glob("*/*/results.json"))]
+        return written + _ratio_figure(rows, out_dir / "ratio.png")
+    written = _curve_figures(workdir, groups, out_dir)
+    written += result_figures(groups, out_dir)
+    if weights and (workdir / "compare.json").is_file():
+        written += [p for p in [weight_comparison(workdir, out_dir / "weights.png")] if p]
+    if kernels:
+        for label, group in groups.items():
+            if (group[0] / "checkpoints").is_dir():
+                written += kernel_figures(group[0], out_dir / _safe(label))
+    return written
+
+
+def _curve_figures(workdir: Path, groups: dict[str, list[Path]], out_dir: Path) -> list[Path]:
+    """The training and test curves of :func:`plot_workdir`.
+
+    Raises:
+      FileNotFoundError: the runs logged no metric yet.
+    """
+    runs = [run for group in groups.values() for run in group]
     context = _title(runs)
     prefix = f"{context}: " if context else ""
     plots = []  # (file name, key, title, log scale)
@@ -364,11 +451,68 @@ def plot_workdir(
             written.append(curves(groups, key, out, title=prefix + what, logy=logy))
     if not written:
         raise FileNotFoundError(f"nothing to plot in {workdir}: its runs logged no metric yet")
-    if kernels:
-        for label, group in groups.items():
-            if (group[0] / "checkpoints").is_dir():
-                written += kernel_figures(group[0], out_dir / _safe(label))
     return written
+
+
+def result_figures(groups: dict[str, list[Path]], out_dir: str | Path) -> list[Path]:
+    """The figures of the files runs write besides their logs, for each group's first run
+    that wrote one: ``init_fit.png`` (:func:`init_fit_plot`) and ``members.png`` (a model
+    set's test metric against parameter count,
+    :func:`uhn_jax.training.members.plot_members`), each named ``<figure>_<group>.png`` when
+    several groups have one; and ``ratio.png`` (:func:`ratio_scatter`) over every run when
+    the runs have two or more generator/target ratios.
+
+    Args:
+      groups: legend label -> run directories, as :func:`plot_workdir` groups them.
+      out_dir: where to write.
+
+    Returns:
+      The paths written.
+    """
+    from uhn_jax.training import members
+
+    out_dir = Path(out_dir)
+    runs = [run for group in groups.values() for run in group]
+    written = []
+    fits = _first_with(groups, lambda run: _read_json(run / "init_fit.json"))
+    for label, (run, fit) in fits.items():
+        out = out_dir / _figure_name("init_fit", label, fits)
+        title = f"{_title([run]) or run.name} ({run.name}): initialisation fit"
+        written.append(init_fit_plot(fit, out, title=title))
+    sets = _first_with(groups, lambda run: (_read_json(run / "results.json") or {}).get("members"))
+    for label, (run, rows) in sets.items():
+        out = out_dir / _figure_name("members", label, sets)
+        results = _read_json(run / "results.json")
+        title = f"{_title([run])} ({run.name})"
+        written.append(members.plot_members(rows, results["metric_name"], out, title=title))
+    rows = [_read_json(run / "results.json") for run in runs]
+    return written + _ratio_figure(rows, out_dir / "ratio.png")
+
+
+def _first_with(groups: dict[str, list[Path]], read) -> dict[str, tuple[Path, Any]]:
+    """Label -> ``(run, read(run))`` of each group's first run where ``read`` is truthy."""
+    found = {}
+    for label, runs in groups.items():
+        for run in runs:
+            value = read(run)
+            if value:
+                found[label] = (run, value)
+                break
+    return found
+
+
+def _figure_name(stem: str, label: str, found: dict) -> str:
+    """``<stem>.png``, or ``<stem>_<label>.png`` when several groups have the figure."""
+    return f"{stem}.png" if len(found) == 1 else f"{stem}_{_safe(label)}.png"
+
+
+def _ratio_figure(rows: list[Any], out: Path) -> list[Path]:
+    """``[ratio_scatter(...)]`` when the ``results.json`` dicts ``rows`` hold two or more
+    distinct generator/target ratios, else ``[]``."""
+    rows = [r for r in rows if isinstance(r, dict)]
+    if len({run_figures.param_ratio(r) for r in rows} - {None}) < 2:
+        return []
+    return [ratio_scatter(rows, out)]
 
 
 def _safe(label: str) -> str:

@@ -12,7 +12,9 @@ generated networks, a deep ensemble, an isotropic noise ball):
 Modules: :mod:`~uhn_jax.analysis.populations` (accuracy, ensembles, distances, entropy, the
 isotropic baseline, PCA, interpolation paths), :mod:`~uhn_jax.analysis.robustness` (FGSM,
 calibration) and :mod:`~uhn_jax.analysis.figures` (PNG figures; matplotlib is imported only
-when one is drawn). See ``docs/analysis.md``.
+when one is drawn). See ``docs/analysis.md``. :mod:`~uhn_jax.analysis.run_figures` draws the
+figures of single runs that :mod:`uhn_jax.plots` re-exports (weights, initialisation fit,
+parameter ratio).
 """
 
 from uhn_jax.analysis import figures

@@ -258,6 +258,15 @@ class LayerSpec:
                 raise ValueError(f"layer {self.name!r}: unknown structure field {key!r}")
         if isinstance(self.layer_type, bool) or not isinstance(self.layer_type, int):
             raise TypeError(f"layer {self.name!r}: layer_type must be an int code")
+        if not self.roles:  # the kind's function reads these fields to name the roles
+            for key in _REQUIRED.get(self.layer_type, ()):
+                value = dict(self.fields).get(key)
+                if value is None or not value > 0:
+                    raise ValueError(
+                        f"layer {self.name!r} of kind {kind_name(self.layer_type)!r} needs the "
+                        f"structure field {key!r} > 0, "
+                        + ("which is missing" if value is None else f"got {value!r}")
+                    )
 
     def get(self, key: str, default: float = 0.0) -> float:
         return dict(self.fields).get(key, default)
@@ -265,19 +274,22 @@ class LayerSpec:
 
 LayerFn = Callable[[LayerSpec], Mapping[str, TensorRole]]
 _LAYER_FNS: dict[int, LayerFn] = {}
+_REQUIRED: dict[int, tuple[str, ...]] = {}  # structure fields each kind's function needs > 0
 
 
-def register_layer(kind: int | str) -> Callable[[LayerFn], LayerFn]:
+def register_layer(kind: int | str, requires: Sequence[str] = ()) -> Callable[[LayerFn], LayerFn]:
     """Registers the function that names the tensors of layer kind ``kind`` (code or name).
 
     The function takes a :class:`LayerSpec` and returns ``{tensor name: TensorRole}`` for the
     leaves directly under the layer's sub-tree. The built-in kinds' functions are in
-    :mod:`uhn_jax.core.roles`.
+    :mod:`uhn_jax.core.roles`. ``requires`` names the structure fields it needs (> 0): a
+    :class:`LayerSpec` of this kind without explicit roles is refused without them.
     """
     code = register_kind(kind) if isinstance(kind, str) else int(kind)
 
     def decorator(fn: LayerFn) -> LayerFn:
         _LAYER_FNS[code] = fn
+        _REQUIRED[code] = tuple(requires)
         return fn
 
     return decorator
@@ -418,15 +430,16 @@ def normalize(x: np.ndarray, ranges: Ranges, names: Sequence[str], out_of_range:
     return (x - mean) / std
 
 
-def check_in_range(xmin, xmax, ranges: Ranges, names: Sequence[str]) -> None:
-    """Raises ValueError naming the first field whose values leave the declared range."""
+def check_in_range(xmin, xmax, ranges: Ranges, names: Sequence[str], where: str = "") -> None:
+    """Raises ValueError naming the first field whose values leave the declared range (and
+    ``where``, e.g. the argument that holds them)."""
     for i, name in enumerate(names):
         lo, hi = ranges.lo[i], ranges.hi[i]
         if xmin[i] < lo - 1e-6 or xmax[i] > hi + 1e-6:
             raise ValueError(
-                f"descriptor field {name!r} takes values in [{xmin[i]:g}, {xmax[i]:g}], outside "
-                f"its declared range [{lo:g}, {hi:g}]. Widen the generator's declared ranges "
-                "(train it on a family that covers this architecture) or pass "
+                f"{where}descriptor field {name!r} takes values in [{xmin[i]:g}, {xmax[i]:g}], "
+                f"outside its declared range [{lo:g}, {hi:g}]. Widen the generator's declared "
+                "ranges (train it on a family that covers this architecture) or pass "
                 "out_of_range='clip' to clamp explicitly."
             )
 

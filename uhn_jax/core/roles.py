@@ -50,7 +50,7 @@ def _zero_or(layer: D.LayerSpec, std: float) -> tuple[float, float]:
     return (0.0, std)
 
 
-@D.register_layer(D.LayerType.LINEAR)
+@D.register_layer(D.LayerType.LINEAR, requires=("input_size",))
 def _linear(layer: D.LayerSpec) -> Mapping[str, D.TensorRole]:
     # Flax convention: kernel is (in, out), so x @ kernel. PyTorch default init is
     # U(+-1/sqrt(fan_in)) for both tensors, i.e. std 1/sqrt(3 fan_in).
@@ -61,7 +61,7 @@ def _linear(layer: D.LayerSpec) -> Mapping[str, D.TensorRole]:
     }
 
 
-@D.register_layer(D.LayerType.CONV)
+@D.register_layer(D.LayerType.CONV, requires=("input_size", "kernel_size"))
 def _conv(layer: D.LayerSpec) -> Mapping[str, D.TensorRole]:
     # Flax convention: kernel is HWIO (kh, kw, in, out); the reference's PyTorch kernels are
     # OIHW. Targets as for Linear with fan_in = in * k * k.
@@ -75,7 +75,7 @@ def _conv(layer: D.LayerSpec) -> Mapping[str, D.TensorRole]:
     }
 
 
-@D.register_layer(D.LayerType.GCN)
+@D.register_layer(D.LayerType.GCN, requires=("input_size", "output_size"))
 def _gcn(layer: D.LayerSpec) -> Mapping[str, D.TensorRole]:
     # kernel (in, out), as PyG's GCNConv lin.weight transposed; Glorot std, zero bias.
     n_in, n_out = layer.get("input_size"), layer.get("output_size")
@@ -86,7 +86,7 @@ def _gcn(layer: D.LayerSpec) -> Mapping[str, D.TensorRole]:
     }
 
 
-@D.register_layer(D.LayerType.GAT)
+@D.register_layer(D.LayerType.GAT, requires=("input_size", "output_size", "num_heads"))
 def _gat(layer: D.LayerSpec) -> Mapping[str, D.TensorRole]:
     # output_size is the per-head width. kernel (in, heads * out) and the attention vectors
     # (heads * out,) are head-major along output_idx; the bias is (heads * out,) when heads are
@@ -112,7 +112,7 @@ def _embedding(layer: D.LayerSpec) -> Mapping[str, D.TensorRole]:
     }
 
 
-@D.register_layer(D.LayerType.MHA)
+@D.register_layer(D.LayerType.MHA, requires=("output_size",))
 def _mha(layer: D.LayerSpec) -> Mapping[str, D.TensorRole]:
     # Projections are (E_in, E_out) kernels; heads are contiguous blocks of output_idx.
     e = layer.get("output_size")
@@ -127,7 +127,7 @@ def _mha(layer: D.LayerSpec) -> Mapping[str, D.TensorRole]:
     return roles
 
 
-@D.register_layer(D.LayerType.KAN)
+@D.register_layer(D.LayerType.KAN, requires=("input_size",))
 def _kan(layer: D.LayerSpec) -> Mapping[str, D.TensorRole]:
     # Tensor names and layouts of uhn_jax.models.kan (Flax style: output axis last).
     # PARAM_TYPE 0..6 follow the reference: base W, base b, spline W, spline scale, grid

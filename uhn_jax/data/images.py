@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from uhn_jax.core import checks
 from uhn_jax.data import files, idx
 
 # Normalisation constants of the reference implementation: pixels are first scaled to [0, 1],
@@ -86,6 +87,7 @@ class ArrayDataset:
         ):
             if x.ndim < 1:
                 raise ValueError(f"{self.name}: x_{split} must have a leading example axis")
+            checks.finite(f"{self.name}: x_{split}", x)
             if y.ndim != 1:
                 raise ValueError(f"{self.name}: y_{split} must be 1-D, got shape {y.shape}")
             if not np.issubdtype(y.dtype, np.integer):

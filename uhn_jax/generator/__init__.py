@@ -11,7 +11,7 @@ The modules, each with one job (``docs/generator.md``):
 * :mod:`~uhn_jax.generator.separable`: the separable first layer (angle-addition matmul and
   non-uniform FFT) and :func:`use_nufft`;
 * :mod:`~uhn_jax.generator.planning`: host-side :func:`plan`, :func:`check`,
-  :func:`with_tables` and :func:`auto_chunking`;
+  :func:`check_inputs`, :func:`check_variables`, :func:`with_tables` and :func:`auto_chunking`;
 * :mod:`~uhn_jax.generator.generation`: :func:`generate` and :func:`generate_planned`.
 """
 
@@ -39,6 +39,8 @@ from uhn_jax.generator.planning import (
     Plan,
     auto_chunking,
     check,
+    check_inputs,
+    check_variables,
     plan,
     with_tables,
 )
@@ -82,6 +84,8 @@ __all__ = [
     "StructureEncoder",
     "auto_chunking",
     "check",
+    "check_inputs",
+    "check_variables",
     "from_config",
     "generate",
     "generate_planned",

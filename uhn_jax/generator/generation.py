@@ -7,8 +7,9 @@ import math
 import jax
 import jax.numpy as jnp
 
+from uhn_jax.core import checks
 from uhn_jax.core import sharding as sharding_lib
-from uhn_jax.generator import module, planning, separable
+from uhn_jax.generator import module, planning, separable, settings
 
 #: Rows of first-layer output sent through the residual blocks at once on the separable path
 #: (under ``jax.checkpoint``). The blocks are elementwise-heavy at width h; chunks this size stay
@@ -29,6 +30,8 @@ def generate(
     structure_L29: jax.Array | None = None,
     chunk_size: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    *,
+    out_of_range: str | None = None,
 ) -> jax.Array:
     """Generates the flat weight vector ``w[N]`` for raw index descriptors ``(N, 10)``.
 
@@ -36,18 +39,30 @@ def generate(
     ``jax.checkpoint``: the backward pass keeps only each chunk's descriptors and recomputes the
     ``(chunk, 2 * n_freqs)`` features, so peak memory is set by the chunk, not by N.
 
+    The arguments are checked first (:func:`planning.check_inputs`): shapes, dtypes and that
+    ``variables`` fit ``gen`` always; finiteness and the declared ranges of descriptors whose
+    values are on the host (inside ``jit`` or ``grad`` of them, these value checks are skipped).
+
     Args:
       gen: the generator module.
       variables: its variables (``params`` and ``constants``).
       index_N10: raw (un-normalised) index descriptors.
       structure_L29: the model's structure input, needed when ``gen.structure``.
-      chunk_size: rows per chunk; ``None`` or ``>= N`` generates in one piece.
+      chunk_size: rows per chunk; ``None`` or ``>= N`` generates in one piece; ``0`` chooses
+        it as a config's ``generator.chunk_size=0`` does (see :func:`generate_planned`).
       mesh: a 1-D device mesh (:func:`uhn_jax.core.sharding.make_mesh`): every chunk's rows are
         split over its devices and ``w`` comes back replicated. ``None``: no constraints.
+      out_of_range: a descriptor outside ``gen``'s declared ranges raises ValueError naming
+        the field (``"error"``) or is clamped to the range (``"clip"``). ``None``:
+        ``gen.out_of_range`` (``"error"`` by default).
 
     Returns:
       float32 ``(N,)``.
     """
+    out_of_range = gen.out_of_range if out_of_range is None else out_of_range
+    planning.check_inputs(gen, variables, index_N10, structure_L29, out_of_range)
+    if out_of_range != gen.out_of_range:
+        gen = gen.clone(out_of_range=out_of_range)  # same variables; clamps in-graph
     plan_ = planning.Plan(shapes=((index_N10.shape[0],),), separable=(False,))
     arrays = {"direct": index_N10, "rows": [], "cols": []}
     return generate_planned(
@@ -70,6 +85,8 @@ def generate_planned(
     """Generates ``w[N]`` following a :class:`Plan`; equals :func:`generate` up to rounding.
 
     ``layer_mask`` marks the real rows of a zero-padded ``structure_L29`` (multi-model runs).
+    ``chunk_size=0`` means automatic, as in a config: :func:`auto_chunking` picks ``chunk_size``
+    and ``remat`` for the default budget ``DEFAULTS.memory_mib``.
 
     ``chunk_size`` bounds the scalars generated at once on both paths: direct rows go
     ``chunk_size`` at a time under ``lax.map`` + ``jax.checkpoint``; a separable tensor with C
@@ -86,6 +103,12 @@ def generate_planned(
     """
     if gen.structure and structure_L29 is None:
         raise ValueError("this generator has a structure path; pass structure_L29")
+    if chunk_size is not None:
+        checks.non_negative_int("chunk_size", chunk_size, " or None (0 = automatic)")
+    if chunk_size == 0:
+        devices = 1 if mesh is None else mesh.size
+        budget = settings.DEFAULTS.memory_mib
+        chunk_size, remat = planning.auto_chunking(gen, arrays, budget, devices)
     if structure_L29 is None:
         structure_L29 = jnp.zeros((1, module.STRUCTURE_DIM))
     s_h = gen.apply(variables, structure_L29, layer_mask, method=module.Generator.structure_vector)
@@ -249,7 +272,7 @@ def _chunked_rows(fn, rows, chunk_size: int | None, mesh=None, remat: bool = Tru
     devices at once.
     """
     n = rows.shape[0]
-    if chunk_size is not None and chunk_size <= 0:
+    if chunk_size is not None and chunk_size <= 0:  # callers pass None, or resolve 0 first
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     devices = 1 if mesh is None else mesh.size
     if chunk_size is None or chunk_size >= n:

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uhn_jax.core import checks, descriptors, encodings
+from uhn_jax.core import descriptors, encodings
 from uhn_jax.generator import precision, separable, settings
 
 #: LayerNorm epsilon: PyTorch's default, which the reference generator uses.
@@ -104,6 +104,11 @@ class StructureEncoder(nn.Module):
 _D = settings.DEFAULTS
 
 
+def _check_ranges(name: str, ranges, width: int) -> None:
+    if not isinstance(ranges, descriptors.Ranges) or len(ranges.lo) != width:
+        raise ValueError(f"{name} must be a descriptors.Ranges of {width} fields, got {ranges!r}")
+
+
 class Generator(nn.Module):
     """UHN generator. Defaults are :data:`uhn_jax.generator.settings.DEFAULTS`, those of an
     experiment config: the reference MNIST sizes (148,353 params, no structure).
@@ -119,8 +124,10 @@ class Generator(nn.Module):
       structure: whether the structure path is on.
       structure_freqs: Fourier frequencies of the structure encoder (d_model = 2 * this).
       structure_heads: attention heads of the structure encoder.
-      out_of_range: "error" (descriptors are checked on the host, see :func:`check`) or
-        "clip" (values are clamped to the declared ranges in-graph).
+      out_of_range: "error" (descriptors are checked on the host, see :func:`check` and
+        :func:`generate`) or "clip" (values are clamped to the declared ranges in-graph).
+
+    Bad sizes and settings raise ValueError naming the field when the module is built.
       matmul_dtype: operand dtype of the first Linear's matmuls (forward and weight gradient),
         the bulk of the FLOPs; accumulation, the rest of the network and the parameters stay
         float32. "float32" (the exact function), "bfloat16" or "auto" (the default,
@@ -144,9 +151,17 @@ class Generator(nn.Module):
     matmul_dtype: str = _D.matmul_dtype
     separable_method: str = _D.separable_method
 
+    def __post_init__(self):
+        # Bad sizes otherwise surface at init as ZeroDivisionError or "math domain error".
+        settings.check_module_fields(self, "Generator.")
+        _check_ranges("Generator.index_ranges", self.index_ranges, INDEX_DIM)
+        if self.structure:
+            if self.structure_ranges is None:
+                raise ValueError("Generator: structure=True needs structure_ranges")
+            _check_ranges("Generator.structure_ranges", self.structure_ranges, STRUCTURE_DIM)
+        super().__post_init__()
+
     def setup(self):
-        checks.choice("separable_method", self.separable_method, settings.SEPARABLE_METHODS)
-        checks.choice("encoding", self.encoding, settings.ENCODINGS)
         self.index_b = self.variable(
             "constants",
             "index_B",
@@ -160,8 +175,6 @@ class Generator(nn.Module):
         self.blocks = [ResidualBlock(self.hidden) for _ in range(self.num_blocks)]
         self.output_layer = _dense(1, self.hidden)
         if self.structure:
-            if self.structure_ranges is None:
-                raise ValueError("structure=True needs structure_ranges")
             self.structure_b = self.variable(
                 "constants",
                 "structure_B",

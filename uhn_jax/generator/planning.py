@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Mapping
 
+import jax
 import numpy as np
 
-from uhn_jax.core import descriptors, encodings
-from uhn_jax.generator import module
+from uhn_jax.core import checks, descriptors, encodings
+from uhn_jax.generator import module, settings
 
 #: Default of :func:`plan`'s ``min_separable``: tensors below this many scalars (biases, norms)
 #: stay on the direct path, where they share one pass; above it the separable path's
@@ -60,6 +63,54 @@ def check(gen: module.Generator, desc: descriptors.ModelDescriptors) -> None:
         own = desc.structure_ranges()
         names = descriptors.GLOBAL_FIELDS + descriptors.STRUCTURE_FIELDS
         descriptors.check_in_range(own.lo, own.hi, gen.structure_ranges, names)
+
+
+def check_inputs(
+    gen: module.Generator,
+    variables: dict,
+    index_N10,
+    structure_L29=None,
+    out_of_range: str = "error",
+) -> None:
+    """The checks :func:`generate` runs on its arguments before any compilation.
+
+    Shapes and dtypes always (static, so free under ``jit``); that ``variables`` fit ``gen``
+    (:func:`check_variables`); and, for arrays whose values are on the host (not traced,
+    :func:`uhn_jax.core.checks.concrete`), that descriptors are finite and, unless
+    ``out_of_range="clip"``, inside ``gen``'s declared ranges.
+
+    Raises:
+      TypeError: for a bool, unsigned or complex descriptor array.
+      ValueError: naming the argument (or descriptor field), the value and what is allowed.
+    """
+    checks.choice("out_of_range", out_of_range, settings.OUT_OF_RANGE)
+    check_variables(gen, variables)
+    arrays = [("index_N10", index_N10, "N", gen.index_ranges, descriptors.INDEX_FIELDS)]
+    if gen.structure and structure_L29 is not None:
+        fields = descriptors.GLOBAL_FIELDS + descriptors.STRUCTURE_FIELDS
+        arrays.append(("structure_L29", structure_L29, "L", gen.structure_ranges, fields))
+    for name, x, rows, ranges, fields in arrays:
+        checks.shape(name, x, (None, len(fields)), f"({rows}, {len(fields)})")
+        checks.real_dtype(name, x)
+        checks.finite(name, x)
+        if out_of_range == "error" and checks.concrete(x) and np.shape(x)[0]:
+            x = np.asarray(x, np.float64)
+            descriptors.check_in_range(x.min(0), x.max(0), ranges, fields, f"{name}: ")
+
+
+def check_variables(gen: module.Generator, variables: dict) -> None:
+    """Raises ValueError unless ``variables`` have the leaves and shapes ``gen`` creates (e.g.
+    the variables of a generator with other ``n_freqs``, ``hidden`` or ``num_blocks``)."""
+    if not isinstance(variables, Mapping):
+        raise TypeError(f"variables must be a dict of collections, got {type(variables).__name__}")
+    expected = _variable_shapes(gen)
+    given = {k: variables.get(k) for k in expected}  # other collections are not the module's
+    checks.same_shapes("variables", given, expected)
+
+
+@functools.lru_cache(maxsize=64)
+def _variable_shapes(gen: module.Generator) -> dict:
+    return jax.eval_shape(lambda key: module.init(gen, key), jax.random.key(0))
 
 
 def plan(

@@ -60,23 +60,37 @@ class GeneratorConfig:
     chain_depth: int = 0
 
     def validate(self):
-        for name in ("hidden", "n_freqs", "structure_freqs", "structure_heads", "memory_mib"):
-            checks.positive_int(f"generator.{name}", getattr(self, name))
+        check_module_fields(self, "generator.")
+        checks.positive_int("generator.memory_mib", self.memory_mib)
         checks.non_negative_int("generator.chain_depth", self.chain_depth)
         if self.chain_depth and not self.structure:
             raise ValueError(
                 "generator.chain_depth > 0 needs generator.structure=True (a generated UHN reads "
                 "the encoded structure of the model it generates)"
             )
-        checks.non_negative_int("generator.num_blocks", self.num_blocks)
         checks.non_negative_int(
             "generator.chunk_size", self.chunk_size, " (0 = automatic from memory_mib)"
         )
-        checks.in_range("generator.sigma", self.sigma, 0.0, float("inf"), lo_open=True)
-        checks.choice("generator.encoding", self.encoding, ENCODINGS)
-        checks.choice("generator.out_of_range", self.out_of_range, OUT_OF_RANGE)
-        checks.choice("generator.matmul_dtype", self.matmul_dtype, MATMUL_DTYPES)
-        checks.choice("generator.separable_method", self.separable_method, SEPARABLE_METHODS)
+
+
+def check_module_fields(obj, prefix: str) -> None:
+    """Checks the settings a :class:`GeneratorConfig` shares with the ``Generator`` module.
+
+    Args:
+      obj: a :class:`GeneratorConfig` or a ``Generator``.
+      prefix: put before each field's name in the messages (``"generator."`` for a config).
+
+    Raises:
+      ValueError: naming the first bad field, its value and what is allowed.
+    """
+    for name in ("hidden", "n_freqs", "structure_freqs", "structure_heads"):
+        checks.positive_int(f"{prefix}{name}", getattr(obj, name))
+    checks.non_negative_int(f"{prefix}num_blocks", obj.num_blocks)
+    checks.in_range(f"{prefix}sigma", obj.sigma, 0.0, float("inf"), lo_open=True)
+    checks.choice(f"{prefix}encoding", obj.encoding, ENCODINGS)
+    checks.choice(f"{prefix}out_of_range", obj.out_of_range, OUT_OF_RANGE)
+    checks.choice(f"{prefix}matmul_dtype", obj.matmul_dtype, MATMUL_DTYPES)
+    checks.choice(f"{prefix}separable_method", obj.separable_method, SEPARABLE_METHODS)
 
 
 #: The defaults every generator setting takes unless given.

@@ -6,8 +6,9 @@ import dataclasses
 
 import jax
 
+from uhn_jax.core import checks
 from uhn_jax.core import descriptors as D
-from uhn_jax.models.common import dropout, group_norm, torch_default_init
+from uhn_jax.models.common import check_images, dropout, group_norm, torch_default_init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,7 @@ class CNN:
     dataset_type: int = int(D.DatasetType.CIFAR10)
 
     def __post_init__(self):
+        checks.positive_shape("CNN input_shape", self.input_shape)
         if len(self.input_shape) not in (2, 3):
             raise ValueError(f"CNN input_shape must be (H, W) or (H, W, C), got {self.input_shape}")
         if not self.depths or len(self.depths) != len(self.widths):
@@ -140,6 +142,7 @@ class CNN:
 
     def apply(self, params: dict, x: jax.Array, *, train: bool = False, rng=None) -> jax.Array:
         """Logits ``(B, num_classes)`` for inputs ``(B, H, W[, C])``."""
+        check_images("CNN", x, self.input_shape)
         h = x if x.ndim == 4 else x[..., None]
         pad = self.kernel_size // 2
         convs = self.convs()

@@ -7,6 +7,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from uhn_jax.core import checks
+
 
 def layer_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
     """Non-affine LayerNorm over the last axis."""
@@ -60,3 +62,11 @@ def torch_default_init(key: jax.Array, layers: dict[str, tuple[tuple[int, ...], 
             "bias": jax.random.uniform(k_b, (shape[-1],), jnp.float32, -bound, bound),
         }
     return params
+
+
+def check_images(name: str, x: jax.Array, input_shape: tuple[int, ...]) -> None:
+    """Image inputs must be ``(B, *input_shape)``; one channel may be given or left out, so
+    ``(B, H, W)`` and ``(B, H, W, 1)`` both fit ``(H, W)`` or ``(H, W, 1)``."""
+    h, w, *c = input_shape
+    also = [(h, w, 1)] if not c else [(h, w)] if c == [1] else []
+    checks.batch_shape(name, x, input_shape, *also)

@@ -7,8 +7,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from uhn_jax.core import checks
 from uhn_jax.core import descriptors as D
-from uhn_jax.models.common import torch_default_init
+from uhn_jax.models.common import check_images, torch_default_init
 
 
 def conv_many(h: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -89,6 +90,7 @@ class HaCNN:
     gauge_chain = True
 
     def __post_init__(self):
+        checks.positive_shape("HaCNN input_shape", self.input_shape)
         if len(self.input_shape) not in (2, 3):
             raise ValueError(
                 f"HaCNN input_shape must be (H, W) or (H, W, C), got {self.input_shape}"
@@ -179,6 +181,7 @@ class HaCNN:
         """Logits ``(B, num_classes)`` for inputs ``(B, H, W[, C])``; ``train`` and ``rng`` are
         accepted for the base-model interface and unused (no dropout)."""
         del train, rng
+        check_images("HaCNN", x, self.input_shape)
         h = x if x.ndim == 4 else x[..., None]
         pad = self.kernel_size // 2
         for i in range(2):

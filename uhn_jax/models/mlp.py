@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uhn_jax.core import checks
 from uhn_jax.core import descriptors as D
 from uhn_jax.models.common import dropout, layer_norm, masked_layer_norm, torch_default_init
 
@@ -40,6 +41,7 @@ class MLP:
     dataset_type: int = int(D.DatasetType.MNIST)
 
     def __post_init__(self):
+        checks.positive_shape("MLP input_shape", self.input_shape)
         if not self.widths or any(int(w) < 1 for w in self.widths):
             raise ValueError(
                 f"MLP widths must be a non-empty tuple of positive ints, got {self.widths}"
@@ -112,6 +114,7 @@ class MLP:
         LayerNorms use the member's units only, layers past the member's depth are skipped and
         the skips are the member's. The result equals the member's own ``apply``.
         """
+        checks.batch_shape("MLP", x, self.input_shape, (math.prod(self.input_shape),))
         h = x.reshape(x.shape[0], -1)
         units = jnp.ones(h.shape[-1], bool)  # the member's units of h
         for i in range(len(self.sizes)):

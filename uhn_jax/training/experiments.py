@@ -14,6 +14,7 @@ from uhn_jax import config as config_lib
 from uhn_jax.training import checkpoint, tasks, train
 from uhn_jax.training import setup as setup_lib
 from uhn_jax.training import step as step_lib
+from uhn_jax.training import workdir as workdir_lib
 
 
 def format_results(results: dict[str, Any]) -> str:
@@ -180,14 +181,14 @@ def summarize(workdir: str | Path) -> str:
     if not paths:
         runs = sorted(workdir.glob("*/results.json"))
         if runs:
-            return runs_table([json.loads(p.read_text()) for p in runs])
+            return runs_table([workdir_lib.read_json(p, train.RESULTS_FIX) for p in runs])
         raise FileNotFoundError(
             f"no */compare.json or */results.json under {workdir}; run `uhn-jax compare` or "
             "`uhn-jax train --workdir {workdir}/<run>` first"
         )
     lines, gaps, metric = [], [], None
     for path in paths:
-        rows = json.loads(path.read_text())
+        rows = workdir_lib.read_json(path, "Delete it and rerun the compare command.")
         metric = metric or rows[0]["metric_name"]
         if rows[0]["metric_name"] != metric:
             raise ValueError(f"{path} reports {rows[0]['metric_name']}, the others {metric}")
@@ -275,7 +276,8 @@ def load_run(workdir: str | Path):
     config_path = workdir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: is {workdir} a uhn-jax run directory?")
-    exp = config_lib.from_config_dict(json.loads(config_path.read_text()))
+    saved = workdir_lib.read_json(config_path, "Restore it from a copy of the run's config.")
+    exp = config_lib.from_config_dict(saved)
     dataset = tasks.load_dataset(exp)
     setup, desc = setup_lib.make_setup(exp, dataset)
     mngr = checkpoint.manager(workdir / "checkpoints")

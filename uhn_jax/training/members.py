@@ -176,14 +176,14 @@ def member_results(
     return out
 
 
-def plot_members(rows: list[dict], metric_name: str, path: Path) -> Path:
-    """Scatter plot of test metric against parameter count, hold-in and held-out marked apart."""
-    import matplotlib
+def plot_members(
+    rows: list[dict], metric_name: str, path: Path, *, title: str | None = None
+) -> Path:
+    """Scatter plot of test metric against parameter count, hold-in and held-out marked apart
+    (``rows``: ``results.json``'s ``members``)."""
+    from uhn_jax.analysis import figures
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    fig, ax = figures.pyplot().subplots(figsize=(5, 3.5))
     for split, marker, label in (("hold_in", "o", "seen (hold-in)"), ("held_out", "^", "unseen")):
         pts = [(r["num_params"], r["test_metric"]) for r in rows if r["split"] == split]
         if pts:
@@ -191,8 +191,7 @@ def plot_members(rows: list[dict], metric_name: str, path: Path) -> Path:
             ax.scatter(x, y, marker=marker, label=label, alpha=0.75)
     ax.set_xlabel("parameters")
     ax.set_ylabel(f"test {metric_name}")
+    if title:
+        ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return figures.save(fig, path)

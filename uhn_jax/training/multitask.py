@@ -30,6 +30,7 @@ from uhn_jax.training import loop as loop_lib
 from uhn_jax.training import setup as setup_lib
 from uhn_jax.training import step as step_lib
 from uhn_jax.training import tasks as tasks_lib
+from uhn_jax.training import workdir as workdir_lib
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -120,13 +121,25 @@ def task_schedule(probs: Sequence[float], seed: int, step: int) -> int:
 
 
 def _check_workdir(cfg: dict, workdir: Path) -> None:
+    """Refuses a workdir holding another multi-task run (writes nothing: :func:`_write_config`
+    does, once the tasks are prepared, so a run failing validation leaves no config.json)."""
     saved = workdir / "config.json"
-    if saved.exists() and _with_new_defaults(json.loads(saved.read_text())) != _with_new_defaults(
+    if not saved.exists():
+        return
+    fix = "Restore it from a copy, or use a new --workdir."
+    if _with_new_defaults(workdir_lib.read_json(saved, fix)) != _with_new_defaults(
         json.loads(json.dumps(cfg))
     ):
-        raise ValueError(f"workdir {workdir} holds a different multi-task run; use a new --workdir")
-    workdir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(cfg, indent=2) + "\n")
+        raise workdir_lib.WorkdirError(
+            f"workdir {workdir} holds a different multi-task run; use a new --workdir"
+        )
+
+
+def _write_config(cfg: dict, workdir: Path) -> None:
+    """Writes the multi-task config to ``workdir/config.json`` (process 0)."""
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
 
 def _prepare(cfg: dict, tasks: list[Task]):
@@ -169,13 +182,14 @@ def run(
         cfg = cfg.to_dict()
     workdir = Path(workdir)
     if (workdir / "results.json").exists():
-        return json.loads((workdir / "results.json").read_text())
+        return workdir_lib.read_json(workdir / "results.json", train.RESULTS_FIX)
     tasks = tasks_from_config(cfg)
     if not all(t.exp.generator.structure for t in tasks):
         raise ValueError("multitask: set generator.structure=True (the tasks share a generator)")
     _check_workdir(cfg, workdir)
     start_time = time.time()
     setups, conds, data = _prepare(cfg, tasks)
+    _write_config(cfg, workdir)
     first, seed = setups[0], tasks[0].exp.seed
     key = jax.random.key_data(jax.random.key(seed))
     loop = loop_lib.Loop(

@@ -28,6 +28,10 @@ from uhn_jax.training import experiments, train
 KINDS = ("gap", "ratio", "held_out")
 
 
+class CheckError(ValueError):
+    """An unknown check name, or a check that needs a data directory none was given for."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Check:
     """One published comparison.
@@ -121,7 +125,7 @@ def load_experiment(check: Check, data_dir: str | Path | None) -> config_lib.Exp
     cfg = get_config(arg) if arg else get_config()
     if check.data is not None:
         if data_dir is None:
-            raise ValueError(f"check {check.name!r} reads {check.data}/: pass a data directory")
+            raise CheckError(f"check {check.name!r} reads {check.data}/: pass a data directory")
         cfg.data.data_dir = str(Path(data_dir) / check.data)
     for dotted, value in check.overrides.items():
         node = cfg
@@ -170,7 +174,7 @@ def reproduce(
     by_name = {c.name: c for c in checks}
     unknown = sorted(set(only or ()) - set(by_name))
     if unknown:
-        raise ValueError(f"unknown check(s) {unknown}; the checks are {sorted(by_name)}")
+        raise CheckError(f"unknown check(s) {unknown}; the checks are {sorted(by_name)}")
     chosen = [by_name[n] for n in only] if only else list(checks)
     exps = {c.name: load_experiment(c, data_dir) for c in chosen}  # every config error first
     workdir = Path(workdir)

@@ -22,13 +22,17 @@ from uhn_jax.training import setup as setup_lib
 from uhn_jax.training import step as step_lib
 from uhn_jax.training import workdir as workdir_lib
 
+#: What to do about a damaged ``results.json``.
+RESULTS_FIX = "Delete it and rerun: the results are recomputed from the final checkpoint."
+
 
 def advance(setup: setup_lib.Setup, step: int, state: dict, cond, data, key):
     """Step ``step`` of a run: a fresh optimiser at a stage boundary (each (sub-)stage gets
     its own, as in the reference), then one compiled step. ``(state, metrics, labels)``."""
     stage = setup.stage(step)
     if setup.fresh_optimizer_at(step):
-        state["opt_state"] = optim.fresh_state(setup, stage, state["params"])
+        # A new dict: the loop's copy of the completed step stays intact.
+        state = {**state, "opt_state": optim.fresh_state(setup, stage, state["params"])}
     state, metrics = step_lib.run_step(setup, stage, state, cond, data, key)
     return state, metrics, {"stage": stage}
 
@@ -78,9 +82,9 @@ def run(
     """
     exp = exp.validate()
     workdir = Path(workdir)
-    workdir_lib.check_config(workdir, exp)
+    changes = workdir_lib.check_config(workdir, exp)
     if (workdir / "results.json").exists():
-        return json.loads((workdir / "results.json").read_text())
+        return workdir_lib.read_json(workdir / "results.json", RESULTS_FIX)
     start_time, compiles_before = time.time(), step_lib.compile_count()
     dataset = tasks.load_dataset(exp) if dataset is None else dataset
     mset = members = None
@@ -101,6 +105,9 @@ def run(
         progress=progress,
         desc=f"{exp.mode} seed {exp.seed}",
     )
+    # Written only now that the config, data and setup have passed validation, so a run that
+    # fails them leaves no config.json to refuse the corrected rerun.
+    workdir_lib.write_config(workdir, exp, changes, loop.start)
     cond = setup_lib.with_tables(setup, cond, loop.state["constants"])
     state, finished = loop.run(
         lambda step, state: advance(setup, step, state, cond, train_data, key),
