@@ -20,6 +20,18 @@ os.environ["XLA_FLAGS"] = " ".join((os.environ.get("XLA_FLAGS", ""), *CHEAP_XLA_
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_jax_caches():
+    """Drops JAX's compiled programs after each test module. A pytest-xdist worker runs a few
+    hundred tests in one process; keeping every executable alive grew the worker until XLA's
+    CPU compiler segfaulted (always late in the run, on whichever test compiled next), while
+    the same test passed in a fresh process."""
+    yield
+    import jax
+
+    jax.clear_caches()
+
+
 def pytest_collection_modifyitems(items):
     """Run the ``slow`` tests first: pytest-xdist then overlaps them with the many short ones
     instead of leaving one worker idle while the other finishes a two-minute test."""

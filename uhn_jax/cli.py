@@ -18,6 +18,7 @@ with the same ``--workdir`` resumes where it stopped.
 
 from __future__ import annotations
 
+import gc
 import sys
 
 from absl import app, flags, logging
@@ -106,9 +107,9 @@ def _run(command: str) -> None:
     if command == "summarize":
         print(experiments.summarize(_WORKDIR.value))
         return
-    if command == "export":
+    if command == "export":  # --config, if given, has registered the families it names
         path = experiments.export(_WORKDIR.value, _OUT.value)
-        print(f"exported generated params to {path}")
+        print(f"exported the base model's params to {path}")
         return
     if command == "plot":
         from uhn_jax import plots
@@ -235,7 +236,9 @@ def _usage() -> str:
 
 def _run_reporting(command: str) -> None:
     """:func:`_run`, with Ctrl-C and the errors of a run's own state (a NaN/Inf stop, a
-    workdir or checkpoint that does not fit) shown as one line instead of a traceback."""
+    workdir, checkpoint or model that does not fit, a missing run) shown as one line instead
+    of a traceback. Every checkpoint manager is closed before exit: an orbax thread still
+    running at interpreter shutdown prints a traceback after the command's output."""
     try:
         _run(command)
     except KeyboardInterrupt as e:  # the training loop has saved the last completed step
@@ -246,13 +249,19 @@ def _run_reporting(command: str) -> None:
 
         one_line = (
             loop.NonFiniteLossError,
-            workdir.WorkdirError,
+            workdir.WorkdirError,  # also rebuild.RebuildError: what a workdir lacks
             checkpoint.DamagedCheckpointError,
+            FileNotFoundError,  # no run, no checkpoint, nothing to plot: the message names it
         )
         if not isinstance(e, one_line):
             raise
         print(f"uhn-jax {command}: {e}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        from uhn_jax.training import checkpoint
+
+        checkpoint.close_all()
+        gc.collect()  # finalisers run now, not at interpreter shutdown when imports fail
 
 
 def main(argv: list[str] | None = None) -> None:

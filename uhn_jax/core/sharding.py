@@ -98,6 +98,8 @@ def initialize_distributed(**kwargs) -> None:
 
     On TPU pods and SLURM/Open MPI clusters the coordinator is detected from the environment;
     elsewhere pass ``coordinator_address``, ``num_processes`` and ``process_id`` (the CLI's
-    ``--coordinator_address``, ``--num_processes`` and ``--process_id``).
+    ``--coordinator_address``, ``--num_processes`` and ``--process_id``). On CPU the processes'
+    collectives use gloo (``jax_cpu_collectives_implementation``, JAX's default);
+    ``tests/test_distributed.py`` trains with two local processes this way.
     """
     jax.distributed.initialize(**kwargs)

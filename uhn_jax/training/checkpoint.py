@@ -13,6 +13,7 @@ import hashlib
 import json
 import shutil
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,10 @@ class DamagedCheckpointError(ValueError):
     """Checkpoints exist but none of them can be restored."""
 
 
+#: The :class:`Manager` objects not yet closed (:func:`close_all`).
+_OPEN: weakref.WeakSet = weakref.WeakSet()
+
+
 class Manager(ocp.CheckpointManager):
     """A CheckpointManager that writes the sha256 manifest of each step it saved once the
     step's asynchronous save has finished: the training loop calls :meth:`sign_finished`
@@ -38,6 +43,13 @@ class Manager(ocp.CheckpointManager):
     def __init__(self, *args, **kwargs):
         self._unsigned: list[int] = []
         super().__init__(*args, **kwargs)
+        _OPEN.add(self)
+
+    def close(self) -> None:
+        """Waits for the saves in flight (signing them) and stops orbax's threads."""
+        if self in _OPEN:
+            _OPEN.discard(self)
+            super().close()
 
     def save(self, step: int, *args, **kwargs) -> bool:
         saved = super().save(step, *args, **kwargs)
@@ -71,6 +83,13 @@ def manager(directory: str | Path, max_to_keep: int = 2) -> Manager:
         Path(directory).absolute(),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
     )
+
+
+def close_all() -> None:
+    """Closes every :class:`Manager` still open. The command line calls it before exiting:
+    an orbax thread still running at interpreter shutdown prints a traceback."""
+    for mngr in list(_OPEN):
+        mngr.close()
 
 
 def step_path(mngr: ocp.CheckpointManager, step: int) -> Path:

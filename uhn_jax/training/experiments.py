@@ -1,4 +1,5 @@
-"""Multi-run orchestration: UHN-vs-direct comparisons over seeds, and weight export."""
+"""Multi-run orchestration: UHN-vs-direct comparisons over seeds and their tables; weight
+export (from :mod:`uhn_jax.training.rebuild`)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from uhn_jax import config as config_lib
-from uhn_jax.training import checkpoint, tasks, train
+from uhn_jax.training import rebuild, tasks, train
 from uhn_jax.training import setup as setup_lib
-from uhn_jax.training import step as step_lib
 from uhn_jax.training import workdir as workdir_lib
 
 
@@ -265,50 +264,8 @@ def runs_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines + ([""] + gaps if gaps else []))
 
 
-def load_run(workdir: str | Path):
-    """A finished or interrupted run's ``(exp, setup, desc, dataset, state)`` from its
-    ``config.json`` and latest checkpoint.
-
-    Raises:
-        FileNotFoundError: If ``workdir`` is not a run directory or holds no checkpoint.
-    """
-    workdir = Path(workdir)
-    config_path = workdir / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} not found: is {workdir} a uhn-jax run directory?")
-    saved = workdir_lib.read_json(config_path, "Restore it from a copy of the run's config.")
-    exp = config_lib.from_config_dict(saved)
-    dataset = tasks.load_dataset(exp)
-    setup, desc = setup_lib.make_setup(exp, dataset)
-    mngr = checkpoint.manager(workdir / "checkpoints")
-    state, step = checkpoint.restore_latest(
-        mngr, step_lib.init_state(setup, jax.random.key_data(jax.random.key(0)))
-    )
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
-    return exp, setup, desc, dataset, state
-
-
-def load_model_params(workdir: str | Path) -> tuple[config_lib.Experiment, Any]:
-    """The config and the base model's params of a run's latest checkpoint (for a hypernetwork
-    kind, generated once from it).
-
-    Raises:
-        FileNotFoundError: If ``workdir`` is not a run directory or holds no checkpoint.
-    """
-    exp, setup, desc, _, state = load_run(workdir)
-    params = step_lib.materialize_params(
-        setup, state["params"], state["constants"], setup_lib.desc_arrays(setup, desc)
-    )
-    return exp, params
-
-
-def export(workdir: str | Path, out: str | Path | None = None) -> Path:
-    """Writes the base-model params of a run as a plain orbax checkpoint.
-
-    For a UHN run the weights are generated once from the latest checkpoint; the export then
-    loads with :func:`uhn_jax.training.checkpoint.load_params` alone, without the generator.
-    """
-    workdir = Path(workdir)
-    _, params = load_model_params(workdir)
-    return checkpoint.save_params(Path(out) if out else workdir / "export", params)
+# A run's model rebuilt from its workdir lives in :mod:`uhn_jax.training.rebuild`; these names
+# stay here, where the commands and notebooks have always found them.
+load_run = rebuild.load_run
+load_model_params = rebuild.load_model_params
+export = rebuild.export

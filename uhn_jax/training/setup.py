@@ -205,20 +205,32 @@ def make_setup(
     task = tasks.task_of(exp)
     mesh = sharding_lib.make_mesh(exp.train.num_devices)
     check_batches(exp, task, dataset, mesh)
-    model = build_model(exp, dataset)
+    setup, desc = model_setup(exp, build_model(exp, dataset), task, mesh, ranges)
+    norm, augment = input_pipeline(exp, dataset)
+    return dataclasses.replace(setup, input_norm=norm, augment=augment), desc
+
+
+def model_setup(
+    exp: config_lib.Experiment,
+    model,
+    task: str,
+    mesh: jax.sharding.Mesh | None = None,
+    ranges: tuple[descriptors.Ranges, descriptors.Ranges | None] | None = None,
+) -> tuple[Setup, descriptors.ModelDescriptors]:
+    """The setup and descriptors of ``exp`` around an already built base ``model``, without
+    its data (no input normalisation or augmentation): what rebuilding a run's weights from
+    its workdir needs (:mod:`uhn_jax.training.rebuild`). ``ranges`` as in :func:`make_setup`."""
     desc = model_descriptors(model)
     gen, plan, chunk, remat, chain = None, None, None, True, None
     if exp.mode == "uhn":
         gen, plan, chunk, remat, chain = make_generator(exp, desc, ranges, mesh)
-    norm, augment = input_pipeline(exp, dataset)
-    layout = desc.layout
     setup = Setup(
         exp.mode,
         task,
         model,
-        norm,
-        augment,
-        layout,
+        None,
+        None,
+        desc.layout,
         gen,
         plan,
         chunk,

@@ -10,6 +10,7 @@ metric bits per character (``bpc``, the cross-entropy in base 2).
 from __future__ import annotations
 
 import math
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,9 @@ from uhn_jax.core import sharding as sharding_lib
 from uhn_jax.data import augment, registry
 
 TASKS = registry.TASKS
+#: The datasets :func:`load_dataset` loaded, by id: a run of one records that its config
+#: reloads its data (:func:`from_registry`), which an in-memory dataset's does not.
+_LOADED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def metric_name(task: str) -> str:
@@ -44,7 +48,18 @@ def dataset_type(exp: config_lib.Experiment, dataset=None) -> int:
 
 def load_dataset(exp: config_lib.Experiment):
     """Loads ``exp``'s dataset through the dataset registry."""
-    return registry.load(exp.data)
+    dataset = registry.load(exp.data)
+    try:
+        _LOADED[id(dataset)] = dataset
+    except TypeError:  # not weakly referable: counted as in-memory, which only costs a refusal
+        pass
+    return dataset
+
+
+def from_registry(dataset) -> bool:
+    """Whether ``dataset`` is one :func:`load_dataset` loaded (so ``exp.data`` reloads it),
+    not a dataset built in memory and handed to a run."""
+    return _LOADED.get(id(dataset)) is dataset
 
 
 def example_terms(task: str, outputs: jax.Array, y: jax.Array):

@@ -17,7 +17,7 @@ import jax
 from uhn_jax import config as config_lib
 from uhn_jax.training import loop as loop_lib
 from uhn_jax.training import members as members_lib
-from uhn_jax.training import optim, results, tasks
+from uhn_jax.training import optim, rebuild, results, tasks
 from uhn_jax.training import setup as setup_lib
 from uhn_jax.training import step as step_lib
 from uhn_jax.training import workdir as workdir_lib
@@ -69,7 +69,8 @@ def run(
 
     Args:
       exp: the experiment (validated here).
-      workdir: run directory: ``config.json``, ``checkpoints/``, ``metrics.jsonl``,
+      workdir: run directory: ``config.json``, ``model.json`` (what rebuilds the model,
+        :mod:`uhn_jax.training.rebuild`), ``checkpoints/``, ``metrics.jsonl``,
         ``tensorboard/`` and, at the end, ``results.json``.
       dataset: the loaded dataset (loaded from ``exp.data`` when omitted).
       progress: show a progress bar.
@@ -108,12 +109,16 @@ def run(
     # Written only now that the config, data and setup have passed validation, so a run that
     # fails them leaves no config.json to refuse the corrected rerun.
     workdir_lib.write_config(workdir, exp, changes, loop.start)
+    rebuild.write_record(workdir, exp, dataset, setup.model)  # what rebuilds the model
     cond = setup_lib.with_tables(setup, cond, loop.state["constants"])
-    state, finished = loop.run(
-        lambda step, state: advance(setup, step, state, cond, train_data, key),
-        stop_after=stop_after,
-        after_step=_after_step(exp, setup, workdir, cond, test_data),
-    )
+    try:
+        state, finished = loop.run(
+            lambda step, state: advance(setup, step, state, cond, train_data, key),
+            stop_after=stop_after,
+            after_step=_after_step(exp, setup, workdir, cond, test_data),
+        )
+    finally:
+        loop.mngr.close()  # waits for the last save; no orbax thread outlives the run
     if not finished:
         return {"step": int(state["step"]), "test_metric": None}
     if setup.members:

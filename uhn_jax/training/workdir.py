@@ -65,7 +65,9 @@ def read_json(path: Path, fix: str) -> Any:
         raise WorkdirError(f"{path} is damaged (not valid JSON: {e}). {fix}") from None
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file: a kill leaves the old file or
+    the new one."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)  # a kill leaves the old file or the new one, never half of one
@@ -124,7 +126,7 @@ def write_config(workdir: Path, exp: config_lib.Experiment, changes: dict, step:
     if jax.process_index() != 0 or (path.exists() and not changes):
         return
     workdir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, json.dumps(exp.to_dict(), indent=2) + "\n")
+    write_atomic(path, json.dumps(exp.to_dict(), indent=2) + "\n")
     if changes:
         line = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "changes": changes}
         with (workdir / CHANGES_FILE).open("a") as f:
@@ -139,7 +141,7 @@ def record_non_finite(workdir: Path, step: int, kept_step: int | None, message: 
     from (``None``: step 0)."""
     if jax.process_index() == 0 and workdir.is_dir():
         record = {"step": step, "resume_step": kept_step, "message": message}
-        _write_atomic(workdir / NON_FINITE_FILE, json.dumps(record, indent=1) + "\n")
+        write_atomic(workdir / NON_FINITE_FILE, json.dumps(record, indent=1) + "\n")
 
 
 def unflat(flat_: dict[str, str]) -> dict[str, Any]:
