@@ -187,3 +187,12 @@ def test_deep_ensemble_and_population_report(tmp_path):
     names = {p.name for p in (tmp_path / "diverse" / "analysis").iterdir()}
     assert {"report.json", "accuracy_histogram.png", "ensembles.png", "pca.png"} <= names
     assert {"paths.png", "fgsm.png"} <= names
+    # the public pieces: the same population (same seed), its diversity as reported
+    *_, weights, apply_fn, like = report.population(tmp_path / "diverse", 12)
+    assert weights.shape == (12, sum(a.size for a in jax.tree.leaves(like)))
+    again = report.diversity(weights, diverse.hypernet.noise_size)
+    assert again["mean_pairwise_distance"] == pytest.approx(
+        out["diversity"]["mean_pairwise_distance"], rel=1e-6
+    )
+    _, _, _, _, members, _, _ = report.population(tmp_path / "ensemble")
+    assert members.shape[0] == 4

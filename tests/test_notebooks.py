@@ -7,7 +7,7 @@ from pathlib import Path
 
 import jupytext
 import pytest
-from conftest import subprocess_env
+from conftest import real_data_dir, subprocess_env
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
@@ -46,7 +46,17 @@ MARKERS = {
         "trained: 16 networks",
         "trained: nearest-neighbour distance",
     ),
+    "07_hyperlstm": (
+        "HyperLSTM, H=32 cell:",
+        "hyperlstm-32: test bpc",
+        "d_h over 60 characters: from",
+    ),
 }
+
+#: Notebooks that train on real data files: the ``UHN_DATA_DIR`` subdirectory and a file each
+#: needs (the others use digits, bundled with scikit-learn). Their runs skip without the data,
+#: as the real-data tests do (``conftest.real_data_dir``).
+REAL_DATA = {"07_hyperlstm": ("rt_polarity", "rt-polarity.pos")}
 
 
 def _cells(notebook) -> list[tuple[str, str]]:
@@ -80,7 +90,8 @@ def test_pair_in_sync_without_outputs(path):
             f"{path.name}: code cell {i} holds outputs; regenerate it without them: "
             f"`jupytext --to ipynb {shown}`"
         )
-    # A notebook runs on a fresh clone: its data is bundled (digits) or from packages.
+    # A notebook runs on a fresh clone: its data is bundled (digits), from packages, or found
+    # through UHN_DATA_DIR (REAL_DATA), never at a path of this machine.
     assert "../shared" not in script_path.read_text()
 
 
@@ -89,7 +100,10 @@ def test_pair_in_sync_without_outputs(path):
 def test_notebook_runs(path, tmp_path):
     # The .py pair is the notebook's code cells (test_pair_in_sync_without_outputs), and a
     # traceback then names its lines. Run from elsewhere: a notebook must not need its cwd.
-    env = subprocess_env(UHN_NOTEBOOK_TINY="1", UHN_NOTEBOOK_WORKDIR=str(tmp_path / "runs"))
+    data = {}
+    if path.stem in REAL_DATA:  # absolute: the notebook runs in another directory
+        data["UHN_DATA_DIR"] = str(real_data_dir(*REAL_DATA[path.stem]).parent.resolve())
+    env = subprocess_env(UHN_NOTEBOOK_TINY="1", UHN_NOTEBOOK_WORKDIR=str(tmp_path / "runs"), **data)
     proc = subprocess.run(
         [sys.executable, str(path.with_suffix(".py"))],
         capture_output=True,

@@ -29,6 +29,16 @@ def test_every_published_check_loads_its_config(tmp_path):
     assert len({c.name for c in reproduce.FAST}) == len(reproduce.FAST)
 
 
+def test_a_check_can_force_the_other_hosts_numerics(tmp_path):
+    """``matmul_dtype`` replaces ``auto`` (what a host without, or with, native bf16 resolves
+    to), and the Planetoid `,cpu` checks keep the matmul first layer."""
+    cora = next(c for c in reproduce.FAST if c.name == "cora_gcn")
+    assert reproduce.load_experiment(cora, tmp_path).generator.matmul_dtype == "auto"
+    forced = reproduce.load_experiment(cora, tmp_path, "float32")
+    assert forced.generator.matmul_dtype == "float32"
+    assert forced.generator.separable_method == "matmul"
+
+
 def test_data_check_without_a_data_directory_is_named():
     cora = next(c for c in reproduce.FAST if c.name == "cora_gcn")
     with pytest.raises(ValueError, match="cora_gcn.*planetoid/"):
@@ -51,6 +61,12 @@ def test_reproduce_runs_checks_and_reports_a_miss(tmp_path):
     # rerunning resumes from the finished runs and gives the same figures
     _, again = reproduce.reproduce(tmp_path, None, only=["easy"], checks=checks, progress=False)
     assert again[0]["measured"] == rows[0]["measured"]
+    _, f32 = reproduce.reproduce(
+        tmp_path, None, only=["easy"], checks=checks, matmul_dtype="float32", progress=False
+    )
+    assert f32[0]["numerics"]["matmul_dtype"] == "float32"
+    assert (tmp_path / "easy_float32" / "compare.json").exists()
+    assert (tmp_path / "reproduce_float32.md").exists()
 
 
 def test_cli_names_an_unknown_check_in_one_line(tmp_path):

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import gc
 import sys
+import traceback
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -48,14 +50,12 @@ _OUT = flags.DEFINE_string(
     "WORKDIR/plots).",
 )
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
-_KERNELS = flags.DEFINE_boolean(
-    "kernels", False, "plot: also draw each group's conv kernels (needs the run's data)."
-)
+_KERNELS = flags.DEFINE_boolean("kernels", False, "plot: also draw each group's conv kernels.")
 _WEIGHTS = flags.DEFINE_boolean(
     "weights",
     True,
-    "plot: histograms of a compare workdir's generated against trained weights (rebuilds both "
-    "models, so needs the runs' data); --noweights skips them.",
+    "plot: histograms of a compare workdir's generated against trained weights (both models "
+    "rebuilt from the workdir); --noweights skips them.",
 )
 _BASELINES = flags.DEFINE_boolean(
     "baselines",
@@ -76,6 +76,12 @@ _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "reproduce: the data directory (holding planetoid/, mnist/, ...)."
 )
 _ONLY = flags.DEFINE_list("only", None, "reproduce: run only these checks (comma-separated).")
+_MATMUL_DTYPE = flags.DEFINE_enum(
+    "matmul_dtype",
+    None,
+    ["float32", "bfloat16"],
+    "reproduce: the generators' matmul dtype instead of auto (check another host's numerics).",
+)
 _NETWORKS = flags.DEFINE_integer("networks", 1000, "analyze: networks a generative kind samples.")
 _DISTRIBUTED = flags.DEFINE_boolean(
     "distributed",
@@ -171,7 +177,11 @@ def _reproduce() -> None:
 
     try:
         table, rows = reproduce.reproduce(
-            _WORKDIR.value, _DATA_DIR.value, only=_ONLY.value, progress=_PROGRESS.value
+            _WORKDIR.value,
+            _DATA_DIR.value,
+            only=_ONLY.value,
+            matmul_dtype=_MATMUL_DTYPE.value,
+            progress=_PROGRESS.value,
         )
     except reproduce.CheckError as e:
         raise app.UsageError(str(e)) from e
@@ -188,11 +198,56 @@ def _parse_flags(argv: list[str]) -> list[str]:
         if _CONFIG.value is not None:
             hasattr(_CONFIG.value, "keys")  # ml_collections raises a load error on first use
         return args
+    except _ConfigFileError as e:  # the file fails to import, or its get_config() fails
+        _fail(f"--config: cannot load the config file: {e}")
     except OSError as e:  # the file is missing or unreadable
         lines = [line.strip() for line in str(e.__cause__ or e).splitlines() if line.strip()]
         _fail(f"--config: cannot load the config file: {lines[-1]}")  # the last names it
     except (AttributeError, KeyError) as e:  # an override of an unknown field
         _fail(_unknown_field(e, argv))
+
+
+class _ConfigFileError(Exception):
+    """A config file that fails to import or whose ``get_config()`` fails, as one line naming
+    the file. Not a ValueError or TypeError, which absl would wrap with the traceback."""
+
+
+class _ConfigFileParser(flags.ArgumentParser):
+    """ml_collections' parser of ``--config FILE[:ARG]`` (``parser``), raising
+    :class:`_ConfigFileError` for an error in loading FILE or calling its ``get_config``
+    (ml_collections raises the error itself, names the module ``config_config``, and absl
+    adds the traceback)."""
+
+    def __init__(self, parser: flags.ArgumentParser):
+        self.parser = parser
+
+    def flag_type(self) -> str:
+        return self.parser.flag_type()
+
+    def parse(self, path):
+        try:
+            return self.parser.parse(path)
+        except Exception as e:
+            file = path.split(":", 1)[0]
+            if isinstance(e, SyntaxError):  # incl. IndentationError: a line and no frames
+                raise _ConfigFileError(f"{e.filename}, line {e.lineno}: {e.msg}") from e
+            if isinstance(e, AttributeError) and e.name == "get_config":
+                raise _ConfigFileError(f"{file} defines no get_config() function") from e
+            if str(e).startswith("Error whilst parsing config file") and e.__context__:
+                e = e.__context__  # ml_collections' copy of get_config's TypeError/ValueError
+            lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if _same(f, file)]
+            where = f"{file}, line {lines[-1]}" if lines else path
+            raise _ConfigFileError(f"{where}: {type(e).__name__}: {e}") from e
+
+
+def _same(frame: traceback.FrameSummary, file: str) -> bool:
+    try:
+        return Path(frame.filename).samefile(file)
+    except OSError:
+        return False
+
+
+flags.FLAGS[_CONFIG.name].parser = _ConfigFileParser(flags.FLAGS[_CONFIG.name].parser)
 
 
 def _unknown_field(error: Exception, argv: list[str]) -> str:
@@ -235,8 +290,8 @@ def _usage() -> str:
 
 
 def _run_reporting(command: str) -> None:
-    """:func:`_run`, with Ctrl-C and the errors of a run's own state (a NaN/Inf stop, a
-    workdir, checkpoint or model that does not fit, a missing run) shown as one line instead
+    """:func:`_run`, with Ctrl-C and user errors (:func:`_one_line`: a NaN/Inf stop, a path
+    that cannot be used, a value the library's validation refuses) shown as one line instead
     of a traceback. Every checkpoint manager is closed before exit: an orbax thread still
     running at interpreter shutdown prints a traceback after the command's output."""
     try:
@@ -245,23 +300,45 @@ def _run_reporting(command: str) -> None:
         print(str(e) or "[uhn_jax] interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as e:
-        from uhn_jax.training import checkpoint, loop, workdir
-
-        one_line = (
-            loop.NonFiniteLossError,
-            workdir.WorkdirError,  # also rebuild.RebuildError: what a workdir lacks
-            checkpoint.DamagedCheckpointError,
-            FileNotFoundError,  # no run, no checkpoint, nothing to plot: the message names it
-        )
-        if not isinstance(e, one_line):
+        message = _one_line(e)
+        if message is None:
             raise
-        print(f"uhn-jax {command}: {e}", file=sys.stderr)
+        message = message.removeprefix(f"{command}: ")  # e.g. multitask's own prefix
+        print(f"uhn-jax {command}: {message}", file=sys.stderr)
         sys.exit(1)
     finally:
         from uhn_jax.training import checkpoint
 
         checkpoint.close_all()
         gc.collect()  # finalisers run now, not at interpreter shutdown when imports fail
+
+
+def _one_line(error: Exception) -> str | None:
+    """The one line that reports ``error`` to the user, or ``None`` for a bug to show with its
+    traceback. One line: a NaN/Inf stop; a file or directory that cannot be used (an
+    ``OSError``, e.g. a workdir that is a file; the message names the path); and a
+    ``ValueError``/``TypeError`` raised by a ``raise`` statement of uhn_jax, i.e. its
+    validation of user input (a workdir, checkpoint or model that does not fit, a batch
+    larger than the data, ``--seeds=0``, a kind's constraint on the model). The same types
+    raised inside JAX, NumPy or a call with wrong arguments are bugs."""
+    from uhn_jax.training import checkpoint, loop, workdir
+
+    # WorkdirError: also rebuild.RebuildError, what a workdir lacks.
+    known = (loop.NonFiniteLossError, workdir.WorkdirError, checkpoint.DamagedCheckpointError)
+    if isinstance(error, known):
+        return str(error)
+    if isinstance(error, OSError):
+        if error.strerror and error.filename:  # "[Errno 20] ...: 'path'" as "path: ..."
+            return f"{error.filename}: {error.strerror}"
+        return str(error)
+    if not isinstance(error, (ValueError, TypeError)):
+        return None
+    frames = traceback.extract_tb(error.__traceback__)
+    library = Path(__file__).resolve().parent
+    raised_here = bool(frames) and (frames[-1].line or "").startswith("raise")
+    if raised_here and Path(frames[-1].filename).resolve().is_relative_to(library):
+        return str(error)
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -312,6 +312,11 @@ def from_config_dict(cfg: Mapping[str, Any]) -> Experiment:
     """
     if hasattr(cfg, "to_dict"):
         cfg = cfg.to_dict()
+    if not isinstance(cfg, Mapping):
+        raise TypeError(
+            "from_config_dict: cfg must be a mapping such as the ConfigDict of a "
+            f"configs/*.py get_config(), got {type(cfg).__name__}"
+        )
     return _build(Experiment, dict(cfg), prefix="").validate()
 
 

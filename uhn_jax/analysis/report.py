@@ -34,8 +34,11 @@ from uhn_jax.hypernets import diverse as D
 from uhn_jax.training import experiments, tasks
 
 
-def _population(workdir, n: int, seed: int):
-    """``(exp, setup, state, weights [N, W], apply_fn, like)`` of a run."""
+def population(workdir: str | Path, n: int = 1000, seed: int = 0):
+    """A run's population from its workdir: ``(exp, setup, dataset, state, weights [N, W],
+    apply_fn, like)``, with ``n`` networks for a generative kind (noise drawn from ``seed``),
+    the members of an ensemble, the one network of any other run. ``apply_fn(w, x)`` runs one
+    flat weight vector; ``like`` is the params pytree of one network (for unflattening)."""
     exp, setup, _, dataset, state = experiments.load_run(workdir)
     key = jax.random.key(seed)
     nets = setup.kind.population(setup, state["params"], state["constants"], key, n)
@@ -63,7 +66,9 @@ def _layer_slices(like: dict) -> dict[str, slice]:
     return slices
 
 
-def _diversity(weights, dim: int) -> dict[str, float]:
+def diversity(weights, dim: int) -> dict[str, float]:
+    """The Kozachenko-Leonenko entropy estimate (``dim``: the noise size, the manifold's
+    dimension) and the mean pairwise distance of flat (gauge-fixed) weights ``[N, W]``."""
     return {
         "entropy": populations.kl_entropy(weights, dim),
         "mean_pairwise_distance": populations.mean_pairwise_distance(weights),
@@ -95,7 +100,7 @@ def analyze(
         The report (also ``workdir/analysis/report.json``).
     """
     out = Path(workdir) / "analysis"
-    exp, setup, dataset, state, weights, apply_fn, like = _population(workdir, networks, seed)
+    exp, setup, dataset, state, weights, apply_fn, like = population(workdir, networks, seed)
     x, y = _test_data(setup, dataset, test_images)
     preds = populations.predictions(apply_fn, weights, x)
     acc = (preds == y[None]).mean(axis=1)
@@ -108,7 +113,7 @@ def analyze(
         curves[exp.mode] = populations.majority_vote_accuracy(preds, y, usable, seed=seed)
         report["ensembles"] = {str(k): list(v) for k, v in curves[exp.mode].items()}
     if len(weights) > 1:
-        report["diversity"] = _diversity(weights, dim)
+        report["diversity"] = diversity(weights, dim)
         report["pca"] = {
             k: v.tolist()
             for k, v in populations.pca_2d(weights, slices=_layer_slices(like)).items()
@@ -116,7 +121,7 @@ def analyze(
         figures.pca_scatter({k: np.asarray(v) for k, v in report["pca"].items()}, out / "pca.png")
     reference = None
     if baseline is not None:
-        _, _, _, _, b_weights, b_apply, _ = _population(baseline, networks, seed)
+        _, _, _, _, b_weights, b_apply, _ = population(baseline, networks, seed)
         b_preds = populations.predictions(b_apply, b_weights, x)
         b_acc = (b_preds == y[None]).mean(axis=1)
         reference = float(b_acc.mean())
@@ -135,7 +140,7 @@ def analyze(
                 n=min(len(weights), 100),
                 key=jax.random.key(seed),
             )
-            report["isotropic_baseline"] = _diversity(ball, dim)
+            report["isotropic_baseline"] = diversity(ball, dim)
     figures.accuracy_histogram(acc, out / "accuracy_histogram.png", reference=reference)
     if curves:
         figures.ensemble_curve(curves, out / "ensembles.png")

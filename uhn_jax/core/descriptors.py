@@ -518,8 +518,18 @@ def build(
     Returns:
       The :class:`ModelDescriptors`.
     """
+    if not isinstance(layout, layouts.Layout):
+        raise TypeError(f"layout must be a layouts.Layout, got {type(layout).__name__}")
+    specs = () if isinstance(layers, str) else tuple(layers)
+    if isinstance(layers, str) or not all(isinstance(x, LayerSpec) for x in specs):
+        raise TypeError(f"layers must be a sequence of LayerSpec, got {layers!r:.100}")
+    if not isinstance(global_fields, Mapping):
+        raise TypeError(
+            f"global_fields must be a mapping of GLOBAL_FIELDS names to numbers, got "
+            f"{type(global_fields).__name__}"
+        )
     return _build_cached(
-        layout, tuple(layers), tuple(sorted((k, float(v)) for k, v in global_fields.items()))
+        layout, specs, tuple(sorted((k, float(v)) for k, v in global_fields.items()))
     )
 
 

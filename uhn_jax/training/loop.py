@@ -57,16 +57,28 @@ class MetricsLog:
             return
         if self.path.exists():
             # Drop lines a killed run wrote after its last checkpoint; they are recomputed.
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line, v in self._lines() if v.get("step", 0) <= resume_step]
+            # Atomic: a kill while rewriting must not lose the lines before the checkpoint.
+            workdir_lib.write_atomic(self.path, "".join(line + "\n" for line in kept))
         self.file = self.path.open("a")
         from tensorboardX import SummaryWriter
 
         self.tb = SummaryWriter(str(workdir / "tensorboard"))
+
+    def _lines(self) -> list[tuple[str, dict[str, Any]]]:
+        """The logged lines and their values; a damaged line (e.g. one cut short) is dropped
+        with a warning naming it."""
+        lines = []
+        for i, line in enumerate(self.path.read_text().splitlines(), 1):
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError:
+                value = None
+            if isinstance(value, dict):
+                lines.append((line, value))
+            elif line.strip():
+                print(f"[uhn_jax] warning: {self.path} line {i} is damaged; dropped: {line[:80]!r}")
+        return lines
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         if self.file is None:

@@ -33,6 +33,8 @@ from uhn_jax.training import tasks as tasks_lib
 from uhn_jax.training import workdir as workdir_lib
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+#: The fields of a multi-task config (:func:`tasks_from_config`).
+REQUIRED_FIELDS = ("tasks", "probs", "data_dir", "seed", "generator", "train")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +67,12 @@ def tasks_from_config(cfg: Mapping[str, Any]) -> list[Task]:
     and ``train`` groups shared by every task (each task keeps its own ``batch_size`` and
     ``eval_batch_size``). An optional ``range_tasks`` is read by :func:`declared_ranges`.
     """
+    missing = [k for k in REQUIRED_FIELDS if k not in cfg]
+    if missing:
+        raise ValueError(
+            f"multitask: the config has no field(s) {', '.join(missing)}; a multi-task config "
+            f"(like configs/multitask.py) has {', '.join(REQUIRED_FIELDS)}"
+        )
     refs, probs = list(cfg["tasks"]), [float(p) for p in cfg["probs"]]
     if not refs or len(refs) != len(probs):
         raise ValueError(f"multitask: {len(refs)} tasks and {len(probs)} probs; give one per task")
@@ -139,7 +147,8 @@ def _write_config(cfg: dict, workdir: Path) -> None:
     """Writes the multi-task config to ``workdir/config.json`` (process 0)."""
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        # Atomic: every launch rewrites it, and a kill mid-write must not leave it damaged.
+        workdir_lib.write_atomic(workdir / "config.json", json.dumps(cfg, indent=2) + "\n")
 
 
 def _prepare(cfg: dict, tasks: list[Task]):

@@ -118,8 +118,12 @@ FAST = (
 )
 
 
-def load_experiment(check: Check, data_dir: str | Path | None) -> config_lib.Experiment:
-    """The check's config with its data directory and overrides applied."""
+def load_experiment(
+    check: Check, data_dir: str | Path | None, matmul_dtype: str | None = None
+) -> config_lib.Experiment:
+    """The check's config with its data directory and overrides applied; ``matmul_dtype``
+    (e.g. ``"float32"``) replaces the generator's ``auto``, to check the numerics another kind
+    of host would resolve to."""
     module, _, arg = check.config.partition(":")
     get_config = importlib.import_module(f"configs.{module}").get_config
     cfg = get_config(arg) if arg else get_config()
@@ -127,7 +131,10 @@ def load_experiment(check: Check, data_dir: str | Path | None) -> config_lib.Exp
         if data_dir is None:
             raise CheckError(f"check {check.name!r} reads {check.data}/: pass a data directory")
         cfg.data.data_dir = str(Path(data_dir) / check.data)
-    for dotted, value in check.overrides.items():
+    overrides = dict(check.overrides)
+    if matmul_dtype is not None:
+        overrides["generator.matmul_dtype"] = matmul_dtype
+    for dotted, value in overrides.items():
         node = cfg
         *groups, field = dotted.split(".")
         for g in groups:
@@ -165,9 +172,11 @@ def reproduce(
     *,
     only: Sequence[str] | None = None,
     checks: Sequence[Check] = FAST,
+    matmul_dtype: str | None = None,
     progress: bool = True,
 ) -> tuple[str, list[dict[str, Any]]]:
-    """Runs ``checks`` (those named in ``only``, when given) and returns the table and rows.
+    """Runs ``checks`` (those named in ``only``, when given) and returns the table and rows;
+    ``matmul_dtype`` as in :func:`load_experiment` (the runs then go to ``W/<check>_<dtype>``).
 
     Every row also goes to ``workdir/reproduce.json``; the table to ``workdir/reproduce.md``.
     """
@@ -176,11 +185,14 @@ def reproduce(
     if unknown:
         raise CheckError(f"unknown check(s) {unknown}; the checks are {sorted(by_name)}")
     chosen = [by_name[n] for n in only] if only else list(checks)
-    exps = {c.name: load_experiment(c, data_dir) for c in chosen}  # every config error first
+    # every config error first
+    exps = {c.name: load_experiment(c, data_dir, matmul_dtype) for c in chosen}
     workdir = Path(workdir)
+    suffix = f"_{matmul_dtype}" if matmul_dtype else ""
     rows = []
     for check in chosen:
-        figures, numerics = measure(check, exps[check.name], workdir / check.name, progress)
+        run_dir = workdir / (check.name + suffix)
+        figures, numerics = measure(check, exps[check.name], run_dir, progress)
         value, ok = holds(check.kind, figures, check.bound)
         published, _ = holds(check.kind, check.published, check.bound)
         rows.append(
@@ -196,8 +208,8 @@ def reproduce(
         print(_row(rows[-1]), flush=True)
     table = format_table(rows)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "reproduce.md").write_text(table + "\n")
-    (workdir / "reproduce.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    (workdir / f"reproduce{suffix}.md").write_text(table + "\n")
+    (workdir / f"reproduce{suffix}.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
     return table, rows
 
 

@@ -13,6 +13,7 @@ from uhn_jax import config as config_lib
 from uhn_jax.generator import precision, separable
 from uhn_jax.hypernets import uhn
 from uhn_jax.training import tasks
+from uhn_jax.training import workdir as workdir_lib
 from uhn_jax.training.setup import Setup, select_member
 
 RESULTS_SCHEMA_VERSION = 1
@@ -77,7 +78,11 @@ def header(exp: config_lib.Experiment, setup: Setup, params) -> dict[str, Any]:
 def write(workdir: Path, results: dict[str, Any]) -> dict[str, Any]:
     """Writes ``results.json`` (process 0 of a multi-host job) and returns ``results``."""
     if jax.process_index() == 0:
-        (Path(workdir) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        # Atomic: a run killed while writing it must not leave a damaged results.json that
+        # every rerun refuses.
+        workdir_lib.write_atomic(
+            Path(workdir) / "results.json", json.dumps(results, indent=2) + "\n"
+        )
     return results
 
 
@@ -136,7 +141,7 @@ def report_init_fit(
     multi-task run; the file holds it as given.
     """
     if jax.process_index() == 0:
-        (workdir / "init_fit.json").write_text(json.dumps(fits, indent=1) + "\n")
+        workdir_lib.write_atomic(workdir / "init_fit.json", json.dumps(fits, indent=1) + "\n")
     for label, rows in fits.items() if isinstance(fits, dict) else [("", fits)]:
         bad = poorly_fit(rows)
         if not bad:

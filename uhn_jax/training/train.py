@@ -151,8 +151,25 @@ def _single_results(exp, setup, state, cond, data, dataset) -> dict[str, Any]:
 
 
 def _log_final(workdir: Path, setup, out: dict) -> None:
-    """Appends the final test metric to ``metrics.jsonl`` at the last step."""
-    if jax.process_index() == 0:
-        with open(workdir / "metrics.jsonl", "a") as f:
-            line = {"step": setup.total_steps, f"test_{setup.metric_name}": out["test_metric"]}
-            f.write(json.dumps(line) + "\n")
+    """Appends the final test metric to ``metrics.jsonl`` at the last step, once: a run
+    killed after this but before ``results.json`` is written finds the line there when
+    relaunched (the final checkpoint keeps the loop's lines up to the last step)."""
+    if jax.process_index() != 0:
+        return
+    path = workdir / "metrics.jsonl"
+    line = {"step": setup.total_steps, f"test_{setup.metric_name}": out["test_metric"]}
+    last = _last_line(path)
+    if last.keys() == line.keys() and last["step"] == line["step"]:
+        return
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def _last_line(path: Path) -> dict:
+    """The last line of a JSON-lines file, ``{}`` when there is none or it is damaged."""
+    try:
+        lines = path.read_text().splitlines()
+        value = json.loads(lines[-1]) if lines else {}
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -77,8 +77,16 @@ def _saved_config(workdir: Path, mode: str) -> dict[str, Any]:
     """The fields of ``workdir/config.json`` a ``mode`` run reads, with fields added to the
     config since the run started at their defaults (so older workdirs stay resumable)."""
     path = workdir / CONFIG_FILE
-    defaults = flat(json.loads(json.dumps(config_lib.Experiment().to_dict())))
-    saved = read_json(path, "Restore it from a copy, or use a new --workdir.")
+    nested = json.loads(json.dumps(config_lib.Experiment().to_dict()))
+    fix = "Restore it from a copy, or use a new --workdir."
+    saved = read_json(path, fix)
+    groups = [k for k, v in nested.items() if isinstance(v, dict)]
+    if not isinstance(saved, dict) or any(not isinstance(saved.get(g, {}), dict) for g in groups):
+        raise WorkdirError(
+            f"{path} is damaged (not a config: a JSON object with the groups "
+            f"{', '.join(groups)} expected, got {json.dumps(saved)[:60]}). {fix}"
+        )
+    defaults = flat(nested)
     return _fields_read(unflat({**defaults, **flat(saved)}), mode)
 
 
