@@ -2,6 +2,8 @@
 
 import importlib.util
 import os
+import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,48 @@ def subprocess_env(*xla_flags: str, cheap: bool = True, **extra: str) -> dict[st
     return dict(os.environ, XLA_FLAGS=" ".join((*flags, *xla_flags)), **extra)
 
 
+def preload_cli() -> None:
+    """Imports the CLI and what its commands load, without starting JAX's backend (no threads
+    yet), so that the processes :func:`fork_cli` forks from this one skip the imports."""
+    import sklearn.datasets  # noqa: F401  (digits)
+    import sklearn.model_selection  # noqa: F401
+
+    import uhn_jax.cli  # noqa: F401
+    from uhn_jax.training import experiments, multitask, train  # noqa: F401
+
+
+def fork_cli(argv: list[str], stdout: Path, stderr: Path, *, append: bool = False) -> int:
+    """Forks a process that runs ``uhn-jax ARGV`` (``uhn_jax.cli.main``) with its output in
+    the files ``stdout`` and ``stderr`` (may be the same; appended to with ``append``) and
+    exits with the command's exit code; returns its pid. A fork per command, because absl and
+    ml_collections keep their flags in globals: ``cli.main`` runs once per process."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        mode = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+        for fd, path in ((1, stdout), (2, stderr)):
+            os.dup2(os.open(path, mode), fd)
+        from uhn_jax import cli
+
+        sys.argv = ["uhn-jax", *argv]  # ml_collections reads its overrides from sys.argv
+        # absl prints the main module's docstring as the usage; uhn-jax has none
+        sys.modules["__main__"].__doc__ = None
+        cli.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def load_config(name: str, *args):
     """The ConfigDict of ``configs/<name>.py`` (``get_config(*args)``)."""
     spec = importlib.util.spec_from_file_location(f"_cfg_{name}", CONFIG_DIR / f"{name}.py")
@@ -64,24 +108,26 @@ def load_config(name: str, *args):
 def real_data_dir(subdir: str, *needs: str) -> Path:
     """``$UHN_DATA_DIR/<subdir>`` for tests on real data files.
 
-    When the directory (or a file matching each glob in ``needs``) is missing, the test skips
-    with a message naming the data and how to get it; with ``UHN_REQUIRE_DATA=1`` (set by
-    ``.ci/run``) it fails instead, so CI runs every real-data test. Broken files fail the test
-    either way (the loaders raise).
+    Only a machine without a data directory (``UHN_DATA_DIR`` unset, or naming no directory)
+    skips the test, with a message naming the data and how to get it; ``UHN_REQUIRE_DATA=1``
+    (set by ``make test`` whenever the directory exists) makes that a failure too. A data
+    directory that lacks ``subdir`` (or a file matching each glob in ``needs``) fails the test:
+    the data is incomplete, not absent. Broken files fail either way (the loaders raise).
     """
     root = os.environ.get("UHN_DATA_DIR", "")
-    path = Path(root) / subdir if root else None
-    missing = path is None or not path.is_dir() or any(not any(path.glob(n)) for n in needs)
-    if missing:
-        wanted = f"{subdir}/" + (f" with {', '.join(needs)}" if needs else "")
-        message = (
-            f"real data {wanted} not found (UHN_DATA_DIR={root or 'unset'}): get the project's "
-            "data directory (docs/data.md says where each dataset comes from) and point "
-            "UHN_DATA_DIR at it; `make test` uses ../shared/data"
-        )
+    path = Path(root) / subdir
+    wanted = f"{subdir}/" + (f" with {', '.join(needs)}" if needs else "")
+    advice = (
+        "get the project's data directory (docs/data.md says where each dataset comes from) "
+        "and point UHN_DATA_DIR at it; `make test` uses ../shared/data"
+    )
+    if not root or not Path(root).is_dir():
+        message = f"no data directory (UHN_DATA_DIR={root or 'unset'}) for real data {wanted}"
         if os.environ.get("UHN_REQUIRE_DATA") == "1":
-            pytest.fail(message + " (UHN_REQUIRE_DATA=1: every real-data test must run)")
-        pytest.skip(message)
+            pytest.fail(f"{message}: {advice} (UHN_REQUIRE_DATA=1: every real-data test runs)")
+        pytest.skip(f"{message}: {advice}")
+    if not path.is_dir() or any(not any(path.glob(n)) for n in needs):
+        pytest.fail(f"real data {wanted} missing from the data directory {root}: {advice}")
     return path
 
 

@@ -16,11 +16,11 @@ import re
 import shutil
 import subprocess
 import sys
-import traceback
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import fork_cli, preload_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = str(ROOT / "configs" / "test.py")
@@ -581,29 +581,7 @@ def _run_cli(jobs: dict[str, list[str]], out: Path) -> None:
     results = {}
     for name, argv in jobs.items():
         log = out / f"{name}.err"
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                for fd, path in ((1, log.with_suffix(".out")), (2, log)):
-                    os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-                from uhn_jax import cli
-
-                sys.argv = ["uhn-jax", *argv]  # ml_collections reads its overrides from sys.argv
-                # absl prints the main module's docstring as the usage; uhn-jax has none
-                sys.modules["__main__"].__doc__ = None
-                cli.main()
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else int(e.code is not None)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+        pid = fork_cli(argv, log.with_suffix(".out"), log)
         _, status = os.waitpid(pid, 0)
         results[name] = [os.waitstatus_to_exitcode(status), log.read_text()]
     (out / "results.json").write_text(json.dumps(results))
@@ -611,11 +589,6 @@ def _run_cli(jobs: dict[str, list[str]], out: Path) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    # Imported once, before any fork (without starting JAX's backend: no threads yet).
-    import sklearn.datasets  # noqa: F401  (digits)
-    import sklearn.model_selection  # noqa: F401
-
-    import uhn_jax.cli  # noqa: F401
-    from uhn_jax.training import experiments, multitask, train  # noqa: F401
+    preload_cli()  # once, before any fork
 
     _run_cli(json.loads(sys.stdin.read()), Path(sys.argv[1]))

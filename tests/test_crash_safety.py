@@ -21,13 +21,13 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 import zlib
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from conftest import fork_cli, preload_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The kills of each family of a group (:data:`GROUPS`): the hypernetwork kinds share the
@@ -138,31 +138,7 @@ def _write_configs(tmp: Path) -> dict[str, list[str]]:
 
 def _launch(argv: list[str], log: Path) -> int:
     """Forks a process running ``uhn-jax ARGV``, its output appended to ``log``; the pid."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 1
-    try:
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        from uhn_jax import cli
-
-        sys.argv = ["uhn-jax", *argv]  # ml_collections reads its overrides from sys.argv
-        # absl prints the main module's docstring as the usage; uhn-jax has none
-        sys.modules["__main__"].__doc__ = None
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else int(e.code is not None)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    return fork_cli(argv, log, log, append=True)
 
 
 def _checkpoints(workdir: Path) -> tuple[set[str], set[str]]:
@@ -415,12 +391,7 @@ def _check_family(family: str, report: dict, base: Path, n_kills: int) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    # Imported before any fork (and without starting JAX's backend: no threads yet).
-    import sklearn.datasets  # noqa: F401  (digits)
-    import sklearn.model_selection  # noqa: F401
-
-    import uhn_jax.cli  # noqa: F401
-    from uhn_jax.training import experiments, multitask, train  # noqa: F401
+    preload_cli()  # before any fork
 
     specs = json.loads(sys.argv[1])
     print(json.dumps([_drive(s) for s in specs]))

@@ -358,13 +358,17 @@ def test_real_fashion_mnist_full_splits():
 
 
 def test_real_data_dir_skips_on_a_users_machine_and_fails_in_ci(tmp_path, monkeypatch):
-    monkeypatch.setenv("UHN_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("UHN_DATA_DIR", str(tmp_path / "absent"))
     monkeypatch.delenv("UHN_REQUIRE_DATA", raising=False)
     with pytest.raises(pytest.skip.Exception, match="mnist/ with t10k"):
-        real_data_dir("mnist", "t10k-images*")
+        real_data_dir("mnist", "t10k-images*")  # no data directory: a user's machine
     monkeypatch.setenv("UHN_REQUIRE_DATA", "1")
     with pytest.raises(pytest.fail.Exception, match="UHN_REQUIRE_DATA=1"):
         real_data_dir("mnist", "t10k-images*")
+    monkeypatch.setenv("UHN_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("UHN_REQUIRE_DATA")
+    with pytest.raises(pytest.fail.Exception, match="mnist/ with t10k.* missing from"):
+        real_data_dir("mnist", "t10k-images*")  # a data directory without the files fails
     (tmp_path / "mnist").mkdir()
     (tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz").write_bytes(b"")
     assert real_data_dir("mnist", "t10k-images*") == tmp_path / "mnist"

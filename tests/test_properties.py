@@ -157,6 +157,17 @@ def _half_width(ranges):
     return d / 2 / np.sqrt(d**2 / 12 + 1e-5)
 
 
+#: Random ranges and descriptors (by seed) and one value of ``field`` moved ``offset`` past its
+#: range (:func:`_out_of_range`).
+_OUT_OF_RANGE_CASE = dict(
+    ranges=_ranges(),
+    seed=st.integers(0, 2**32 - 1),
+    field=st.integers(0, len(FIELDS) - 1),
+    offset=st.floats(0.5, 100.0),
+    above=st.booleans(),
+)
+
+
 def _out_of_range(ranges, x, field, offset, above):
     """``x`` with one value of ``field`` moved ``offset`` past its declared range."""
     x = x.copy()
@@ -165,13 +176,7 @@ def _out_of_range(ranges, x, field, offset, above):
 
 
 @_settings(80)
-@given(
-    ranges=_ranges(),
-    seed=st.integers(0, 2**32 - 1),
-    field=st.integers(0, len(FIELDS) - 1),
-    offset=st.floats(0.5, 100.0),
-    above=st.booleans(),
-)
+@given(**_OUT_OF_RANGE_CASE)
 def test_normalize_stays_in_its_interval(ranges, seed, field, offset, above):
     """In range: values land in [-half, half] (inside [-sqrt 3, sqrt 3]), the ends map to the
     ends, order is kept. Out of range: an error naming the field, or the clamped value."""
@@ -201,13 +206,7 @@ def _variables(encoding):
 
 
 @_settings(25)
-@given(
-    ranges=_ranges(),
-    seed=st.integers(0, 2**32 - 1),
-    field=st.integers(0, len(FIELDS) - 1),
-    offset=st.floats(0.5, 100.0),
-    above=st.booleans(),
-)
+@given(**_OUT_OF_RANGE_CASE)
 def test_generator_encodings_stay_in_their_intervals(ranges, seed, field, offset, above):
     """The generator's in-graph normalisation agrees with the host's, clamps when asked, and
     ``generate`` refuses out-of-range descriptors by default, naming the field."""

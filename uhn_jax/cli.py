@@ -10,7 +10,7 @@ Examples::
   uhn-jax multitask --config configs/multitask.py --workdir runs/multitask --baselines [--seeds 3]
   uhn-jax plot --workdir runs/demo        # curves, weights etc. as PNGs in runs/demo/plots
   uhn-jax analyze --workdir runs/diverse --baseline runs/deep_ensemble   # a population report
-  uhn-jax reproduce --workdir runs/reproduce --data_dir ../shared/data [--only digits,cora_gcn]
+  uhn-jax reproduce --workdir runs/reproduce --data_dir DATA_DIR [--only digits,cora_gcn]
 
 Any config field can be overridden with ``--config.<group>.<field>=value``. Rerunning a command
 with the same ``--workdir`` resumes where it stopped.
