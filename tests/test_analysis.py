@@ -93,6 +93,19 @@ def test_distances_match_brute_force():
         analysis.mean_pairwise_distance(w[:1])
 
 
+def test_distance_ceiling_bounds_the_mean_distance_and_is_reached_by_opposite_points():
+    rng = np.random.default_rng(3)
+    for offset in (0.0, 5.0):  # centred rows come close to it; an offset leaves a gap
+        w = offset + rng.normal(size=(40, 20))
+        assert analysis.mean_pairwise_distance(w) <= analysis.distance_ceiling(w)
+    # Two opposite points: distance 2r, ceiling sqrt(2 * 2 / 1 * r^2) = 2r.
+    pair = np.array([[3.0, 4.0], [-3.0, -4.0]])
+    assert analysis.distance_ceiling(pair) == pytest.approx(10.0)
+    assert analysis.mean_pairwise_distance(pair) == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="two rows"):
+        analysis.distance_ceiling(pair[:1])
+
+
 def test_kl_entropy_scales_with_dim_log_2_and_needs_two_networks():
     w = np.random.default_rng(3).normal(size=(40, 20))
     h = analysis.kl_entropy(w, dim=5)

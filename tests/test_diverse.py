@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import load_config
 
+from uhn_jax import analysis
 from uhn_jax import config as config_lib
 from uhn_jax.hypernets import diverse as D
 from uhn_jax.hypernets import diverse_kind
@@ -69,6 +70,21 @@ def test_gauge_fix_keeps_the_function_and_fixes_the_gauge():
     moved["layer_001"] = dict(params["layer_001"], kernel=params["layer_001"]["kernel"] / 5.0)
     for a, b in zip(jax.tree.leaves(D.gauge_fix(moved)), jax.tree.leaves(fixed), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_gauge_fixed_networks_lie_on_a_fixed_norm_shell_which_caps_their_distances():
+    # Every filter but the last layer's has squared norm fan_in + 1 after the gauge fix, so
+    # the first three layers of any network have squared norm 832 + 12,816 + 6,280 = 19,928:
+    # mean pairwise distances of gauge-fixed populations cannot pass ~sqrt(2 * 19,928) ≈ 199.6
+    # plus what the 90 last-layer numbers add (docs/diverse.md, "Diversity").
+    nets = [D.gauge_fix(_random_net(jax.random.key(i), scale=s)) for i, s in enumerate((0.1, 1, 9))]
+    flat = np.stack([np.asarray(D.flatten(n), np.float64) for n in nets])
+    shell = 832 + 12_816 + 6_280
+    np.testing.assert_allclose((flat[:, :shell] ** 2).sum(1), shell, rtol=1e-4)
+    last = (flat[:, shell:] ** 2).sum(1).mean()
+    ceiling = math.sqrt(2 * 3 / 2 * (shell + last))
+    assert analysis.distance_ceiling(flat) == pytest.approx(ceiling, rel=1e-6)
+    assert analysis.mean_pairwise_distance(flat) <= ceiling
 
 
 def test_kl_entropy_scales_with_the_log_of_the_spread_and_needs_two_rows():

@@ -18,10 +18,13 @@ with the same ``--workdir`` resumes where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -95,7 +98,6 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
 def _run(command: str) -> None:
-    from uhn_jax import config as config_lib
     from uhn_jax.training import experiments, train
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
@@ -108,8 +110,7 @@ def _run(command: str) -> None:
             "process_id": _PROCESS_ID.value,
         }
         sharding.initialize_distributed(**{k: v for k, v in given.items() if v is not None})
-    if _WORKDIR.value is None:
-        raise app.UsageError("--workdir is required")
+    validated = _validated(command)
     if command == "summarize":
         print(experiments.summarize(_WORKDIR.value))
         return
@@ -137,8 +138,6 @@ def _run(command: str) -> None:
         return
     if command == "reproduce":
         return _reproduce()
-    if _CONFIG.value is None:
-        raise app.UsageError("--config is required, e.g. --config configs/digits_mlp.py")
     if command == "multitask":
         from uhn_jax.training import multitask
 
@@ -153,16 +152,12 @@ def _run(command: str) -> None:
         if table is not None:
             print(table)
         return
-    try:
-        exp = config_lib.from_config_dict(_CONFIG.value)
-    except ValueError as e:
-        raise app.UsageError(f"bad config: {e}") from e
     if command == "train":
-        results = train.run(exp, _WORKDIR.value, progress=_PROGRESS.value)
+        results = train.run(validated, _WORKDIR.value, progress=_PROGRESS.value)
         print(experiments.format_results(results))
     else:
         table = experiments.compare(
-            exp,
+            validated,
             _WORKDIR.value,
             _SEEDS.value,
             progress=_PROGRESS.value,
@@ -190,21 +185,85 @@ def _reproduce() -> None:
         sys.exit(1)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with a config file that fails to load and a ``--config.*`` override
-    of a field the config does not have reported as one line (exit 2), not a traceback."""
+def _validated(command: str, *, complete: bool = True) -> Any:
+    """What :func:`_run` checks before it runs ``command`` (its flags parsed): the flags it
+    requires (unless not ``complete``), and its config validated, as in
+    :attr:`Command.validated`. Raises ``app.UsageError``, or the library's ``ValueError`` for a
+    multi-task config (reported as the library's errors are, :func:`_one_line`)."""
+    from uhn_jax import config as config_lib
+
+    if complete and _WORKDIR.value is None:
+        raise app.UsageError("--workdir is required")
+    if command in ("summarize", "export", "plot", "analyze"):
+        return None  # export: --config, if given, has registered the families it names
+    if command == "reproduce":
+        from uhn_jax.training import reproduce
+
+        data_dir = _DATA_DIR.value
+        if data_dir is None and not complete:  # an excerpt: the data is wherever it is
+            data_dir = "DATA_DIR"
+        try:
+            return reproduce.load_experiments(
+                data_dir, only=_ONLY.value, matmul_dtype=_MATMUL_DTYPE.value
+            )
+        except reproduce.CheckError as e:
+            raise app.UsageError(str(e)) from e
+    if _CONFIG.value is None:
+        if complete:
+            raise app.UsageError("--config is required, e.g. --config configs/digits_mlp.py")
+        return None
+    if command == "multitask":
+        from uhn_jax.training import multitask
+
+        return multitask.validate(_CONFIG.value)
     try:
-        args = app.parse_flags_with_usage(argv)
+        return config_lib.from_config_dict(_CONFIG.value)
+    except ValueError as e:
+        raise app.UsageError(f"bad config: {e}") from e
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """:func:`main`'s flag parser: :func:`_parse` with absl's report of a flag it refuses (exit
+    1), and a config file that fails to load or a ``--config.*`` override of a field the config
+    does not have as one line (exit 2), not a traceback."""
+    try:
+        return _parse(argv, app.parse_flags_with_usage)
+    except CommandError as e:
+        _fail(str(e))
+
+
+def _parse(argv: list[str], parse: Callable[[list[str]], list[str]]) -> list[str]:
+    """Parses ``argv`` (the program name first) with ``parse`` (absl's ``FLAGS`` or
+    ``app.parse_flags_with_usage``) from the flags' defaults, and loads the ``--config`` file.
+
+    Raises:
+      CommandError: for a config file that fails to load, or an override of a field it lacks.
+    """
+    _reset_flags()
+    saved, sys.argv = sys.argv, list(argv)  # ml_collections reads the overrides from sys.argv
+    try:
+        args = parse(list(argv))
         if _CONFIG.value is not None:
             hasattr(_CONFIG.value, "keys")  # ml_collections raises a load error on first use
         return args
     except _ConfigFileError as e:  # the file fails to import, or its get_config() fails
-        _fail(f"--config: cannot load the config file: {e}")
+        raise CommandError(f"--config: cannot load the config file: {e}") from e
     except OSError as e:  # the file is missing or unreadable
         lines = [line.strip() for line in str(e.__cause__ or e).splitlines() if line.strip()]
-        _fail(f"--config: cannot load the config file: {lines[-1]}")  # the last names it
+        last = lines[-1]  # the last line names the file
+        raise CommandError(f"--config: cannot load the config file: {last}") from e
     except (AttributeError, KeyError) as e:  # an override of an unknown field
-        _fail(_unknown_field(e, argv))
+        raise CommandError(_unknown_field(e, argv)) from e
+    finally:
+        sys.argv = saved
+
+
+def _reset_flags() -> None:
+    """Every flag unparsed, at its default, and the flags of a previous parse's ``--config.*``
+    overrides removed (ml_collections defines them at each parse)."""
+    for name in [n for n in flags.FLAGS if n.startswith(f"{_CONFIG.name}.")]:
+        delattr(flags.FLAGS, name)
+    flags.FLAGS.unparse_flags()
 
 
 class _ConfigFileError(Exception):
@@ -339,6 +398,74 @@ def _one_line(error: Exception) -> str | None:
     if raised_here and Path(frames[-1].filename).resolve().is_relative_to(library):
         return str(error)
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A ``uhn-jax`` command line, parsed and validated by :func:`check_command`.
+
+    Attributes:
+      name: The command, a key of :data:`COMMANDS`.
+      flags: The value of every flag given on the command line, by name (``"config"``: the
+        ConfigDict, its ``--config.*`` overrides applied).
+      validated: What the command's config validates to: train and compare, the
+        :class:`uhn_jax.config.Experiment`; multitask, its tasks; reproduce, the chosen checks'
+        experiments by name; other commands (or no ``--config`` in an excerpt), ``None``.
+    """
+
+    name: str
+    flags: dict[str, Any]
+    validated: Any = None
+
+
+class CommandError(ValueError):
+    """A command line that ``uhn-jax`` refuses before running anything; the message is the
+    error it reports (:func:`check_command`)."""
+
+
+def check_command(argv: Sequence[str], *, complete: bool = True) -> Command:
+    """Parses and validates the command line ``uhn-jax ARGV`` without running it: what
+    :func:`main` does before it trains or reads anything, with the same code. The command
+    exists, absl accepts every flag, the ``--config FILE[:ARG]`` file loads and its
+    ``--config.*`` overrides name fields it has and parse, and the result validates (train,
+    compare: the experiment; multitask: every task's; reproduce: the chosen checks'). Data
+    files and workdirs are not read. Each call starts from the flags' defaults and leaves them
+    unparsed, so one process can check many commands (``tests/test_docs_commands.py`` checks
+    the documentation's) and still run :func:`main`.
+
+    Args:
+      argv: The arguments after ``uhn-jax``, e.g. ``["train", "--config",
+        "configs/test.py", "--workdir", "runs/t"]``.
+      complete: ``False`` for an excerpt of a command (prose such as ``uhn-jax plot
+        --kernels``): the flags a command requires (``--workdir``, ``--config``,
+        ``--data_dir``) may then be missing.
+
+    Returns:
+      The parsed :class:`Command`.
+
+    Raises:
+      CommandError: for a command line ``uhn-jax`` would refuse, with the error it reports.
+    """
+    argv = list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        given = repr(argv[0]) if argv else "none"
+        raise CommandError(f"unknown command {given}; the commands are {', '.join(COMMANDS)}")
+    try:
+        _parse(["uhn-jax", *argv[1:]], flags.FLAGS)
+        validated = _validated(argv[0], complete=complete)
+        given = {n: flags.FLAGS[n].value for n in flags.FLAGS if flags.FLAGS[n].present}
+        return Command(argv[0], given, validated)
+    except CommandError:
+        raise
+    except (flags.Error, app.UsageError) as e:
+        raise CommandError(str(e)) from e
+    except Exception as e:
+        message = _one_line(e)  # main's split between user errors and bugs
+        if message is None:
+            raise
+        raise CommandError(message) from e
+    finally:
+        _reset_flags()
 
 
 def main(argv: list[str] | None = None) -> None:

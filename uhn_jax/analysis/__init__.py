@@ -20,6 +20,7 @@ parameter ratio).
 from uhn_jax.analysis import figures
 from uhn_jax.analysis.populations import (
     accuracies,
+    distance_ceiling,
     interpolation_paths,
     isotropic_baseline,
     kl_entropy,
@@ -37,6 +38,7 @@ from uhn_jax.analysis.robustness import calibration, ensemble_probs, fgsm_succes
 __all__ = [
     "accuracies",
     "calibration",
+    "distance_ceiling",
     "ensemble_probs",
     "fgsm_success",
     "figures",

@@ -194,6 +194,21 @@ def mean_pairwise_distance(weights) -> float:
     return float(d[np.triu_indices(d.shape[0], k=1)].mean())
 
 
+def distance_ceiling(weights) -> float:
+    """The largest mean pairwise distance ``N >= 2`` rows with the norms of ``weights``' rows
+    can have: ``sqrt(2N / (N - 1) * mean_i ||w_i||^2)``.
+
+    The mean distance over pairs is at most its root mean square (Jensen), which is
+    ``sqrt(2N / (N - 1) * (mean_i ||w_i||^2 - ||mean_i w_i||^2))``; the ceiling drops the
+    (non-negative) last term. Gauge-fixed weights (:func:`uhn_jax.hypernets.diverse.gauge_fix`)
+    have every filter but the last layer's at a fixed norm, so their ceiling is nearly fixed too.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 2 or (n := w.shape[0]) < 2:
+        raise ValueError(f"distance_ceiling needs at least two rows, got shape {w.shape}")
+    return float(np.sqrt(2 * n / (n - 1) * (w**2).sum(axis=1).mean()))
+
+
 def nearest_neighbour_distances(weights) -> np.ndarray:
     """``[N]``: each row's Euclidean distance to its nearest other row (``N >= 2``).
 

@@ -68,10 +68,12 @@ def _layer_slices(like: dict) -> dict[str, slice]:
 
 def diversity(weights, dim: int) -> dict[str, float]:
     """The Kozachenko-Leonenko entropy estimate (``dim``: the noise size, the manifold's
-    dimension) and the mean pairwise distance of flat (gauge-fixed) weights ``[N, W]``."""
+    dimension), the mean pairwise distance of flat (gauge-fixed) weights ``[N, W]`` and the
+    ceiling of that distance for rows of their norms (:func:`populations.distance_ceiling`)."""
     return {
         "entropy": populations.kl_entropy(weights, dim),
         "mean_pairwise_distance": populations.mean_pairwise_distance(weights),
+        "distance_ceiling": populations.distance_ceiling(weights),
     }
 
 

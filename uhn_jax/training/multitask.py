@@ -103,16 +103,40 @@ def _with_new_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def validate(cfg: Mapping[str, Any]) -> list[Task]:
+    """The tasks of a multi-task config (:func:`tasks_from_config`), checked as :func:`run`
+    needs them, without loading data: every task's experiment validates, the generator has the
+    structure encoder, and every ``range_tasks`` reference resolves to a valid experiment.
+
+    Raises:
+      ValueError: naming the field or task reference at fault.
+    """
+    if hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
+    tasks = tasks_from_config(cfg)
+    if not all(t.exp.generator.structure for t in tasks):
+        raise ValueError("multitask: set generator.structure=True (the tasks share a generator)")
+    refs = _range_tasks(cfg)
+    if refs:
+        tasks_from_config({**cfg, "tasks": refs, "probs": [1.0] * len(refs)})
+    return tasks
+
+
+def _range_tasks(cfg: Mapping[str, Any]) -> list[str]:
+    """``cfg["range_tasks"]`` (optional) as a list, checked to hold task references."""
+    refs = cfg.get("range_tasks") or ()
+    if isinstance(refs, str) or not all(isinstance(r, str) for r in refs):
+        raise ValueError(f"multitask: range_tasks must be a tuple of task references, got {refs!r}")
+    return list(refs)
+
+
 def declared_ranges(cfg: Mapping[str, Any], tasks: Sequence[Task], datasets: Sequence[Any]):
     """The generator's declared ``(index, structure)`` ranges: the union over the descriptors
     of ``tasks`` (with their loaded ``datasets``) and of ``cfg["range_tasks"]``, optional task
     references that widen the ranges without being trained (e.g. to train one task alone with
     the ranges of a mix, or to leave room for tasks added later)."""
     descs = [setup_lib.describe(t.exp, d) for t, d in zip(tasks, datasets, strict=True)]
-    refs = cfg.get("range_tasks") or ()
-    if isinstance(refs, str) or not all(isinstance(r, str) for r in refs):
-        raise ValueError(f"multitask: range_tasks must be a tuple of task references, got {refs!r}")
-    refs = list(refs)
+    refs = _range_tasks(cfg)
     if refs:
         extra = tasks_from_config({**cfg, "tasks": refs, "probs": [1.0] * len(refs)})
         descs += [setup_lib.describe(t.exp, tasks_lib.load_dataset(t.exp)) for t in extra]
@@ -192,9 +216,7 @@ def run(
     workdir = Path(workdir)
     if (workdir / "results.json").exists():
         return workdir_lib.read_json(workdir / "results.json", train.RESULTS_FIX)
-    tasks = tasks_from_config(cfg)
-    if not all(t.exp.generator.structure for t in tasks):
-        raise ValueError("multitask: set generator.structure=True (the tasks share a generator)")
+    tasks = validate(cfg)
     _check_workdir(cfg, workdir)
     start_time = time.time()
     setups, conds, data = _prepare(cfg, tasks)

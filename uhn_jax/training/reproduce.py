@@ -166,6 +166,28 @@ def holds(kind: str, figures: tuple[float, float], bound: float) -> tuple[float,
     raise ValueError(f"unknown check kind {kind!r}; expected one of {KINDS}")
 
 
+def load_experiments(
+    data_dir: str | Path | None,
+    *,
+    only: Sequence[str] | None = None,
+    checks: Sequence[Check] = FAST,
+    matmul_dtype: str | None = None,
+) -> dict[str, config_lib.Experiment]:
+    """The validated experiment of each check :func:`reproduce` runs (those named in ``only``,
+    when given, in that order), by name, without training: every config error first.
+
+    Raises:
+      CheckError: for an unknown check name, or a check that reads data when ``data_dir`` is
+        ``None``.
+    """
+    by_name = {c.name: c for c in checks}
+    unknown = sorted(set(only or ()) - set(by_name))
+    if unknown:
+        raise CheckError(f"unknown check(s) {unknown}; the checks are {sorted(by_name)}")
+    chosen = [by_name[n] for n in only] if only else list(checks)
+    return {c.name: load_experiment(c, data_dir, matmul_dtype) for c in chosen}
+
+
 def reproduce(
     workdir: str | Path,
     data_dir: str | Path | None,
@@ -180,13 +202,9 @@ def reproduce(
 
     Every row also goes to ``workdir/reproduce.json``; the table to ``workdir/reproduce.md``.
     """
+    exps = load_experiments(data_dir, only=only, checks=checks, matmul_dtype=matmul_dtype)
     by_name = {c.name: c for c in checks}
-    unknown = sorted(set(only or ()) - set(by_name))
-    if unknown:
-        raise CheckError(f"unknown check(s) {unknown}; the checks are {sorted(by_name)}")
-    chosen = [by_name[n] for n in only] if only else list(checks)
-    # every config error first
-    exps = {c.name: load_experiment(c, data_dir, matmul_dtype) for c in chosen}
+    chosen = [by_name[name] for name in exps]
     workdir = Path(workdir)
     suffix = f"_{matmul_dtype}" if matmul_dtype else ""
     rows = []
