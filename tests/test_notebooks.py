@@ -51,6 +51,13 @@ MARKERS = {
         "hyperlstm-32: test bpc",
         "d_h over 60 characters: from",
     ),
+    "08_continual": (
+        "hnet on split digits: mean final accuracy",
+        "separate on split digits: mean final accuracy",
+        "trained params",
+        "hnet, beta 0: task 0's weights moved by",
+        "plots/regulariser.png",
+    ),
 }
 
 #: Notebooks that train on real data files: the ``UHN_DATA_DIR`` subdirectory and a file each

@@ -269,12 +269,14 @@ def _fake_data_dir(name, tmp_path):
     return str(tmp_path)
 
 
-# Single-run configs. configs/multitask.py is tested in test_multitask; cifar10_resnet and
-# fashion_mnist_cnn only derive from cifar10_resnet20 and mnist_cnn (tested below).
+# Single-run configs. configs/multitask.py is tested in test_multitask, configs/continual.py in
+# test_continual; cifar10_resnet and fashion_mnist_cnn only derive from cifar10_resnet20 and
+# mnist_cnn (tested below).
 CONFIGS = sorted(
     p.stem
     for p in CONFIG_DIR.glob("*.py")
-    if p.stem[0] != "_" and p.stem not in ("multitask", "cifar10_resnet", "fashion_mnist_cnn")
+    if p.stem[0] != "_"
+    and p.stem not in ("multitask", "continual", "cifar10_resnet", "fashion_mnist_cnn")
 )
 
 

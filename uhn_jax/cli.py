@@ -36,6 +36,7 @@ COMMANDS = {
     "export": "write a run's base-model params (generated, for a hypernetwork) as a checkpoint",
     "summarize": "one table row per compare workdir (or train run) under WORKDIR",
     "multitask": "train one generator on several tasks (--baselines: each task alone too)",
+    "continual": "train tasks one after another (configs/continual.py); print the accuracy matrix",
     "plot": "draw a workdir's curves, weights, init fit and sizes as PNGs in WORKDIR/plots",
     "analyze": "measure a run's population of networks (accuracy, ensembles, diversity)",
     "reproduce": "re-run the cheap published comparisons; check each against its bound",
@@ -152,6 +153,12 @@ def _run(command: str) -> None:
         if table is not None:
             print(table)
         return
+    if command == "continual":
+        from uhn_jax.training import continual
+
+        results = continual.run(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
+        print(continual.format_results(results))
+        return
     if command == "train":
         results = train.run(validated, _WORKDIR.value, progress=_PROGRESS.value)
         print(experiments.format_results(results))
@@ -216,6 +223,10 @@ def _validated(command: str, *, complete: bool = True) -> Any:
         from uhn_jax.training import multitask
 
         return multitask.validate(_CONFIG.value)
+    if command == "continual":
+        from uhn_jax.training import continual
+
+        return continual.validate(_CONFIG.value)
     try:
         return config_lib.from_config_dict(_CONFIG.value)
     except ValueError as e:

@@ -5,10 +5,13 @@ config's ``mode`` (``uhn``, ``direct``, ...). Register your own with :func:`regi
 """
 
 from uhn_jax.hypernets import (
+    adapt_kind,
     conditional_kind,
+    continual,
     direct,
     diverse_kind,
     ensemble_kind,
+    ewc,
     static_kind,
     uhn,
 )
@@ -16,10 +19,13 @@ from uhn_jax.hypernets.base import Kind, get, names, register
 
 __all__ = [
     "Kind",
+    "adapt_kind",
     "conditional_kind",
+    "continual",
     "direct",
     "diverse_kind",
     "ensemble_kind",
+    "ewc",
     "get",
     "names",
     "register",

@@ -71,6 +71,13 @@ class Setup:
     chain: recursion.Chain | None = None
     # The classic kinds' settings (mode=conditional).
     hypernet: config_lib.HyperNetConfig | None = None
+    # mode=continual: the task-conditioned hypernetwork's settings (set by the continual
+    # driver, uhn_jax.training.continual).
+    continual: hypernets.continual.Settings | None = None
+    # mode=ewc: the online EWC penalty's settings (set by the continual driver).
+    ewc: hypernets.ewc.Settings | None = None
+    # mode=adapt: the source model and what trains (uhn_jax.hypernets.adapt_kind).
+    adapt: config_lib.AdaptConfig | None = None
 
     @property
     def kind(self) -> hypernets.Kind:
@@ -239,6 +246,7 @@ def model_setup(
         mesh,
         chain=chain,
         hypernet=exp.hypernet,
+        adapt=exp.adapt,
     )
     return setup, desc
 

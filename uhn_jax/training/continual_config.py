@@ -1,0 +1,172 @@
+"""The config of a continual run (``configs/continual.py``), checked into a :class:`Spec`
+before any data is loaded; :mod:`uhn_jax.training.continual` drives the run.
+
+Groups: ``method`` and ``seed``; ``continual`` (the benchmark and schedule, and whether task
+inference is reported); ``hnet`` (the ``hnet`` method's hypernetwork); ``ewc`` (the ``ewc``
+method's penalty); ``data``, ``model``; ``train`` (the per-task optimiser). Every group is
+checked whatever the method, so a workdir's saved config names every field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from uhn_jax import config as config_lib
+from uhn_jax.core import checks
+from uhn_jax.data import continual as benchmarks
+from uhn_jax.hypernets import continual as hnet_lib
+from uhn_jax.hypernets import ewc as ewc_lib
+
+METHODS = ("hnet", "finetune", "ewc", "separate")
+#: The methods with a network per task, which task inference chooses between.
+PER_TASK_METHODS = ("hnet", "separate")
+#: The groups and fields of a continual config (configs/continual.py).
+TOP_FIELDS = ("method", "seed", "continual", "hnet", "ewc", "data", "model", "train")
+CONTINUAL_FIELDS = (
+    "benchmark", "num_tasks", "steps_per_task", "permutation_seeds", "task_inference",
+)  # fmt: skip
+HNET_FIELDS = tuple(f.name for f in dataclasses.fields(hnet_lib.Settings) if f.name != "num_tasks")
+EWC_FIELDS = tuple(f.name for f in dataclasses.fields(ewc_lib.Settings))
+#: ``train`` fields a continual run reads; the step count is ``continual.steps_per_task`` and
+#: there is no initialisation stage.
+TRAIN_FIELDS = (
+    "batch_size", "lr", "warmup_steps", "grad_clip", "normalize_grads", "eval_batch_size",
+    "log_every", "checkpoint_every", "num_devices",
+)  # fmt: skip
+#: The kind each method trains (``separate`` trains a fresh direct network per task).
+MODES = {
+    "hnet": hnet_lib.Continual.name,
+    "finetune": "direct",
+    "ewc": ewc_lib.Ewc.name,
+    "separate": "direct",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A validated continual config (:func:`validate`).
+
+    ``exp`` is the per-task run: data, base model, optimiser with ``train.steps`` =
+    ``steps_per_task``, and ``mode`` the method's kind (:data:`MODES`).
+    """
+
+    method: str
+    benchmark: str
+    num_tasks: int
+    steps_per_task: int
+    permutation_seeds: tuple[int, ...]
+    exp: config_lib.Experiment
+    hnet: hnet_lib.Settings
+    ewc: ewc_lib.Settings = ewc_lib.Settings()
+    task_inference: bool = False
+
+    @property
+    def total_steps(self) -> int:
+        return self.num_tasks * self.steps_per_task
+
+
+def _group(cfg: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    value = cfg.get(name)
+    if not isinstance(value, Mapping):
+        raise ValueError(f"continual config: {name} must be a group of fields, got {value!r}")
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"continual config: unknown field(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
+            f"{name} has {', '.join(allowed)}"
+        )
+    return dict(value)
+
+
+def as_dict(cfg) -> dict[str, Any]:
+    """A deep, plain (JSON) copy of a continual config (ConfigDict or mapping); tuples become
+    lists."""
+    if hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f"a continual config is a mapping (configs/continual.py), got {cfg!r}")
+    return json.loads(json.dumps(dict(cfg)))
+
+
+def _check_task_inference(method: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"continual.task_inference must be True or False, got {value!r}")
+    if value and method not in PER_TASK_METHODS:
+        raise ValueError(
+            f"continual.task_inference chooses between the networks of the tasks, which method "
+            f"{method!r} does not have (one network answers every task); use it with method "
+            f"{' or '.join(PER_TASK_METHODS)}, or set it to False"
+        )
+    return value
+
+
+def _check_seeds(benchmark: str, num_tasks: int, seeds) -> tuple[int, ...]:
+    seeds = tuple(seeds or ())
+    if benchmark == "permuted":
+        return benchmarks.check_seeds(num_tasks, seeds)
+    if seeds:
+        raise ValueError(
+            "continual.permutation_seeds is read by benchmark 'permuted' only; leave it empty "
+            f"for 'split', got {seeds}"
+        )
+    return seeds
+
+
+def _hnet(cfg: Mapping[str, Any], num_tasks) -> hnet_lib.Settings:
+    hnet = hnet_lib.Settings(num_tasks=num_tasks, **_group(cfg, "hnet", HNET_FIELDS))
+    hidden = hnet.hidden_sizes
+    hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+    return dataclasses.replace(hnet, hidden_sizes=hidden).validate()
+
+
+def validate(cfg) -> Spec:
+    """Checks a continual config (a ConfigDict or mapping) without loading data.
+
+    Raises:
+      ValueError: naming the field at fault, e.g. ``hnet.embedding_size``, ``hnet.beta``,
+        ``ewc.lam``, ``ewc.gamma``, ``continual.permutation_seeds``,
+        ``continual.task_inference``, ``train.lr``.
+    """
+    cfg = as_dict(cfg)
+    unknown = sorted(set(cfg) - set(TOP_FIELDS))
+    missing = [k for k in TOP_FIELDS if k not in cfg]
+    if unknown or missing:
+        raise ValueError(
+            f"continual config: unknown field(s) {unknown}, missing {missing}; a continual "
+            f"config (configs/continual.py) has {', '.join(TOP_FIELDS)}"
+        )
+    method = cfg["method"]
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    c = _group(cfg, "continual", CONTINUAL_FIELDS)
+    if c.get("benchmark") not in benchmarks.BENCHMARKS:
+        raise ValueError(
+            f"continual.benchmark must be one of {benchmarks.BENCHMARKS}, got "
+            f"{c.get('benchmark')!r}"
+        )
+    hnet = _hnet(cfg, c.get("num_tasks"))
+    ewc = ewc_lib.Settings(**_group(cfg, "ewc", EWC_FIELDS)).validate()
+    steps = c.get("steps_per_task")
+    checks.positive_int("continual.steps_per_task", steps)
+    seeds = _check_seeds(c["benchmark"], hnet.num_tasks, c.get("permutation_seeds"))
+    inference = _check_task_inference(method, c.get("task_inference", False))
+    t = _group(cfg, "train", TRAIN_FIELDS)
+    if t.get("warmup_steps", 0) >= steps:
+        raise ValueError(
+            f"train.warmup_steps ({t['warmup_steps']}) must be smaller than "
+            f"continual.steps_per_task ({steps})"
+        )
+    exp = config_lib.from_config_dict(
+        {
+            "mode": "direct",  # validated as a direct run; the kinds read the same groups
+            "seed": cfg["seed"],
+            "data": cfg["data"],
+            "model": cfg["model"],
+            "train": {**t, "steps": steps, "init_steps": 0},
+        }
+    )
+    exp = dataclasses.replace(exp, mode=MODES[method])
+    return Spec(method, c["benchmark"], hnet.num_tasks, steps, seeds, exp, hnet, ewc, inference)
