@@ -270,13 +270,15 @@ def _fake_data_dir(name, tmp_path):
 
 
 # Single-run configs. configs/multitask.py is tested in test_multitask, configs/continual.py in
-# test_continual; cifar10_resnet and fashion_mnist_cnn only derive from cifar10_resnet20 and
-# mnist_cnn (tested below).
+# test_continual, configs/adapt_text.py (which needs a source run) in test_adapt;
+# cifar10_resnet and fashion_mnist_cnn only derive from cifar10_resnet20 and mnist_cnn (tested
+# below).
 CONFIGS = sorted(
     p.stem
     for p in CONFIG_DIR.glob("*.py")
     if p.stem[0] != "_"
-    and p.stem not in ("multitask", "continual", "cifar10_resnet", "fashion_mnist_cnn")
+    and p.stem
+    not in ("multitask", "continual", "adapt_text", "cifar10_resnet", "fashion_mnist_cnn")
 )
 
 

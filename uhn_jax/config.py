@@ -50,6 +50,10 @@ class DataConfig:
     # "auto" = train.csv + test.csv when both exist, else a fixed stratified 80/20 split of
     # test.csv alone ("test_only"); see text_data.load_ag_news.
     ag_news_split: str = "auto"
+    # Text: encode this dataset with the vocabulary of another text dataset ("" = its own), as
+    # a run on that one builds it (its training texts, data.vocab_size, data.ag_news_split):
+    # what a model trained there and adapted here (mode=adapt) reads.
+    vocab_from: str = ""
     # Formula regression: which formula, and the seed of its 1000 + 1000 sampled points (fixed
     # across run seeds, so every seed and both modes see the same data).
     formula: str = "jv"
@@ -61,6 +65,7 @@ class DataConfig:
         registry.get(self.name)  # ValueError naming the registered datasets
         checks.choice("data.formula", self.formula, formulas.names())
         checks.choice("data.ag_news_split", self.ag_news_split, AG_NEWS_SPLITS)
+        self._validate_vocab_from()
         if self.max_len != 0 and (not isinstance(self.max_len, int) or self.max_len < 2):
             raise ValueError(f"data.max_len must be 0 (default) or an int >= 2, got {self.max_len}")
         if not isinstance(self.vocab_size, int) or self.vocab_size < 4:
@@ -69,6 +74,23 @@ class DataConfig:
             raise ValueError(f"data.formula_seed must be an int >= 0, got {self.formula_seed!r}")
         checks.choice("data.mnist_train", self.mnist_train, MNIST_TRAIN)
         checks.choice("data.cifar_source", self.cifar_source, CIFAR_SOURCES)
+
+    def _validate_vocab_from(self) -> None:
+        if not self.vocab_from:
+            return
+        from uhn_jax.data import text
+
+        if self.name not in text.TEXT_DATASETS:
+            raise ValueError(
+                f"data.vocab_from ({self.vocab_from!r}) applies to a text dataset, but data.name "
+                f"is {self.name!r}; use one of {text.TEXT_DATASETS} or leave data.vocab_from empty"
+            )
+        others = tuple(n for n in text.TEXT_DATASETS if n != self.name)
+        if self.vocab_from not in others:
+            raise ValueError(
+                f"data.vocab_from must be another text dataset than data.name ({self.name!r}), "
+                f"one of {others} (or empty for its own vocabulary), got {self.vocab_from!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +245,54 @@ class HyperNetConfig:
                 checks.positive_int(f"hypernet.{name}", w)
 
 
+ADAPT_METHODS = ("head", "attention", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptConfig:
+    """``mode=adapt``: a trained model, frozen, adapted to this run's dataset
+    (:mod:`uhn_jax.hypernets.adapt_kind`, docs/attention_hypernet.md)."""
+
+    # What trains: "head" (a new classifier head on the frozen model), "attention" (attention
+    # hypernetworks on every attention layer + a new head) or "full" (every param, starting
+    # from the source's, with a new head).
+    method: str = "attention"
+    # The source model: a run's `uhn-jax export` directory, or a run directory holding one
+    # (WORKDIR/export). Its architecture must be this run's model but for the head.
+    source: str = ""
+    # The params key of the classifier head, replaced by a fresh one ("" = the model's last
+    # top-level params entry in key order, e.g. the Transformer's last layer_NNN).
+    head: str = ""
+    # method=attention: the pairs' uhn_jax.hypernets.attention.Settings. (1, 0.25, 1) keeps
+    # them under 10 % of the text Transformer's params (docs/attention_hypernet.md).
+    layer_structure: tuple[float, ...] = (1.0, 0.25, 1.0)
+    activation: str = "relu"
+    layer_norm: bool = False
+    dropout_rate: float = 0.0
+    init: str = "zero_last"
+    shared: bool = False
+    strength: float = 1.0
+
+    def settings(self):
+        """The attention pairs' :class:`uhn_jax.hypernets.attention.Settings`.
+
+        Raises:
+          ValueError: naming the ``adapt.`` field of a bad value.
+        """
+        from uhn_jax.hypernets import attention
+
+        fields = [f.name for f in dataclasses.fields(attention.Settings)]
+        values = {n: getattr(self, n) for n in fields}
+        try:
+            return attention.Settings(**values)
+        except ValueError as e:
+            raise ValueError(str(e).replace("Settings.", "adapt.")) from None
+
+    def validate(self):
+        checks.choice("adapt.method", self.method, ADAPT_METHODS)
+        self.settings()
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, evaluation and checkpointing."""
@@ -279,6 +349,7 @@ class Experiment:
     model: ModelConfig = ModelConfig()
     generator: GeneratorConfig = GeneratorConfig()
     hypernet: HyperNetConfig = HyperNetConfig()
+    adapt: AdaptConfig = AdaptConfig()
     train: TrainConfig = TrainConfig()
 
     def validate(self) -> Experiment:
@@ -287,7 +358,7 @@ class Experiment:
         kind = hypernets.get(self.mode)  # ValueError naming the registered kinds
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
-        for part in (self.data, self.model, self.generator, self.hypernet, self.train):
+        for part in (self.data, self.model, self.generator, self.hypernet, self.adapt, self.train):
             part.validate()
         kind.validate(self)
         from uhn_jax.data import registry

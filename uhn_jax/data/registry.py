@@ -222,9 +222,22 @@ def _text_loader(name: str) -> Loader:
             kwargs["max_len"] = d.max_len
         if name == "ag_news":
             kwargs["split"] = d.ag_news_split
+        if d.vocab_from:
+            kwargs["vocab"] = _source_vocab(d)
         return text.load(name, files.require_data_dir(name, d.data_dir), **kwargs)
 
     return loader
+
+
+def _source_vocab(d: DataConfig) -> tuple[str, ...]:
+    """The vocabulary of dataset ``d.vocab_from`` as a run on it builds it: from its own
+    training texts, with ``d.vocab_size`` and (AG News) ``d.ag_news_split``; deterministic,
+    so a model trained on that dataset reads the token ids of this one."""
+    source = d.vocab_from
+    kwargs: dict[str, Any] = {"vocab_size": d.vocab_size}
+    if source == "ag_news":
+        kwargs["split"] = d.ag_news_split
+    return text.load(source, files.require_data_dir(source, d.data_dir), **kwargs).vocab
 
 
 def _planetoid_loader(name: str) -> Loader:

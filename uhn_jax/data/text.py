@@ -81,8 +81,8 @@ class TextData:
         y_test: Labels, int32, shape ``(n_test,)``.
         num_classes: Number of classes.
         vocab: Token of each id; starts with ``SPECIALS`` and is built from the training texts
-            only. It has at most the requested size (fewer if the texts hold fewer distinct
-            tokens).
+            only (or given: another dataset's, to feed a model trained on that one). It has at
+            most the requested size (fewer if the texts hold fewer distinct tokens).
         class_names: Name of each class, ``num_classes`` of them.
         split: How train and test were chosen, e.g. ``"official"`` or ``"test_only"``.
     """
@@ -274,8 +274,10 @@ def make_text_data(
     max_len: int,
     vocab_size: int = VOCAB_SIZE,
     split: str = "official",
+    vocab: Sequence[str] | None = None,
 ) -> TextData:
-    """Builds the vocabulary from the training texts and encodes both splits.
+    """Builds the vocabulary from the training texts (unless ``vocab`` is given) and encodes
+    both splits.
 
     Args:
         name: Dataset name.
@@ -285,11 +287,13 @@ def make_text_data(
         max_len: Sequence length, ``<cls>`` included.
         vocab_size: Vocabulary size including the specials.
         split: Description of the split, stored in the result.
+        vocab: The vocabulary to encode with instead (e.g. another dataset's, see
+            ``load(..., vocab=...)``); ``vocab_size`` is then unused.
 
     Returns:
         The encoded dataset.
     """
-    vocab = build_vocab(train[0], vocab_size)
+    vocab = build_vocab(train[0], vocab_size) if vocab is None else tuple(vocab)
     x_train, len_train = encode(train[0], vocab, max_len)
     x_test, len_test = encode(test[0], vocab, max_len)
     return TextData(
@@ -362,6 +366,7 @@ def load_ag_news(
     split: str = "auto",
     max_len: int = MAX_LEN["ag_news"],
     vocab_size: int = VOCAB_SIZE,
+    vocab: Sequence[str] | None = None,
 ) -> TextData:
     """Loads AG News (4 classes: World, Sports, Business, Sci/Tech).
 
@@ -381,6 +386,7 @@ def load_ag_news(
         split: One of ``AG_NEWS_SPLITS``.
         max_len: Sequence length, ``<cls>`` included.
         vocab_size: Vocabulary size including the specials.
+        vocab: Encode with this vocabulary instead of one built from the training rows.
 
     Returns:
         The dataset, named ``"ag_news"``; ``split`` says which split was used.
@@ -405,7 +411,9 @@ def load_ag_news(
         )
         train = ([texts[i] for i in train_idx], labels[train_idx])
         test = ([texts[i] for i in test_idx], labels[test_idx])
-    return make_text_data("ag_news", train, test, AG_NEWS_CLASSES, max_len, vocab_size, split)
+    return make_text_data(
+        "ag_news", train, test, AG_NEWS_CLASSES, max_len, vocab_size, split, vocab
+    )
 
 
 # --- IMDB -------------------------------------------------------------------------------------
@@ -417,6 +425,7 @@ def load_imdb(
     data_dir: str | os.PathLike[str],
     max_len: int = MAX_LEN["imdb"],
     vocab_size: int = VOCAB_SIZE,
+    vocab: Sequence[str] | None = None,
 ) -> TextData:
     """Loads the IMDB movie reviews (Maas et al. 2011), 25,000 train and 25,000 test.
 
@@ -427,6 +436,7 @@ def load_imdb(
         data_dir: The ``aclImdb`` directory, or a directory holding ``aclImdb/`` or ``imdb/``.
         max_len: Sequence length, ``<cls>`` included.
         vocab_size: Vocabulary size including the specials.
+        vocab: Encode with this vocabulary instead of one built from the training reviews.
 
     Returns:
         The dataset, named ``"imdb"``.
@@ -450,7 +460,7 @@ def load_imdb(
             labels += [label] * len(reviews)
         splits[part] = (texts, np.array(labels, dtype=np.int32))
     return make_text_data(
-        "imdb", splits["train"], splits["test"], IMDB_CLASSES, max_len, vocab_size
+        "imdb", splits["train"], splits["test"], IMDB_CLASSES, max_len, vocab_size, vocab=vocab
     )
 
 
@@ -475,6 +485,7 @@ def load_mr(
     data_dir: str | os.PathLike[str],
     max_len: int = MAX_LEN["mr"],
     vocab_size: int = VOCAB_SIZE,
+    vocab: Sequence[str] | None = None,
 ) -> TextData:
     """Loads MR, the sentence polarity dataset v1.0 (Pang & Lee 2005): 5,331 + 5,331 sentences.
 
@@ -489,6 +500,7 @@ def load_mr(
             ``rt_polarity/``.
         max_len: Sequence length, ``<cls>`` included.
         vocab_size: Vocabulary size including the specials.
+        vocab: Encode with this vocabulary instead of one built from the training sentences.
 
     Returns:
         The dataset, named ``"mr"``.
@@ -508,7 +520,8 @@ def load_mr(
     train_idx, test_idx = stratified_split(labels, MR_TEST_FRACTION, MR_SPLIT_SEED)
     train = ([texts[i] for i in train_idx], labels[train_idx])
     test = ([texts[i] for i in test_idx], labels[test_idx])
-    return make_text_data("mr", train, test, MR_CLASSES, max_len, vocab_size, "stratified_90_10")
+    split = "stratified_90_10"
+    return make_text_data("mr", train, test, MR_CLASSES, max_len, vocab_size, split, vocab)
 
 
 _LOADERS = {"ag_news": load_ag_news, "imdb": load_imdb, "mr": load_mr}
@@ -520,7 +533,9 @@ def load(name: str, data_dir: str | os.PathLike[str], **kwargs: Any) -> TextData
     Args:
         name: One of ``TEXT_DATASETS``.
         data_dir: Directory searched by the dataset's loader.
-        **kwargs: Passed on to the loader, e.g. ``split="test_only"`` or ``max_len=64``.
+        **kwargs: Passed on to the loader, e.g. ``split="test_only"``, ``max_len=64`` or
+            ``vocab=load("ag_news", data_dir).vocab`` (encode with another dataset's
+            vocabulary, as ``data.vocab_from`` does).
 
     Returns:
         The dataset.

@@ -1,6 +1,6 @@
 """The interface every hypernetwork kind implements, and the open registry of kinds.
 
-A kind answers four questions for the training loop (``uhn_jax.training``):
+A kind answers these questions for the training loop (``uhn_jax.training``):
 
 * what it trains: :meth:`Kind.init` returns the trainable ``params`` and the frozen
   ``constants`` of a run;
@@ -14,7 +14,9 @@ A kind answers four questions for the training loop (``uhn_jax.training``):
 * how it is optimised: one AdamW at :meth:`Kind.task_lr`, or one per parameter group
   (:meth:`Kind.lr_groups`) through ``optax.multi_transform``;
 * whether it has a stage before task training: :meth:`Kind.init_steps` steps of
-  :meth:`Kind.init_loss` (the UHN's moment matching), each sub-stage with a fresh optimiser.
+  :meth:`Kind.init_loss` (the UHN's moment matching), each sub-stage with a fresh optimiser;
+* what it writes when a run ends, besides the checkpoints: :meth:`Kind.finish` (files of its
+  own, and what ``results.json`` reports about them).
 
 A kind is a frozen dataclass (hashable: it is part of the jit-static run setup) and holds no
 arrays. ``setup`` below is the run's static ``uhn_jax.training.setup.Setup``.
@@ -98,6 +100,13 @@ class Kind(abc.ABC):
 
     def num_trained(self, params) -> dict[str, int]:
         """Parameter counts for ``results.json`` (e.g. ``num_generator_params``)."""
+        return {}
+
+    def finish(self, setup, params, constants, workdir) -> dict[str, Any]:
+        """Called once when a single-model run ends, before ``results.json`` is written:
+        writes the files of the run's own format into ``workdir`` (e.g. an adapter) and
+        returns what ``results.json`` reports about them; nothing by default."""
+        del setup, params, constants, workdir
         return {}
 
 

@@ -128,6 +128,7 @@ def run(
         out["train_step_compiles"] = step_lib.compile_count() - compiles_before
     else:
         out = _single_results(exp, setup, state, cond, (train_data, test_data), dataset)
+        out |= setup.kind.finish(setup, state["params"], state["constants"], workdir)
         _log_final(workdir, setup, out)
     out["wall_s"] = round(time.time() - start_time, 2)
     return results.write(workdir, out)

@@ -14,7 +14,7 @@ from uhn_jax import config as config_lib
 from uhn_jax import hypernets
 
 #: Config groups that only some hypernetwork kinds read (:attr:`Kind.config_groups`).
-KIND_GROUPS = ("generator", "hypernet")
+KIND_GROUPS = ("generator", "hypernet", "adapt")
 #: Fields a rerun may change after a NaN/Inf stop: they set the step size and clipping of
 #: the steps still to come, not the shape of the train state or which batches come when.
 RECOVERY_FIELDS = (
