@@ -84,9 +84,10 @@ FAST = (
         0.015,
         source="docs/results.md#results (digits, the embedded default)",
     ),
-    _graph("cora", "gcn", 0.800, 0.785),
-    _graph("cora", "gat", 0.800, 0.806),
-    _graph("citeseer", "gcn", 0.668, 0.667),
+    # Seed 0 with the float32 numerics and the matmul first layer the ,cpu configs pin.
+    _graph("cora", "gcn", 0.800, 0.786),
+    _graph("cora", "gat", 0.800, 0.805),
+    _graph("citeseer", "gcn", 0.668, 0.669),
     _graph("citeseer", "gat", 0.669, 0.692),
     Check(
         "digits_set",
