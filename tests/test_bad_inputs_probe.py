@@ -527,7 +527,8 @@ FILE_ROWS = [
      r"warning: {path}/metrics\.jsonl line 2 is damaged; dropped: '\{{\"step\": 4, "),
     ("config_json_not_a_config", "part", _write("config.json", "[1, 2]\n"), _train(),
      "WorkdirError", r"^{path}/config\.json is damaged \(not a config: a JSON object with the "
-     r"groups data, model, generator, hypernet, adapt, train expected, got \[1, 2\]\)\. Restore it"),
+     r"groups data, model, generator, hypernet, adapt, train expected, got \[1, 2\]\)\. "
+     r"Restore it"),
 ]  # fmt: skip
 
 
