@@ -12,10 +12,11 @@ new head). The source is a direct run of ``configs/text.py:<source>[,cpu]``, exp
       --workdir runs/adapt/mr_attention/seed0 --config.adapt.source=runs/adapt/source \\
       --config.data.data_dir=../shared/data --config.seed=0
 
-The target run keeps the source's architecture (its ``model`` group), vocabulary
-(``data.vocab_from``, ``data.vocab_size``) and sequence length (``data.max_len``: the frozen
-positional table's rows; MR's sentences, at most 61 tokens, are padded to AG News' 128, and
-padding does not change the logits), and takes the target's schedule from
+The target run keeps the source's architecture (its ``model`` group, with
+``model.max_positions`` = the source's 128 rows of the frozen positional table) and vocabulary
+(``data.vocab_from``, ``data.vocab_size``); its texts keep their own length (``data.max_len``:
+MR's 64, which holds its longest sentence of 61 tokens and costs half of AG News' 128 per
+step; padding does not change the logits), and it takes the target's schedule from
 ``configs/text.py:<target>[,cpu]`` (``,cpu``: 20 epochs of MR, a 1-epoch warm-up). The
 learning rates per method are :data:`LR` (not tuned). The pairs' default layer structure
 (1, 0.25, 1) trains 8,512 params, 7.0 % of the 122,242 of the ``,cpu`` model.
@@ -53,7 +54,7 @@ def get_config(arg: str | None = None):
     config.model = src.model  # the frozen model's architecture
     config.data.vocab_from = source
     config.data.vocab_size = src.data.vocab_size
-    config.data.max_len = src.data.max_len
+    config.model.max_positions = src.model.max_positions or src.data.max_len
     config.adapt.method = method
     config.train.lr = LR[method]
     return config

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "data.vocab_size": 40,
     "data.max_len": 16,
+    "model.max_positions": 0,  # = data.max_len
     "model.embed_dim": 8,
     "model.num_heads": 2,
     "model.num_encoders": 1,
@@ -142,6 +143,26 @@ def test_config_errors_name_the_field(source):
         load_config("adapt_text", "ag_news,ag_news,head")
     with pytest.raises(ValueError, match="adapt.source .* does not exist"):
         adapt_kind.load_source(str(source[1] / "nowhere"))
+
+
+def test_shorter_target_texts_read_the_source_positional_table(source):
+    # A target of 8 tokens through the source's 16 positions: the frozen table loads as is.
+    setup, _, dataset = _setup(
+        _exp(source, "head", **{"model.max_positions": 16, "data.max_len": 8})
+    )
+    assert dataset.x_train.shape[1] == 8 and setup.model.max_len == 16
+    state = step_lib.init_state(setup, KEY)
+    head = adapt_kind.head_name(setup)
+    frozen = _frozen_source(source[1], head)
+    assert _leaves_equal(state["constants"]["frozen"], frozen)
+    logits = setup.model.apply({**frozen, head: state["params"]["head"]}, dataset.x_test)
+    assert logits.shape == (len(dataset.x_test), 2)
+    with pytest.raises(ValueError, match="set model.max_positions=16"):
+        _exp(source, "head", **{"data.max_len": 8})
+    with pytest.raises(
+        ValueError, match=r"model.max_positions \(4\) must be at least data.max_len"
+    ):
+        _exp(source, "head", **{"model.max_positions": 4})
 
 
 def _setup(exp):

@@ -118,6 +118,10 @@ class ModelConfig:
     embed_dim: int = 64
     num_encoders: int = 2
     linears_per_encoder: int = 2
+    # Rows of the positional table, the longest input the model accepts (0 = the data's
+    # sequence length, data.max_len). Larger lets a model read shorter data than it was built
+    # for: a frozen source adapted to a dataset of shorter texts (configs/adapt_text.py).
+    max_positions: int = 0
     # kan
     grid_size: int = 5
     spline_order: int = 3
@@ -134,6 +138,7 @@ class ModelConfig:
             family.validate(self)
         for w in self.head_hidden:
             checks.positive_int("model.head_hidden", w)
+        checks.non_negative_int("model.max_positions", self.max_positions, " (0 = data.max_len)")
         for name in ("widths", "depths"):
             value = getattr(self, name)
             if not value or any(not isinstance(w, int) or w < 1 for w in value):
@@ -360,6 +365,11 @@ class Experiment:
             raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
         for part in (self.data, self.model, self.generator, self.hypernet, self.adapt, self.train):
             part.validate()
+        if 0 < self.model.max_positions < self.data.max_len:
+            raise ValueError(
+                f"model.max_positions ({self.model.max_positions}) must be at least data.max_len "
+                f"({self.data.max_len}): the positional table needs a row for every position"
+            )
         kind.validate(self)
         from uhn_jax.data import registry
 

@@ -19,8 +19,9 @@ The source must be this run's model but for the head: every other leaf is checke
 ``setup.model.init``'s shapes (the first mismatch is named). A text model also needs the
 source's vocabulary: ``data.vocab_from`` encodes the new dataset with it. When the source's
 ``config.json`` is found (a run directory, or an export inside one), :meth:`Adapt.validate`
-also checks the model fields, ``data.vocab_from``, ``data.vocab_size`` and ``data.max_len``
-against it, naming the field.
+also checks the model fields, ``data.vocab_from``, ``data.vocab_size`` and the positions
+(``model.max_positions``, else ``data.max_len``: the data may be shorter) against it, naming
+the field.
 
 When the run ends, :meth:`Adapt.finish` writes the trained head (``head/``, a plain orbax
 params checkpoint like an export) and, for ``attention``, the pairs (``attention_hypernet/``,
@@ -44,8 +45,9 @@ from uhn_jax.hypernets import attention, attention_attach, base
 
 #: What the kind writes into the workdir when a run ends (:meth:`Adapt.finish`).
 HEAD_DIR, ATTENTION_DIR = "head", "attention_hypernet"
-#: Model fields a source may differ in: they change training, not the function it computes.
-_FREE_MODEL_FIELDS = ("dropout_rate", "attention_dropout")
+#: Model fields a source may differ in: they change training, not the function it computes
+#: (the positional table's rows, max_positions or data.max_len, are compared as one count).
+_FREE_MODEL_FIELDS = ("dropout_rate", "attention_dropout", "max_positions")
 _NO_SOURCE = (
     "adapt.source must name the source model (mode=adapt): a run's `uhn-jax export` directory, "
     "or the run directory holding it (WORKDIR/export)"
@@ -141,9 +143,15 @@ def check_source_config(exp, saved: dict) -> None:
             f"{src} trained on {name!r}, so {exp.data.name!r} is encoded with {name!r}'s "
             "vocabulary, which the frozen token table reads"
         )
+    positions = model.get("max_positions") or data.get("max_len")
+    own = exp.model.max_positions or exp.data.max_len
+    if positions and own and positions != own:
+        raise ValueError(
+            f"model.max_positions is {exp.model.max_positions!r} and data.max_len "
+            f"{exp.data.max_len!r}, but the source run {src} has {positions} positions: set "
+            f"model.max_positions={positions} (data.max_len may be shorter)"
+        )
     fields = ["vocab_size"] + (["ag_news_split"] if name == "ag_news" else [])
-    if data.get("max_len") and exp.data.max_len:
-        fields.append("max_len")
     for field in fields:
         value = getattr(exp.data, field)
         if field in data and _json(data[field]) != _json(value):

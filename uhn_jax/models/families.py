@@ -86,10 +86,17 @@ def gat(m, dataset, dataset_type: int) -> GAT:
 
 
 def transformer(m, dataset, dataset_type: int) -> Transformer:
-    """The text Transformer over a tokenised dataset."""
+    """The text Transformer over a tokenised dataset; ``m.max_positions`` rows of positions
+    (0: the data's sequence length)."""
+    length = dataset.x_train.shape[1]
+    if m.max_positions and m.max_positions < length:
+        raise ValueError(
+            f"model.max_positions is {m.max_positions} but the data's sequences have {length} "
+            "positions (data.max_len): the positional table needs a row for each"
+        )
     return Transformer(
         vocab_size=len(dataset.vocab),
-        max_len=dataset.x_train.shape[1],
+        max_len=m.max_positions or length,
         num_classes=dataset.num_classes,
         embed_dim=m.embed_dim,
         num_encoders=m.num_encoders,
