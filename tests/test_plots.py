@@ -359,7 +359,16 @@ def test_plot_of_a_finished_compare_draws_generated_against_trained_weights(tmp_
 
     cfg = load_config("test")
     cfg.train.steps = 2
-    experiments.compare(config_lib.from_config_dict(cfg), tmp_path, seeds=1, progress=False)
+    table = experiments.compare(config_lib.from_config_dict(cfg), tmp_path, seeds=1, progress=False)
+    # results.json reports generator / target parameters (null for direct), as the table does.
+    uhn, direct = (
+        json.loads((tmp_path / f"{m}_seed0" / "results.json").read_text())
+        for m in ("uhn", "direct")
+    )
+    assert uhn["num_generator_params"] > 0 and direct["generator_target_ratio"] is None
+    assert uhn["generator_target_ratio"] == uhn["num_generator_params"] / uhn["num_target_params"]
+    ratio = f"{uhn['generator_target_ratio']:.3g}×"
+    assert f"| {uhn['num_generator_params']:,} | {ratio} |" in table and "| 0 | – |" in table
     drawn = {}
     draw = plots.weight_histograms
 
@@ -382,3 +391,15 @@ def test_plot_of_a_finished_compare_draws_generated_against_trained_weights(tmp_
         _, params = experiments.load_model_params(tmp_path / f"{mode}_seed0")
         jax.tree.map(np.testing.assert_array_equal, drawn[label], params)
     assert plots.plot_workdir(tmp_path, weights=False)[-1].name == "init_fit.png"
+
+
+def test_ratio_scatter_draws_the_baseline_and_labels_points_by_a_chosen_key(tmp_path, monkeypatch):
+    kept = kept_figures(monkeypatch)
+    rows = [{**result_row("uhn", g, v), "size": f"h={g}"} for g, v in ((50, 0.9), (200, 0.95))]
+    plots.ratio_scatter(rows, tmp_path / "r.png", baseline=0.97, label_key="size")
+    (ax,) = kept[0].axes
+    _, labels = ax.get_legend_handles_labels()
+    assert labels == ["digits, uhn", "direct"]
+    (line,) = ax.get_lines()
+    np.testing.assert_allclose(line.get_ydata(), [0.97, 0.97])
+    assert [t.get_text() for t in ax.texts] == ["h=50", "h=200"]

@@ -178,16 +178,24 @@ def _plain_log_ticks(axis) -> None:
 
 
 def param_ratio(row: Mapping[str, Any]) -> float | None:
-    """Generator over target parameters of a run's ``results.json`` dict (None for a run that
-    trains no generator, e.g. direct training, or lacks the counts or a test metric)."""
-    gen, target = row.get("num_generator_params"), row.get("num_target_params")
-    if not gen or not target or row.get("test_metric") is None:
+    """Generator over target parameters of a run's ``results.json`` dict
+    (:func:`uhn_jax.training.results.generator_target_ratio`), or None for a run that trains
+    no generator, e.g. direct training, or lacks the counts or a test metric."""
+    from uhn_jax.training import results
+
+    if row.get("test_metric") is None:
         return None
-    return gen / target
+    return results.generator_target_ratio(row)
 
 
 def ratio_scatter(
-    rows: Sequence[Mapping[str, Any]], out: str | Path, *, title: str | None = None
+    rows: Sequence[Mapping[str, Any]],
+    out: str | Path,
+    *,
+    title: str | None = None,
+    baseline: float | None = None,
+    baseline_label: str = "direct",
+    label_key: str = "model",
 ) -> Path:
     """Test metric against the generator/target parameter ratio (log scale), one point per
     hypernetwork run labelled with its base model, one colour per ``(dataset, mode)``.
@@ -198,6 +206,10 @@ def ratio_scatter(
         the most common one.
       out: the PNG to write (parent directories are created).
       title: figure title (default: the metric and, when the runs share it, the dataset).
+      baseline: a test metric drawn as a dashed horizontal line, e.g. the base model trained
+        directly (none by default).
+      baseline_label: the legend entry of ``baseline``.
+      label_key: the key of each row whose value labels its point (the base model by default).
 
     Returns:
       ``out`` as a :class:`~pathlib.Path`.
@@ -222,13 +234,15 @@ def ratio_scatter(
         ax.scatter(x, y, label=label, alpha=0.8)
         for r, xi, yi in zip(group, x, y, strict=True):
             ax.annotate(
-                str(r.get("model", "")),
+                str(r.get(label_key, "")),
                 (xi, yi),
                 xytext=(3, 3),
                 textcoords="offset points",
                 fontsize=7,
                 alpha=0.7,
             )
+    if baseline is not None:
+        ax.axhline(baseline, color="0.3", linestyle="--", linewidth=1, label=baseline_label)
     ax.set_xscale("log")
     _plain_log_ticks(ax.xaxis)
     ax.margins(x=0.15, y=0.1)

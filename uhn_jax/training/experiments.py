@@ -3,6 +3,7 @@ export (from :mod:`uhn_jax.training.rebuild`)."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 
 from uhn_jax import config as config_lib
 from uhn_jax.training import rebuild, tasks, train
+from uhn_jax.training import results as results_lib
 from uhn_jax.training import setup as setup_lib
 from uhn_jax.training import workdir as workdir_lib
 
@@ -125,14 +127,15 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
     kind (``uhn`` or another) to ``direct``.
 
     Accuracies are shown in percent with the gap in percentage points; an RMSE as is, with the
-    kind / direct ratio.
+    kind / direct ratio. ``gen/target`` is generator over target parameters
+    (:func:`uhn_jax.training.results.generator_target_ratio`; ``–`` without a generator).
     """
     metric = rows[0].get("metric_name", "accuracy")
     rmse = metric in ("rmse", "bpc")  # shown as they are, lower is better
     lines = [
-        "| mode | dataset | model | target params | generator params | seeds | steps "
-        f"| test {metric} (mean ± std) | wall s / run |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| mode | dataset | model | target params | generator params | gen/target | seeds "
+        f"| steps | test {metric} (mean ± std) | wall s / run |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     means = {}
     first = ("direct", "direct_matched")
@@ -147,7 +150,7 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
         shown = format_metric(vals, rmse)
         lines.append(
             f"| {mode} | {r0['dataset']} | {r0['model']} | {r0['num_target_params']:,} "
-            f"| {r0['num_generator_params']:,} | {len(rs)} | {steps} "
+            f"| {r0['num_generator_params']:,} | {_ratio_cell([r0])} | {len(rs)} | {steps} "
             f"| {shown} | {np.mean([r['wall_s'] for r in rs]):.1f} |"
         )
     baselines = [b for b in ("direct", "direct_matched") if b in means]
@@ -173,7 +176,8 @@ def summarize(workdir: str | Path) -> str:
     :func:`runs_table` instead.
 
     Accuracies get the UHN - direct gap in percentage points and its mean over the rows; RMSEs
-    get the UHN / direct ratio and the geometric mean of the ratios.
+    get the UHN / direct ratio and the geometric mean of the ratios. The last column is the
+    UHN's generator over target parameters (``–`` when the rows lack the counts).
     """
     workdir = Path(workdir)
     paths = sorted(workdir.glob("*/compare.json"))
@@ -206,15 +210,16 @@ def summarize(workdir: str | Path) -> str:
             cells = [f"{100 * m:.2f} ± {100 * s:.2f}" for m, s, _ in stats.values()]
             cells.append(f"{gap:+.2f}")
         gaps.append(gap)
+        uhn_rows = [r for r in rows if r["mode"] == "uhn"]
         lines.append(
             f"| {path.parent.name} | {r0['model']} | {r0['num_target_params']:,} "
-            f"| {stats['uhn'][2]} | " + " | ".join(cells) + " |"
+            f"| {stats['uhn'][2]} | " + " | ".join(cells) + f" | {_ratio_cell(uhn_rows)} |"
         )
     unit = "UHN / direct" if metric == "rmse" else "UHN - direct (pp)"
     shown = "rmse" if metric == "rmse" else "accuracy %"
     head = [
-        f"| run | model | params | seeds | direct {shown} | UHN {shown} | {unit} |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        f"| run | model | params | seeds | direct {shown} | UHN {shown} | {unit} | gen/target |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     if metric == "rmse":
         summary = (
@@ -226,8 +231,10 @@ def summarize(workdir: str | Path) -> str:
 
 
 def runs_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table of ``train`` runs grouped by (mode, model): mean ± std of the test metric
-    over seeds, with every pair's gap, e.g. the HyperLSTM against its same-size LSTM.
+    """Markdown table of ``train`` runs grouped by (mode, model, generator size): mean ± std of
+    the test metric over seeds, with every pair's gap, e.g. the HyperLSTM against its same-size
+    LSTM, and generator over target parameters (``–`` for runs without a generator). Groups of
+    one mode and model with different generator sizes are labelled with their ratio.
 
     Raises:
         ValueError: If the runs report different metrics.
@@ -237,13 +244,18 @@ def runs_table(rows: list[dict[str, Any]]) -> str:
         raise ValueError(f"the runs report different metrics: {sorted(metrics)}")
     metric = metrics.pop()
     lower = metric in ("rmse", "bpc")
+    by_size: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for r in sorted(rows, key=lambda r: (r["mode"], r["model"], _gen(r), r["seed"])):
+        by_size.setdefault((r["mode"], r["model"], _gen(r)), []).append(r)
+    sizes = collections.Counter((mode, model) for mode, model, _ in by_size)
     groups: dict[str, list[dict[str, Any]]] = {}
-    for r in sorted(rows, key=lambda r: (r["mode"], r["model"], r["seed"])):
-        label = r["model"] if r["mode"] == "direct" else f"{r['mode']} {r['model']}"
-        groups.setdefault(label, []).append(r)
+    for (mode, model, _), rs in by_size.items():
+        label = model if mode == "direct" else f"{mode} {model}"
+        groups[label + (f" ({_ratio_cell(rs)})" if sizes[mode, model] > 1 else "")] = rs
     lines = [
-        f"| run | dataset | trained params | seeds | test {metric} (mean ± std) | per seed |",
-        "|---|---|---:|---:|---:|---|",
+        f"| run | dataset | trained params | seeds | test {metric} (mean ± std) | per seed "
+        "| gen/target |",
+        "|---|---|---:|---:|---:|---|---:|",
     ]
     means = {}
     for label, rs in groups.items():
@@ -252,7 +264,7 @@ def runs_table(rows: list[dict[str, Any]]) -> str:
         per_seed = " / ".join(f"{v:.3f}" if lower else f"{100 * v:.2f}" for v in vals)
         lines.append(
             f"| {label} | {rs[0]['dataset']} | {trained_params(rs[0]):,} | {len(rs)} "
-            f"| {format_metric(vals, lower)} | {per_seed} |"
+            f"| {format_metric(vals, lower)} | {per_seed} | {_ratio_cell(rs)} |"
         )
     unit = metric if lower else "pp"
     labels = list(means)
@@ -262,6 +274,17 @@ def runs_table(rows: list[dict[str, Any]]) -> str:
         for b in labels[i + 1 :]
     ]
     return "\n".join(lines + ([""] + gaps if gaps else []))
+
+
+def _gen(row: dict[str, Any]) -> int:
+    return row.get("num_generator_params") or 0
+
+
+def _ratio_cell(rows: list[dict[str, Any]]) -> str:
+    """The generator/target ratio of ``rows`` (runs of one configuration) for a table cell:
+    the first row's, or ``–``; recomputed from the counts, so older ``results.json`` show it."""
+    ratio = results_lib.generator_target_ratio(rows[0]) if rows else None
+    return results_lib.format_ratio(ratio)
 
 
 # A run's model rebuilt from its workdir lives in :mod:`uhn_jax.training.rebuild`; these names

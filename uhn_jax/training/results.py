@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,50 @@ def header(exp: config_lib.Experiment, setup: Setup, params) -> dict[str, Any]:
     }
 
 
+def generator_target_ratio(results: Mapping[str, Any]) -> float | None:
+    """Generator over target parameters of a ``results.json`` dict: how many parameters the
+    hypernetwork trains per weight it generates (below 1: it compresses the base model).
+
+    Computed from ``num_generator_params`` and ``num_target_params``, so a ``results.json``
+    written before the ``generator_target_ratio`` field existed gets it too.
+
+    Returns:
+      The ratio, or ``None`` for a run without a generator (``num_generator_params`` 0, e.g.
+      direct training) or without both counts.
+    """
+    gen, target = results.get("num_generator_params"), results.get("num_target_params")
+    if not gen or not target:
+        return None
+    return gen / target
+
+
+def format_ratio(ratio: float | None) -> str:
+    """A generator/target ratio as a table shows it: ``1.26×``, ``0.0697×``, ``2,329×`` (3
+    significant digits, whole numbers from 100 on); ``–`` for none."""
+    if ratio is None:
+        return "–"
+    return f"{ratio:,.0f}×" if ratio >= 100 else f"{ratio:.3g}×"
+
+
+def with_ratio(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` with ``generator_target_ratio`` (:func:`generator_target_ratio`) right
+    after ``num_generator_params``, when it holds both parameter counts; else as it is."""
+    if not {"num_generator_params", "num_target_params"} <= results.keys():
+        return results
+    out = {}
+    for key, value in results.items():
+        if key != "generator_target_ratio":
+            out[key] = value
+        if key == "num_generator_params":
+            out["generator_target_ratio"] = generator_target_ratio(results)
+    return out
+
+
 def write(workdir: Path, results: dict[str, Any]) -> dict[str, Any]:
-    """Writes ``results.json`` (process 0 of a multi-host job) and returns ``results``."""
+    """Writes ``results.json`` (process 0 of a multi-host job) and returns it: ``results``
+    with the generator/target ratio added (:func:`with_ratio`), so every run kind reports it.
+    """
+    results = with_ratio(results)
     if jax.process_index() == 0:
         # Atomic: a run killed while writing it must not leave a damaged results.json that
         # every rerun refuses.
