@@ -403,3 +403,39 @@ def test_ratio_scatter_draws_the_baseline_and_labels_points_by_a_chosen_key(tmp_
     (line,) = ax.get_lines()
     np.testing.assert_allclose(line.get_ydata(), [0.97, 0.97])
     assert [t.get_text() for t in ax.texts] == ["h=50", "h=200"]
+
+
+def _continual_row(mode, seed, matrix, benchmark="split"):
+    final = matrix[-1]
+    return {
+        "task": "continual", "mode": mode, "benchmark": benchmark, "dataset": "digits",
+        "seed": seed, "accuracy_matrix": matrix, "num_trained_params": 100,
+        "mean_final_accuracy": float(np.mean(final)),
+        "bwt": float(np.mean([final[j] - matrix[j][j] for j in range(len(final) - 1)])),
+    }  # fmt: skip
+
+
+def test_continual_figures_average_seeds_and_order_methods(tmp_path):
+    from uhn_jax.analysis import continual_figures as cf
+
+    rows = [
+        _continual_row("finetune", 0, [[1.0, None], [0.5, 1.0]]),
+        _continual_row("hnet", 0, [[1.0, None], [0.9, 0.8]]),
+        _continual_row("hnet", 1, [[0.8, None], [0.7, 0.6]]),
+        {"mode": "uhn", "test_metric": 0.9},  # not a continual run: left out
+    ]
+    groups = cf.group_runs(rows)
+    assert list(groups) == [("split", "digits")]
+    assert list(groups["split", "digits"]) == ["hnet", "finetune"]  # METHOD_ORDER
+    mean = cf.mean_matrix(groups["split", "digits"]["hnet"])
+    np.testing.assert_allclose(mean[1], [80.0, 70.0])
+    assert np.isnan(mean[0, 1])  # task 1 not yet seen after task 0
+    table = cf.summary_table(groups["split", "digits"])
+    assert "| hnet | 2 | 75.00 ± 14.14 % | -10.00 ± 0.00 pp | 100 |" in table
+    assert "| finetune | 1 | 75.00 % | -50.00 pp | 100 |" in table
+    with pytest.raises(ValueError, match="different shapes"):
+        cf.mean_matrix([rows[0], _continual_row("finetune", 1, [[1.0]])])
+    (path,) = cf.write_figures(rows, tmp_path)
+    assert path.name == "accuracy_matrix_split_digits.png"
+    check_png(path)
+    assert cf.write_figures(rows[3:], tmp_path) == []

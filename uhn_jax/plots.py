@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from uhn_jax.analysis import figures, run_figures
+from uhn_jax.analysis import continual_figures, figures, run_figures
 
 #: Per-tensor histograms of params pytrees (:func:`uhn_jax.analysis.run_figures.weight_histograms`).
 weight_histograms = run_figures.weight_histograms
@@ -459,8 +459,10 @@ def result_figures(groups: dict[str, list[Path]], out_dir: str | Path) -> list[P
     that wrote one: ``init_fit.png`` (:func:`init_fit_plot`) and ``members.png`` (a model
     set's test metric against parameter count,
     :func:`uhn_jax.training.members.plot_members`), each named ``<figure>_<group>.png`` when
-    several groups have one; and ``ratio.png`` (:func:`ratio_scatter`) over every run when
-    the runs have two or more generator/target ratios.
+    several groups have one; ``accuracy_matrix_<benchmark>_<dataset>.png`` of continual runs
+    (:func:`uhn_jax.analysis.continual_figures.write_figures`); and ``ratio.png``
+    (:func:`ratio_scatter`) over every run when the runs have two or more generator/target
+    ratios.
 
     Args:
       groups: legend label -> run directories, as :func:`plot_workdir` groups them.
@@ -486,6 +488,7 @@ def result_figures(groups: dict[str, list[Path]], out_dir: str | Path) -> list[P
         title = f"{_title([run])} ({run.name})"
         written.append(members.plot_members(rows, results["metric_name"], out, title=title))
     rows = [_read_json(run / "results.json") for run in runs]
+    written += continual_figures.write_figures(rows, out_dir)
     return written + _ratio_figure(rows, out_dir / "ratio.png")
 
 

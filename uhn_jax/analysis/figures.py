@@ -30,10 +30,12 @@ def pyplot():
 
 
 def save(fig, out: str | Path) -> Path:
-    """Lays out, writes (creating the parent directories) and closes ``fig``."""
+    """Lays out (``tight_layout``, unless the figure has a layout engine of its own), writes
+    (creating the parent directories) and closes ``fig``."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(out, dpi=DPI)
     pyplot().close(fig)
     return out
