@@ -278,7 +278,7 @@ CONFIGS = sorted(
     for p in CONFIG_DIR.glob("*.py")
     if p.stem[0] != "_"
     and p.stem
-    not in ("multitask", "continual", "adapt_text", "cifar10_resnet", "fashion_mnist_cnn")
+    not in ("multitask", "continual", "zoo", "adapt_text", "cifar10_resnet", "fashion_mnist_cnn")
 )
 
 

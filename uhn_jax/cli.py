@@ -1,5 +1,5 @@
 """The ``uhn-jax`` command line: ``train``, ``compare``, ``export``, ``summarize``, ``multitask``,
-``plot``, ``analyze``, ``reproduce`` (``uhn-jax --help`` lists them with one line each).
+``plot``, ``analyze``, ``reproduce``, ``zoo`` (``uhn-jax --help`` lists them with one line each).
 
 Examples::
 
@@ -11,6 +11,7 @@ Examples::
   uhn-jax plot --workdir runs/demo        # curves, weights etc. as PNGs in runs/demo/plots
   uhn-jax analyze --workdir runs/diverse --baseline runs/deep_ensemble   # a population report
   uhn-jax reproduce --workdir runs/reproduce --data_dir DATA_DIR [--only digits,cora_gcn]
+  uhn-jax zoo --config configs/zoo.py:digits --workdir runs/zoo_digits   # resumable
 
 Any config field can be overridden with ``--config.<group>.<field>=value``. Rerunning a command
 with the same ``--workdir`` resumes where it stopped.
@@ -40,6 +41,7 @@ COMMANDS = {
     "plot": "draw a workdir's curves, weights, init fit and sizes as PNGs in WORKDIR/plots",
     "analyze": "measure a run's population of networks (accuracy, ensembles, diversity)",
     "reproduce": "re-run the cheap published comparisons; check each against its bound",
+    "zoo": "train a model zoo (configs/zoo.py) in groups; store weights + metadata per snapshot",
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
@@ -159,6 +161,12 @@ def _run(command: str) -> None:
         results = continual.run(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
         print(continual.format_results(results))
         return
+    if command == "zoo":
+        from uhn_jax.training import zoo
+
+        summary = zoo.build(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
+        print(zoo.format_summary(summary))
+        return
     if command == "train":
         results = train.run(validated, _WORKDIR.value, progress=_PROGRESS.value)
         print(experiments.format_results(results))
@@ -227,6 +235,10 @@ def _validated(command: str, *, complete: bool = True) -> Any:
         from uhn_jax.training import continual
 
         return continual.validate(_CONFIG.value)
+    if command == "zoo":
+        from uhn_jax.training import zoo_config
+
+        return zoo_config.validate(_CONFIG.value)
     try:
         return config_lib.from_config_dict(_CONFIG.value)
     except ValueError as e:
