@@ -6,7 +6,8 @@ Schedule: ``num_tasks`` tasks of ``steps_per_task`` steps each; step ``s`` train
 ``s // steps_per_task``. Methods (``method``):
 
 * ``hnet``: the ``continual`` kind (:mod:`uhn_jax.hypernets.continual`): a task embedding per
-  task -> chunked hypernetwork -> all of the target's weights, with the output regulariser.
+  task -> chunked hypernetwork -> all of the target's weights, with the output regulariser; or,
+  with ``hnet.generator="uhn"``, the UHN generator on a task descriptor (:func:`uhn_setup`).
 * ``finetune``: one network trained directly, its params carried from task to task, no
   regulariser (forgetting is what it shows); for Split one shared 2-way head, so the same
   network answers every task.
@@ -92,10 +93,24 @@ def prepare(spec: Spec, dataset=None) -> Prepared:
     setup, desc = setup_lib.make_setup(spec.exp, seq.task(0))
     if spec.method == "hnet":
         setup = dataclasses.replace(setup, continual=spec.hnet)
+        if spec.hnet.generator == "uhn":
+            setup, desc = uhn_setup(spec, setup)
     if spec.method == "ewc":
         setup = dataclasses.replace(setup, ewc=spec.ewc)
     key = jax.random.key_data(jax.random.key(spec.exp.seed))
     return Prepared(spec, seq, setup, setup_lib.desc_arrays(setup, desc), key)
+
+
+def uhn_setup(spec: Spec, setup: setup_lib.Setup):
+    """``(setup, descriptors)`` of an ``hnet`` run with the UHN generator: the generator of
+    the config's ``generator`` group, its declared ranges the union over every task's
+    descriptors (the task id in :data:`~uhn_jax.hypernets.continual.TASK_FIELD`), and task
+    0's descriptors, whose arrays the run's condition holds."""
+    descs = hnet_lib.task_descriptors(setup.model, setup.layout, spec.num_tasks)
+    ranges = hnet_lib.declared_ranges(descs)
+    gen, plan, chunk, remat, _ = setup_lib.make_generator(spec.exp, descs[0], ranges, setup.mesh)
+    setup = dataclasses.replace(setup, gen=gen, plan=plan, chunk_size=chunk, remat=remat)
+    return setup, descs[0]
 
 
 def init_state(prep: Prepared) -> dict:
@@ -150,7 +165,7 @@ def begin_task(prep: Prepared, state: dict, task: int) -> dict:
         return sharding_lib.replicate(mesh, jnp.asarray(task, jnp.int32))
 
     if prep.spec.method == "hnet":
-        snap = hnet_lib.snapshot(setup, params, tid())
+        snap = hnet_lib.snapshot(setup, params, constants, prep.cond, tid())
         constants = {**constants, "task": tid(), "snapshot": sharding_lib.replicate(mesh, snap)}
     if prep.spec.method == "ewc":
         constants = consolidate(prep, params, constants, task - 1)
@@ -385,7 +400,7 @@ def _results(prep: Prepared, state: dict) -> dict[str, Any]:
     return {
         "schema_version": results.RESULTS_SCHEMA_VERSION,
         "task": "continual",
-        "mode": spec.method,
+        "mode": spec.label,
         "benchmark": spec.benchmark,
         "dataset": prep.tasks.base.name,
         "model": results.describe_model(spec.exp),
@@ -394,6 +409,7 @@ def _results(prep: Prepared, state: dict) -> dict[str, Any]:
         "train_examples_per_task": prep.tasks.train_size,
         "seed": spec.exp.seed,
         "beta": spec.hnet.beta if spec.method == "hnet" else None,
+        "hnet_generator": spec.hnet.generator if spec.method == "hnet" else None,
         "ewc": _ewc_results(prep) if spec.method == "ewc" else None,
         "num_target_params": n,
         "num_generator_params": generator,
@@ -468,13 +484,21 @@ def _log_task_end(prep: Prepared):
     return after
 
 
+def _with_added_fields(old: dict, new: dict) -> dict:
+    """A config saved before ``hnet.generator`` and the ``generator`` group existed, as it
+    reads now: a chunked ``hnet`` (which reads no ``generator`` group), so its run resumes."""
+    if "generator" in old or not isinstance(old.get("hnet"), dict):
+        return old
+    return {**old, "hnet": {"generator": "chunked", **old["hnet"]}, "generator": new["generator"]}
+
+
 def _check_workdir(cfg: dict, workdir: Path) -> None:
     """Refuses a workdir holding another continual run, naming the fields that differ."""
     saved = workdir / workdir_lib.CONFIG_FILE
     if not saved.exists():
         return
     old = workdir_lib.read_json(saved, "Restore it from a copy, or use a new --workdir.")
-    old_flat = workdir_lib.flat(old) if isinstance(old, dict) else {}
+    old_flat = workdir_lib.flat(_with_added_fields(old, cfg)) if isinstance(old, dict) else {}
     new_flat = workdir_lib.flat(cfg)
     differ = sorted(
         k for k in old_flat.keys() | new_flat.keys() if old_flat.get(k) != new_flat.get(k)
@@ -523,7 +547,7 @@ def run(cfg, workdir: str | Path, *, progress: bool = True, stop_after: int | No
         log_every=spec.exp.train.log_every,
         checkpoint_every=spec.exp.train.checkpoint_every,
         progress=progress,
-        desc=f"continual {spec.method} seed {spec.exp.seed}",
+        desc=f"continual {spec.label} seed {spec.exp.seed}",
     )
     try:
         state, finished = loop.run(

@@ -2,9 +2,12 @@
 before any data is loaded; :mod:`uhn_jax.training.continual` drives the run.
 
 Groups: ``method`` and ``seed``; ``continual`` (the benchmark and schedule, and whether task
-inference is reported); ``hnet`` (the ``hnet`` method's hypernetwork); ``ewc`` (the ``ewc``
-method's penalty); ``data``, ``model``; ``train`` (the per-task optimiser). Every group is
-checked whatever the method, so a workdir's saved config names every field.
+inference is reported); ``hnet`` (the ``hnet`` method's hypernetwork, ``hnet.generator``
+choosing the chunked MLP or the UHN generator); ``generator`` (the UHN generator's sizes, the
+project's :class:`~uhn_jax.generator.GeneratorConfig`, read when ``hnet.generator="uhn"``);
+``ewc`` (the ``ewc`` method's penalty); ``data``, ``model``; ``train`` (the per-task
+optimiser). Every group is checked whatever the method, so a workdir's saved config names every
+field.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ METHODS = ("hnet", "finetune", "ewc", "separate")
 #: The methods with a network per task, which task inference chooses between.
 PER_TASK_METHODS = ("hnet", "separate")
 #: The groups and fields of a continual config (configs/continual.py).
-TOP_FIELDS = ("method", "seed", "continual", "hnet", "ewc", "data", "model", "train")
+TOP_FIELDS = (
+    "method", "seed", "continual", "hnet", "generator", "ewc", "data", "model", "train",
+)  # fmt: skip
 CONTINUAL_FIELDS = (
     "benchmark", "num_tasks", "steps_per_task", "permutation_seeds", "task_inference",
 )  # fmt: skip
 HNET_FIELDS = tuple(f.name for f in dataclasses.fields(hnet_lib.Settings) if f.name != "num_tasks")
 EWC_FIELDS = tuple(f.name for f in dataclasses.fields(ewc_lib.Settings))
+GENERATOR_FIELDS = tuple(f.name for f in dataclasses.fields(config_lib.GeneratorConfig))
 #: ``train`` fields a continual run reads; the step count is ``continual.steps_per_task`` and
 #: there is no initialisation stage.
 TRAIN_FIELDS = (
@@ -66,6 +72,14 @@ class Spec:
     @property
     def total_steps(self) -> int:
         return self.num_tasks * self.steps_per_task
+
+    @property
+    def label(self) -> str:
+        """The method as results.json and the printout name it: ``hnet_uhn`` for ``hnet`` with
+        the UHN generator (the name of its ``configs/continual.py`` preset), else ``method``."""
+        if self.method == "hnet" and self.hnet.generator == "uhn":
+            return "hnet_uhn"
+        return self.method
 
 
 def _group(cfg: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> dict[str, Any]:
@@ -122,13 +136,39 @@ def _hnet(cfg: Mapping[str, Any], num_tasks) -> hnet_lib.Settings:
     return dataclasses.replace(hnet, hidden_sizes=hidden).validate()
 
 
+def _check_uhn(hnet: hnet_lib.Settings, gen) -> None:
+    """With ``hnet.generator="uhn"``, the generator settings the task descriptor needs."""
+    if hnet.generator != "uhn":
+        return
+    if not gen.structure:
+        raise ValueError(
+            "hnet.generator='uhn' conditions the UHN generator on the task through its "
+            "structure path; set generator.structure=True"
+        )
+    if gen.chain_depth:
+        raise ValueError(
+            f"generator.chain_depth must be 0 with hnet.generator='uhn' (a recursive chain is "
+            f"not built for continual runs), got {gen.chain_depth}"
+        )
+
+
+def _check_method(method) -> None:
+    if method == "hnet_uhn":
+        raise ValueError(
+            "method 'hnet_uhn' is a preset of configs/continual.py (<benchmark>,<dataset>,"
+            "hnet_uhn): method 'hnet' with hnet.generator='uhn'; set those two fields instead"
+        )
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
 def validate(cfg) -> Spec:
     """Checks a continual config (a ConfigDict or mapping) without loading data.
 
     Raises:
       ValueError: naming the field at fault, e.g. ``hnet.embedding_size``, ``hnet.beta``,
-        ``ewc.lam``, ``ewc.gamma``, ``continual.permutation_seeds``,
-        ``continual.task_inference``, ``train.lr``.
+        ``hnet.generator``, ``generator.structure``, ``ewc.lam``, ``ewc.gamma``,
+        ``continual.permutation_seeds``, ``continual.task_inference``, ``train.lr``.
     """
     cfg = as_dict(cfg)
     unknown = sorted(set(cfg) - set(TOP_FIELDS))
@@ -139,8 +179,7 @@ def validate(cfg) -> Spec:
             f"config (configs/continual.py) has {', '.join(TOP_FIELDS)}"
         )
     method = cfg["method"]
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    _check_method(method)
     c = _group(cfg, "continual", CONTINUAL_FIELDS)
     if c.get("benchmark") not in benchmarks.BENCHMARKS:
         raise ValueError(
@@ -165,8 +204,10 @@ def validate(cfg) -> Spec:
             "seed": cfg["seed"],
             "data": cfg["data"],
             "model": cfg["model"],
+            "generator": _group(cfg, "generator", GENERATOR_FIELDS),
             "train": {**t, "steps": steps, "init_steps": 0},
         }
     )
+    _check_uhn(hnet, exp.generator)
     exp = dataclasses.replace(exp, mode=MODES[method])
     return Spec(method, c["benchmark"], hnet.num_tasks, steps, seeds, exp, hnet, ewc, inference)
