@@ -86,6 +86,9 @@ def get_config(arg: str = "split,digits"):
     # hnet and separate: also report task inference without the task id (the lowest
     # predictive entropy over the tasks' networks) in results.json.
     cfg.continual.task_inference = False
+    # One output head per task, the task id selecting it (finetune/ewc: the multi-head
+    # baseline of Split-MNIST); False = one head shared by the tasks.
+    cfg.continual.multi_head = False
     cfg.hnet = ml_collections.ConfigDict()
     # "chunked": task embedding + chunk embeddings -> MLP (von Oswald et al.); "uhn": the UHN
     # generator (group `generator`) on a task descriptor (the task id as `dataset_type`).

@@ -19,7 +19,7 @@ from uhn_jax.data import continual as benchmarks
 from uhn_jax.data import images
 from uhn_jax.hypernets import continual as hnet_lib
 from uhn_jax.hypernets import ewc as ewc_lib
-from uhn_jax.training import continual, experiments
+from uhn_jax.training import continual, continual_config, experiments
 from uhn_jax.training import workdir as workdir_lib
 
 STEPS = 20  # per task
@@ -574,6 +574,53 @@ def test_permuted_tasks_permute_pixels_and_keep_labels():
     # One pixel has one permutation: a second task would repeat the first.
     with pytest.raises(ValueError, match="continual.permutation_seeds .* same permutation"):
         benchmarks.permutations(1, 2, (3,))
+
+
+def test_multi_head_tasks_offset_their_labels_into_their_own_head():
+    base = _tiny_dataset()
+    seq = benchmarks.make_sequence(base, "split", 2, multi_head=True)
+    assert seq.head_size == 2 and seq.num_classes == 4
+    t1 = seq.task(1)
+    single = benchmarks.make_sequence(base, "split", 2).task(1)
+    np.testing.assert_array_equal(t1.y_train, single.y_train + 2)
+    assert t1.num_classes == 4 and seq.task(0).y_test.max() <= 1
+
+
+def test_multi_head_loss_and_score_are_over_the_label_head_only():
+    from uhn_jax.training import tasks
+
+    outputs = jnp.array([[5.0, 0.0, 1.0, 2.0], [0.0, 3.0, 9.0, -1.0]])
+    y = jnp.array([3, 1])  # head 1, class 1; head 0, class 1
+    loss, score = tasks.example_terms("image_cls", outputs, y, head_size=2)
+    want = -jax.nn.log_softmax(jnp.array([[1.0, 2.0], [0.0, 3.0]]))[
+        jnp.arange(2), jnp.array([1, 1])
+    ]
+    np.testing.assert_allclose(np.asarray(loss), np.asarray(want), rtol=1e-6)
+    # Both are right within their head, though the other head holds the largest output.
+    np.testing.assert_array_equal(np.asarray(score), [1.0, 1.0])
+    _, flat = tasks.example_terms("image_cls", outputs, y)
+    np.testing.assert_array_equal(np.asarray(flat), [0.0, 0.0])
+
+
+@pytest.mark.parametrize("method", ["finetune", "ewc"])
+def test_multi_head_run_gives_every_task_its_head(tmp_path, method):
+    cfg = _cfg(method, steps=10)
+    cfg.continual.multi_head = True
+    out = continual.run(cfg, tmp_path / method, progress=False)
+    assert out["mode"] == f"{method}_multihead" and out["multi_head"] is True
+    prep, state = continual.load_state(cfg, tmp_path / method)
+    assert prep.setup.head_size == 2 and prep.tasks.num_classes == 6  # 3 tasks x 2
+    assert continual.task_params(prep, state, 0)[prep.setup.model.name(2)]["bias"].shape == (6,)
+    acc = np.array(out["accuracy_matrix"], dtype=float)
+    assert np.all(np.isfinite(np.diag(acc))) and np.diag(acc).min() > 0.5
+    bad = continual_config.as_dict(cfg)
+    bad["continual"]["multi_head"] = 1
+    with pytest.raises(ValueError, match="continual.multi_head must be True or False, got 1"):
+        continual.validate(bad)
+    cfg.continual.task_inference = True
+    cfg.method = "separate"
+    with pytest.raises(ValueError, match="continual.multi_head gives every task its own"):
+        continual.validate(cfg)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -100,14 +100,21 @@ class TaskSequence:
     num_tasks: int
     perms: np.ndarray | None
     train_size: int
+    multi_head: bool = False
 
     def __len__(self) -> int:
         return self.num_tasks
 
     @property
-    def num_classes(self) -> int:
-        """Outputs of every task's network: 2 (``split``) or the base dataset's classes."""
+    def head_size(self) -> int:
+        """Outputs of a task's head: 2 (``split``) or the base dataset's classes."""
         return 2 if self.benchmark == "split" else self.base.num_classes
+
+    @property
+    def num_classes(self) -> int:
+        """Outputs of the network: one head (:attr:`head_size`), or with :attr:`multi_head`
+        one head per task, task ``t``'s labels offset by ``t * head_size``."""
+        return self.head_size * (self.num_tasks if self.multi_head else 1)
 
     def task(self, t: int) -> images.ArrayDataset:
         """Task ``t``'s dataset (training split cut to :attr:`train_size`).
@@ -135,12 +142,13 @@ class TaskSequence:
             select(b.x_test, b.y_test),
         )
         n = self.train_size
+        offset = int(t) * self.head_size if self.multi_head else 0
         return images.ArrayDataset(
             name=f"{b.name}/{self.benchmark}{t}",
             x_train=x_train[:n],
-            y_train=y_train[:n],
+            y_train=(y_train[:n] + offset).astype(np.int32),
             x_test=x_test,
-            y_test=y_test,
+            y_test=(y_test + offset).astype(np.int32),
             num_classes=self.num_classes,
             mean=b.mean,
             std=b.std,
@@ -148,9 +156,15 @@ class TaskSequence:
 
 
 def make_sequence(
-    base, benchmark: str, num_tasks: int, permutation_seeds: Sequence[int] = ()
+    base,
+    benchmark: str,
+    num_tasks: int,
+    permutation_seeds: Sequence[int] = (),
+    *,
+    multi_head: bool = False,
 ) -> TaskSequence:
-    """The :class:`TaskSequence` of ``benchmark`` over the classification dataset ``base``.
+    """The :class:`TaskSequence` of ``benchmark`` over the classification dataset ``base``;
+    ``multi_head``: one output head per task (:attr:`TaskSequence.num_classes`).
 
     Raises:
       ValueError: naming the field at fault: ``continual.benchmark`` (unknown, or a dataset
@@ -180,7 +194,7 @@ def make_sequence(
             )
         counts = np.bincount(base.y_train, minlength=base.num_classes)
         size = min(int(counts[list(split_classes(t))].sum()) for t in range(num_tasks))
-        return TaskSequence(base, benchmark, num_tasks, None, size)
+        return TaskSequence(base, benchmark, num_tasks, None, size, multi_head)
     if base.mean is not None:
         raise ValueError(
             f"continual.benchmark 'permuted' permutes the values of each flattened example, "
@@ -188,4 +202,4 @@ def make_sequence(
             "float inputs (digits, mnist, fashion_mnist)"
         )
     perms = permutations(math.prod(base.input_shape), num_tasks, permutation_seeds)
-    return TaskSequence(base, benchmark, num_tasks, perms, len(base.y_train))
+    return TaskSequence(base, benchmark, num_tasks, perms, len(base.y_train), multi_head)

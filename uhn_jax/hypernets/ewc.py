@@ -77,11 +77,15 @@ def accumulate(fisher, fisher_task, gamma: float):
     return jax.tree.map(lambda f, t: gamma * f + t, fisher, fisher_task)
 
 
-def _example_fisher(setup, params, cond, x):
-    """``sum_c p(c|x) (d log p(c|x) / d params)^2`` for one input ``x``."""
+def _example_fisher(setup, params, cond, head, x):
+    """``sum_c p(c|x) (d log p(c|x) / d params)^2`` for one input ``x``; with multi-head
+    outputs (``setup.head_size``), over the classes of head ``head``."""
 
     def log_p(p):
-        return jax.nn.log_softmax(base.apply_base(setup, p, x[None], cond)[0])
+        logits = base.apply_base(setup, p, x[None], cond)[0]
+        if setup.head_size:
+            logits = jax.lax.dynamic_slice_in_dim(logits, head * setup.head_size, setup.head_size)
+        return jax.nn.log_softmax(logits)
 
     jac = jax.jacrev(log_p)(params)  # every leaf [C, *leaf.shape]
     prob_C = jax.lax.stop_gradient(jnp.exp(log_p(params)))
@@ -89,11 +93,12 @@ def _example_fisher(setup, params, cond, x):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def fisher_diagonal(setup, params, cond, x):
+def fisher_diagonal(setup, params, cond, x, head=0):
     """The diagonal true Fisher of the base model at ``params`` on the (prepared) inputs
-    ``x[B, ...]``: the mean over the inputs of :func:`_example_fisher`, a pytree like
-    ``params``. Chunks of :data:`FISHER_CHUNK` inputs are vmapped and summed in a scan, so
-    memory holds one chunk's per-example gradients."""
+    ``x[B, ...]``: the mean over the inputs of :func:`_example_fisher` (of output head
+    ``head`` when the outputs are heads, ``setup.head_size``), a pytree like ``params``.
+    Chunks of :data:`FISHER_CHUNK` inputs are vmapped and summed in a scan, so memory holds
+    one chunk's per-example gradients."""
     n = x.shape[0]
     pad = -n % FISHER_CHUNK
     x_KCX = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(-1, FISHER_CHUNK, *x.shape[1:])
@@ -101,7 +106,7 @@ def fisher_diagonal(setup, params, cond, x):
 
     def body(total, chunk):
         xs, valid = chunk
-        per = jax.vmap(functools.partial(_example_fisher, setup, params, cond))(xs)
+        per = jax.vmap(functools.partial(_example_fisher, setup, params, cond, head))(xs)
         total = jax.tree.map(lambda t, f: t + jnp.tensordot(valid, f, axes=1), total, per)
         return total, None
 

@@ -89,8 +89,12 @@ def prepare(spec: Spec, dataset=None) -> Prepared:
         Split tasks a dataset has, ``train.batch_size`` above a task's examples).
     """
     base = tasks_lib.load_dataset(spec.exp) if dataset is None else dataset
-    seq = benchmarks.make_sequence(base, spec.benchmark, spec.num_tasks, spec.permutation_seeds)
+    seq = benchmarks.make_sequence(
+        base, spec.benchmark, spec.num_tasks, spec.permutation_seeds, multi_head=spec.multi_head
+    )
     setup, desc = setup_lib.make_setup(spec.exp, seq.task(0))
+    if spec.multi_head:
+        setup = dataclasses.replace(setup, head_size=seq.head_size)
     if spec.method == "hnet":
         setup = dataclasses.replace(setup, continual=spec.hnet)
         if spec.hnet.generator == "uhn":
@@ -147,7 +151,8 @@ def consolidate(prep: Prepared, params, constants: dict, task: int) -> dict:
     """The ``ewc`` constants after ``task`` finished at ``params``: the running Fisher
     ``gamma * F + F_task`` and the anchor ``params`` (copied: the step donates the state)."""
     s, mesh = prep.spec.ewc, prep.setup.mesh
-    f_task = ewc_lib.fisher_diagonal(prep.setup, params, prep.cond, fisher_inputs(prep, task))
+    x = fisher_inputs(prep, task)
+    f_task = ewc_lib.fisher_diagonal(prep.setup, params, prep.cond, x, jnp.asarray(task))
     fisher = ewc_lib.accumulate(constants["fisher"], f_task, s.gamma)
     anchor = jax.tree.map(jnp.copy, params)
     return {**constants, **sharding_lib.replicate(mesh, {"fisher": fisher, "anchor": anchor})}
@@ -402,6 +407,7 @@ def _results(prep: Prepared, state: dict) -> dict[str, Any]:
         "task": "continual",
         "mode": spec.label,
         "benchmark": spec.benchmark,
+        "multi_head": spec.multi_head,
         "dataset": prep.tasks.base.name,
         "model": results.describe_model(spec.exp),
         "num_tasks": t,
@@ -485,8 +491,11 @@ def _log_task_end(prep: Prepared):
 
 
 def _with_added_fields(old: dict, new: dict) -> dict:
-    """A config saved before ``hnet.generator`` and the ``generator`` group existed, as it
-    reads now: a chunked ``hnet`` (which reads no ``generator`` group), so its run resumes."""
+    """A config saved before ``hnet.generator``, the ``generator`` group and
+    ``continual.multi_head`` existed, as it reads now: a chunked ``hnet`` (which reads no
+    ``generator`` group) with one shared head, so its run resumes."""
+    if isinstance(old.get("continual"), dict) and "multi_head" not in old["continual"]:
+        old = {**old, "continual": {**old["continual"], "multi_head": False}}
     if "generator" in old or not isinstance(old.get("hnet"), dict):
         return old
     return {**old, "hnet": {"generator": "chunked", **old["hnet"]}, "generator": new["generator"]}

@@ -32,6 +32,7 @@ TOP_FIELDS = (
 )  # fmt: skip
 CONTINUAL_FIELDS = (
     "benchmark", "num_tasks", "steps_per_task", "permutation_seeds", "task_inference",
+    "multi_head",
 )  # fmt: skip
 HNET_FIELDS = tuple(f.name for f in dataclasses.fields(hnet_lib.Settings) if f.name != "num_tasks")
 EWC_FIELDS = tuple(f.name for f in dataclasses.fields(ewc_lib.Settings))
@@ -68,6 +69,7 @@ class Spec:
     hnet: hnet_lib.Settings
     ewc: ewc_lib.Settings = ewc_lib.Settings()
     task_inference: bool = False
+    multi_head: bool = False
 
     @property
     def total_steps(self) -> int:
@@ -77,9 +79,10 @@ class Spec:
     def label(self) -> str:
         """The method as results.json and the printout name it: ``hnet_uhn`` for ``hnet`` with
         the UHN generator (the name of its ``configs/continual.py`` preset), else ``method``."""
+        name = self.method
         if self.method == "hnet" and self.hnet.generator == "uhn":
-            return "hnet_uhn"
-        return self.method
+            name = "hnet_uhn"
+        return f"{name}_multihead" if self.multi_head else name
 
 
 def _group(cfg: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> dict[str, Any]:
@@ -113,6 +116,18 @@ def _check_task_inference(method: str, value) -> bool:
             f"continual.task_inference chooses between the networks of the tasks, which method "
             f"{method!r} does not have (one network answers every task); use it with method "
             f"{' or '.join(PER_TASK_METHODS)}, or set it to False"
+        )
+    return value
+
+
+def _check_multi_head(value, task_inference: bool) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"continual.multi_head must be True or False, got {value!r}")
+    if value and task_inference:
+        raise ValueError(
+            "continual.multi_head gives every task its own output head, which the task id "
+            "selects; continual.task_inference (the task without its id) needs one shared "
+            "head: set one of them to False"
         )
     return value
 
@@ -192,6 +207,7 @@ def validate(cfg) -> Spec:
     checks.positive_int("continual.steps_per_task", steps)
     seeds = _check_seeds(c["benchmark"], hnet.num_tasks, c.get("permutation_seeds"))
     inference = _check_task_inference(method, c.get("task_inference", False))
+    multi_head = _check_multi_head(c.get("multi_head", False), inference)
     t = _group(cfg, "train", TRAIN_FIELDS)
     if t.get("warmup_steps", 0) >= steps:
         raise ValueError(
@@ -210,4 +226,6 @@ def validate(cfg) -> Spec:
     )
     _check_uhn(hnet, exp.generator)
     exp = dataclasses.replace(exp, mode=MODES[method])
-    return Spec(method, c["benchmark"], hnet.num_tasks, steps, seeds, exp, hnet, ewc, inference)
+    return Spec(
+        method, c["benchmark"], hnet.num_tasks, steps, seeds, exp, hnet, ewc, inference, multi_head
+    )

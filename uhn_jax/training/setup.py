@@ -78,6 +78,9 @@ class Setup:
     ewc: hypernets.ewc.Settings | None = None
     # mode=adapt: the source model and what trains (uhn_jax.hypernets.adapt_kind).
     adapt: config_lib.AdaptConfig | None = None
+    # Multi-head classification (continual.multi_head, set by the continual driver): the
+    # outputs are heads of head_size classes, a label picks its head (tasks.example_terms).
+    head_size: int = 0
 
     @property
     def kind(self) -> hypernets.Kind:

@@ -183,6 +183,6 @@ def _evaluate_batch(setup: Setup, model_params, cond, x, y, valid):
         outputs = setup.kind.forward(setup, *model_params, cond, x)[0]
     else:
         outputs = hypernets.base.apply_base(setup, model_params, x, cond)
-    loss, score = tasks.example_terms(setup.task, outputs, y)
+    loss, score = tasks.example_terms(setup.task, outputs, y, setup.head_size)
     w = valid.astype(jnp.float32)
     return (score * w).sum(), (loss * w).sum(), jnp.maximum(w.sum(), 1.0)

@@ -62,10 +62,18 @@ def from_registry(dataset) -> bool:
     return _LOADED.get(id(dataset)) is dataset
 
 
-def example_terms(task: str, outputs: jax.Array, y: jax.Array):
+def example_terms(task: str, outputs: jax.Array, y: jax.Array, head_size: int = 0):
     """Per-example ``(loss, score)``: cross-entropy and 0/1 correctness for classification,
     the squared error averaged over outputs (as both) for regression, the mean cross-entropy
-    over a window's positions and its value in bits for language modelling."""
+    over a window's positions and its value in bits for language modelling.
+
+    ``head_size`` > 0 (classification): the outputs are heads of ``head_size`` classes and a
+    label ``y`` names class ``y % head_size`` of head ``y // head_size``; the softmax and the
+    prediction are over that head only (multi-head continual learning, the task id given)."""
+    if head_size:
+        heads = outputs.reshape(*outputs.shape[:-1], -1, head_size)
+        outputs = jnp.take_along_axis(heads, (y // head_size)[..., None, None], axis=-2)[..., 0, :]
+        y = y % head_size
     if task == "regression":
         se = jnp.mean((outputs - y) ** 2, axis=-1)
         return se, se
@@ -90,7 +98,7 @@ def task_loss(setup, params, constants, cond, batch, rng):
     x, y, *mask = batch
     kind = setup.kind
     outputs, aux = kind.forward(setup, params, constants, cond, x, train=True, rng=rng)
-    loss, score = example_terms(setup.task, outputs, y)
+    loss, score = example_terms(setup.task, outputs, y, setup.head_size)
     weight = mask[0].astype(jnp.float32) if mask else jnp.ones_like(loss)
     total = jnp.maximum(weight.sum(), 1.0)
     loss = (loss * weight).sum() / total
