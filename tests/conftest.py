@@ -2,11 +2,17 @@
 
 import importlib.util
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
 
 import pytest
+
+# A suite started in the background of a non-interactive shell (`make test &`, nohup) inherits
+# SIGINT ignored, and so would every run it starts; the Ctrl-C tests need it delivered.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
