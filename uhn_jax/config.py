@@ -8,8 +8,9 @@ allowed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from uhn_jax.core import checks
@@ -383,6 +384,35 @@ class Experiment:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def plain_dict(cfg, what: str) -> dict[str, Any]:
+    """A deep, plain (JSON) copy of a config (an ``ml_collections.ConfigDict`` or a mapping);
+    tuples become lists. ``what`` names the config in the error (``"a zoo config"``)."""
+    if hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f"{what} is a mapping of config groups, got {type(cfg).__name__}")
+    return json.loads(json.dumps(dict(cfg)))
+
+
+def config_group(value: Any, where: str, allowed: Sequence[str], what: str) -> dict[str, Any]:
+    """``value``, the config group at ``where``, as a dict after checking it is a mapping of
+    ``allowed`` fields only.
+
+    Raises:
+      ValueError: naming ``where`` (not a group) or each unknown ``<where>.<field>``; ``what``
+        names the config (``"zoo config"``).
+    """
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what}: {where} must be a group of fields, got {value!r}")
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"{what}: unknown field(s) {', '.join(f'{where}.{k}' for k in unknown)}; "
+            f"{where} has {', '.join(allowed)}"
+        )
+    return dict(value)
 
 
 def from_config_dict(cfg: Mapping[str, Any]) -> Experiment:

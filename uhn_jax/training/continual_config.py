@@ -13,7 +13,6 @@ field.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -86,26 +85,13 @@ class Spec:
 
 
 def _group(cfg: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-    value = cfg.get(name)
-    if not isinstance(value, Mapping):
-        raise ValueError(f"continual config: {name} must be a group of fields, got {value!r}")
-    unknown = sorted(set(value) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"continual config: unknown field(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
-            f"{name} has {', '.join(allowed)}"
-        )
-    return dict(value)
+    return config_lib.config_group(cfg.get(name), name, allowed, "continual config")
 
 
 def as_dict(cfg) -> dict[str, Any]:
     """A deep, plain (JSON) copy of a continual config (ConfigDict or mapping); tuples become
     lists."""
-    if hasattr(cfg, "to_dict"):
-        cfg = cfg.to_dict()
-    if not isinstance(cfg, Mapping):
-        raise TypeError(f"a continual config is a mapping (configs/continual.py), got {cfg!r}")
-    return json.loads(json.dumps(dict(cfg)))
+    return config_lib.plain_dict(cfg, "a continual config (configs/continual.py)")
 
 
 def _check_task_inference(method: str, value) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import zlib
 from collections.abc import Mapping
@@ -141,25 +140,13 @@ class GroupPlan:
 
 
 def as_dict(cfg) -> dict[str, Any]:
-    """A deep, plain (JSON) copy of a zoo config (ConfigDict or mapping); tuples become lists."""
-    if hasattr(cfg, "to_dict"):
-        cfg = cfg.to_dict()
-    if not isinstance(cfg, Mapping):
-        raise TypeError(f"a zoo config is a mapping (configs/zoo.py), got {type(cfg).__name__}")
-    return json.loads(json.dumps(dict(cfg)))
+    """A deep, plain (JSON) copy of a zoo config (ConfigDict or mapping); tuples become
+    lists."""
+    return config_lib.plain_dict(cfg, "a zoo config (configs/zoo.py)")
 
 
 def _group(cfg: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-    value = cfg.get(name)
-    if not isinstance(value, Mapping):
-        raise ValueError(f"zoo config: {name} must be a group of fields, got {value!r}")
-    unknown = sorted(set(value) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"zoo config: unknown field(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
-            f"{name} has {', '.join(allowed)}"
-        )
-    return dict(value)
+    return config_lib.config_group(cfg.get(name), name, allowed, "zoo config")
 
 
 def _steps(name: str, value) -> tuple[int, ...]:
@@ -251,14 +238,7 @@ def _archs(where: str, p: dict[str, Any]) -> tuple[dict[str, Any], ...]:
 
 def _population(name: str, p: Any, defaults: TrainSpec) -> PopulationSpec:
     where = f"populations.{name}"
-    if not isinstance(p, Mapping):
-        raise ValueError(f"{where} must be a group of fields, got {p!r}")
-    unknown = sorted(set(p) - set(POPULATION_FIELDS))
-    if unknown:
-        raise ValueError(
-            f"zoo config: unknown field(s) {', '.join(f'{where}.{k}' for k in unknown)}; a "
-            f"population has {', '.join(POPULATION_FIELDS)}"
-        )
+    p = config_lib.config_group(p, where, POPULATION_FIELDS, "zoo config")
     checks.non_negative_int(f"{where}.groups", p.get("groups"))
     for field in ("train_examples", "test_examples", "batch_size"):
         checks.non_negative_int(f"{where}.{field}", p.get(field, 0))
