@@ -153,6 +153,7 @@ BAD_BUILDS = [
     ({"input_size": 7}, "input_size=7"),
     ({"hidden_sizes": ()}, "hidden_sizes"),
     ({"hidden_sizes": (16, 0)}, "hidden_sizes"),
+    ({"hidden_sizes": (16, 1)}, "last hidden width must be at least 2"),
     ({"activation": "swishy"}, "activation must be one of .* got 'swishy'"),
     ({"generator_activation": "nope"}, "generator_activation"),
     ({"conditioning_size": 0}, "conditioning_size"),
@@ -225,3 +226,11 @@ def test_generated_digits_mlp_learns_above_90_percent():
     logits = hn.apply(params, rows, x_test, method="factored")
     accuracy = float(jnp.mean(jnp.argmax(logits, -1) == ds.y_test))
     assert accuracy > 0.9, f"test accuracy {accuracy:.3f} after 300 steps (loss {float(loss):.3f})"
+
+
+def test_a_last_hidden_width_of_one_is_refused_by_both_builders():
+    # One layer-normalised feature is always 0: the generated weights would not depend on
+    # the condition (measured: such a run stays at chance).
+    with pytest.raises(ValueError, match="hidden_sizes: the last hidden width must be at least 2"):
+        conditional.build_weight_generator(6, 20, 30, hidden_sizes=(64, 1))
+    conditional.build_weight_generator(6, 20, 30, hidden_sizes=(1, 2))  # only the last counts

@@ -74,3 +74,10 @@ def test_input_conditioning_gives_each_example_its_own_network():
     test = (jnp.asarray(ds.x_test[:64]), jnp.asarray(ds.y_test[:64]))
     ev = step_lib.evaluate(setup, params, constants, cond, test, 32)
     assert 0.0 <= float(ev["accuracy"]) <= 1.0 and np.isfinite(float(ev["loss"]))
+
+
+def test_a_config_whose_last_hidden_width_is_one_is_refused_when_built():
+    cfg = load_config("test")
+    cfg.mode, cfg.hypernet.hidden_sizes = "conditional", (16, 1)
+    with pytest.raises(ValueError, match="hypernet.hidden_sizes: the last hidden width"):
+        uhn_jax.from_config_dict(cfg)

@@ -103,7 +103,7 @@ class ConditionalHypernet:
         _check_sizes(sizes, self.input_size)
         if self.input_size is None:
             object.__setattr__(self, "input_size", sizes[0][0])
-        layers.check_positive_ints("hidden_sizes", self.hidden_sizes)
+        layers.check_hidden_sizes("hidden_sizes", self.hidden_sizes)
         layers.check_positive_ints("layer_embedding_size", [self.layer_embedding_size])
         layers.check_positive_ints("chunk_embedding_size", [self.chunk_embedding_size])
         if self.chunk_size is not None:

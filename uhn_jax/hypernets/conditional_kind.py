@@ -70,6 +70,9 @@ class Conditional(base.Kind):
     name: str = "conditional"
     config_groups: tuple[str, ...] = ("hypernet",)
 
+    def validate(self, exp) -> None:
+        layers.check_hidden_sizes("hypernet.hidden_sizes", tuple(exp.hypernet.hidden_sizes))
+
     def per_example(self, setup) -> bool:
         return setup.hypernet.conditioning == "input"
 

@@ -62,6 +62,18 @@ def check_positive_ints(name: str, values: Sequence[int], allow_empty: bool = Fa
         raise ValueError(f"{name} must be a non-empty sequence of positive ints, got {values!r}")
 
 
+def check_hidden_sizes(name: str, values: Sequence[int]) -> None:
+    """Raises ``ValueError`` naming ``name`` unless ``values`` are positive ints, the last at
+    least 2: the features are layer-normalised before the head, and one feature is always 0
+    (every generated weight would be the head's bias, whatever the condition)."""
+    check_positive_ints(name, values)
+    if values[-1] < 2:
+        raise ValueError(
+            f"{name}: the last hidden width must be at least 2 (the features are "
+            f"layer-normalised before the head; one feature is always 0), got {tuple(values)}"
+        )
+
+
 def hyperfan_in_init(std: float, zero_tail: int = 0):
     """Normal(0, std^2) kernel init whose last ``zero_tail`` columns (the target biases) are 0."""
 
@@ -152,7 +164,7 @@ def build_weight_generator(
     """
     check_positive_ints("conditioning_size", [conditioning_size])
     check_positive_ints("(target_in, target_out)", [target_in, target_out])
-    check_positive_ints("hidden_sizes", list(hidden_sizes))
+    check_hidden_sizes("hidden_sizes", list(hidden_sizes))
     activation_fn(activation)
     return WeightGenerator(
         input_size=conditioning_size,
