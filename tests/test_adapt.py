@@ -320,3 +320,14 @@ def test_uhn_jax_train_runs_the_kind_end_to_end(source, tmp_path):
     size = attention.size_bytes(tmp_path / "run" / adapt_kind.ATTENTION_DIR)
     assert results["attention_file_bytes"] == size > 0 and results["head_file_bytes"] > 0
     assert 0.0 <= results["test_metric"] <= 1.0
+
+
+def test_the_adapt_group_names_every_attention_setting_with_the_same_defaults_but_the_width():
+    # AdaptConfig spells the pairs' Settings out as flat config fields; a Settings field it
+    # lacks would fail only when a run builds the pairs.
+    adapt = {f.name: f.default for f in dataclasses.fields(config_lib.AdaptConfig)}
+    settings = {f.name: f.default for f in dataclasses.fields(attention.Settings)}
+    assert set(settings) <= set(adapt)
+    differing = {n for n in settings if adapt[n] != settings[n]}
+    assert differing == {"layer_structure"}  # (1, 0.25, 1): under 10 % of the text model
+    assert config_lib.AdaptConfig().settings() == attention.Settings(layer_structure=(1, 0.25, 1))
