@@ -18,17 +18,19 @@ The target run keeps the source's architecture (its ``model`` group, with
 MR's 64, which holds its longest sentence of 61 tokens and costs half of AG News' 128 per
 step; padding does not change the logits), and it takes the target's schedule from
 ``configs/text.py:<target>[,cpu]`` (``,cpu``: 20 epochs of MR, a 1-epoch warm-up). The
-learning rates per method are :data:`LR` (not tuned). The pairs' default layer structure
-(1, 0.25, 1) trains 8,512 params, 7.0 % of the 122,242 of the ``,cpu`` model.
+learning rates per method are :data:`LR`. Expected (AG News -> MR, ``,cpu``, 3 seeds, 6-16 min
+a run on 2 CPU cores): head 54.91 %, attention 64.42 %, full 64.07 %. The pairs' default layer
+structure (1, 0.25, 1) trains 8,512 params, 7.0 % of the 122,242 of the ``,cpu`` model.
 docs/attention_hypernet.md has the whole experiment (3 methods x 3 seeds) and what to expect.
 """
 
 from configs import text
 from uhn_jax import config as config_lib
 
-#: Peak learning rate of each method (AdamW, warm-up then cosine decay): a linear head on
-#: frozen features takes a larger step than the pairs, fine-tuning the one of direct training.
-LR = {"head": 1e-2, "attention": 2e-3, "full": 1e-3}
+#: Peak learning rate of each method (AdamW, warm-up then cosine decay): the new head and the
+#: small pairs take a larger step than fine-tuning, which keeps direct training's. At 2e-3 the
+#: pairs underfit MR (training loss 0.66 at the end, 3.2 pp below full fine-tuning).
+LR = {"head": 1e-2, "attention": 1e-2, "full": 1e-3}
 
 
 def get_config(arg: str | None = None):
