@@ -270,15 +270,14 @@ def _fake_data_dir(name, tmp_path):
 
 
 # Single-run configs. configs/multitask.py is tested in test_multitask, configs/continual.py in
-# test_continual, configs/adapt_text.py (which needs a source run) in test_adapt;
-# cifar10_resnet and fashion_mnist_cnn only derive from cifar10_resnet20 and mnist_cnn (tested
-# below).
+# test_continual, configs/adapt_text.py (which needs a source run) in test_adapt, configs/sne.py
+# (which needs a zoo) in test_sne; cifar10_resnet and fashion_mnist_cnn only derive from
+# cifar10_resnet20 and mnist_cnn (tested below).
+NOT_SINGLE_RUN = (
+    "multitask", "continual", "zoo", "sne", "adapt_text", "cifar10_resnet", "fashion_mnist_cnn",
+)  # fmt: skip
 CONFIGS = sorted(
-    p.stem
-    for p in CONFIG_DIR.glob("*.py")
-    if p.stem[0] != "_"
-    and p.stem
-    not in ("multitask", "continual", "zoo", "adapt_text", "cifar10_resnet", "fashion_mnist_cnn")
+    p.stem for p in CONFIG_DIR.glob("*.py") if p.stem[0] != "_" and p.stem not in NOT_SINGLE_RUN
 )
 
 

@@ -1,5 +1,6 @@
 """The ``uhn-jax`` command line: ``train``, ``compare``, ``export``, ``summarize``, ``multitask``,
-``plot``, ``analyze``, ``reproduce``, ``zoo`` (``uhn-jax --help`` lists them with one line each).
+``plot``, ``analyze``, ``reproduce``, ``zoo``, ``sne`` (``uhn-jax --help`` lists them with one line
+each).
 
 Examples::
 
@@ -12,6 +13,7 @@ Examples::
   uhn-jax analyze --workdir runs/diverse --baseline runs/deep_ensemble   # a population report
   uhn-jax reproduce --workdir runs/reproduce --data_dir DATA_DIR [--only digits,cora_gcn]
   uhn-jax zoo --config configs/zoo.py:digits --workdir runs/zoo_digits   # resumable
+  uhn-jax sne --config configs/sne.py:digits --workdir runs/sne_digits   # accuracy from weights
 
 Any config field can be overridden with ``--config.<group>.<field>=value``. Rerunning a command
 with the same ``--workdir`` resumes where it stopped.
@@ -42,6 +44,7 @@ COMMANDS = {
     "analyze": "measure a run's population of networks (accuracy, ensembles, diversity)",
     "reproduce": "re-run the cheap published comparisons; check each against its bound",
     "zoo": "train a model zoo (configs/zoo.py) in groups; store weights + metadata per snapshot",
+    "sne": "predict test accuracy from weights on a zoo (configs/sne.py): SNE vs baselines",
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
@@ -161,12 +164,8 @@ def _run(command: str) -> None:
         results = continual.run(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
         print(continual.format_results(results))
         return
-    if command == "zoo":
-        from uhn_jax.training import zoo
-
-        summary = zoo.build(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
-        print(zoo.format_summary(summary))
-        return
+    if command in ("zoo", "sne"):
+        return _weightspace(command)
     if command == "train":
         results = train.run(validated, _WORKDIR.value, progress=_PROGRESS.value)
         print(experiments.format_results(results))
@@ -179,6 +178,21 @@ def _run(command: str) -> None:
             match_params=_MATCH_PARAMS.value,
         )
         print(table)
+
+
+def _weightspace(command: str) -> None:
+    """``uhn-jax zoo`` (build a model zoo) and ``uhn-jax sne`` (predict networks' accuracy from
+    their weights on a zoo): the library call, then its summary or table."""
+    if command == "zoo":
+        from uhn_jax.training import zoo
+
+        summary = zoo.build(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
+        print(zoo.format_summary(summary))
+        return
+    from uhn_jax.training import sne, sne_report
+
+    results = sne.run(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
+    print(sne_report.format_table(results))
 
 
 def _reproduce() -> None:
@@ -239,6 +253,10 @@ def _validated(command: str, *, complete: bool = True) -> Any:
         from uhn_jax.training import zoo_config
 
         return zoo_config.validate(_CONFIG.value)
+    if command == "sne":
+        from uhn_jax.training import sne_config
+
+        return sne_config.validate(_CONFIG.value)
     try:
         return config_lib.from_config_dict(_CONFIG.value)
     except ValueError as e:

@@ -1,0 +1,130 @@
+"""Predicting a network's test accuracy from its weights: SNE (a set-based encoder of the
+weights, invariant to permutations of hidden units) against weight statistics with an MLP and
+with gradient-boosted trees (Unterthiner et al. 2020) and an MLP on the flattened weights, on
+a model zoo (issue 26, part 2; docs/sne.md).
+
+Arg ``<preset>[,<zoo path>]``: ``digits_tiny`` (the zoo of ``configs/zoo.py:digits_tiny``,
+default ``runs/zoo_tiny``: one same-zoo task, tiny sizes, seconds), ``digits`` (the digits
+zoo, default ``runs/zoo_digits``, or the digits groups of a ``cpu`` zoo: same-zoo over all,
+cross-architecture MLP <-> HaCNN, and same-zoo over the MLPs of width 16, where the flat MLP
+applies), ``cpu`` (the ``cpu`` zoo, default
+``runs/zoo_cpu``: same-zoo over everything, cross-dataset MNIST <-> Fashion-MNIST for MLPs and
+HaCNNs, cross-architecture MLP <-> HaCNN, and one single-architecture task where the flat MLP
+applies).
+
+Commands:
+
+  uhn-jax zoo --config configs/zoo.py:digits_tiny --workdir runs/zoo_tiny
+  uhn-jax sne --config configs/sne.py:digits_tiny --workdir runs/sne_tiny
+  uhn-jax sne --config configs/sne.py:digits,runs/zoo_cpu --workdir runs/sne_digits \
+      --config.allow_partial=True
+  uhn-jax sne --config configs/sne.py:cpu --workdir runs/sne
+
+Expected (docs/sne.md; one seed, 400 steps, the digits part of a ``cpu`` zoo): Kendall's tau
+on the same-zoo task SNE 0.61, statistics MLP 0.62, statistics trees 0.71 (SNE 0.64 at the
+preset's 1,500 steps); cross-architecture every method <= 0.36. ``digits_tiny``: about a minute,
+mostly compilation. ``cpu``: not run yet.
+"""
+
+import ml_collections
+
+PRESETS = ("digits_tiny", "digits", "cpu")
+ZOOS = {"digits_tiny": "runs/zoo_tiny", "digits": "runs/zoo_digits", "cpu": "runs/zoo_cpu"}
+
+
+def task(kind: str, **fields):
+    """A task: ``same_zoo`` (``datasets``, ``families``, ``test_fraction``), ``cross_dataset``
+    (``train`` and ``test`` datasets, ``families``) or ``cross_architecture`` (``train`` and
+    ``test`` families, ``datasets``); any kind may set ``widths`` (one architecture)."""
+    t = ml_collections.ConfigDict()
+    t.kind = kind
+    t.datasets = ()  # same_zoo, cross_architecture: () = all (shared ones for cross)
+    t.families = ()  # same_zoo, cross_dataset: () = all
+    t.train = ""  # cross_dataset: a dataset; cross_architecture: a family
+    t.test = ""
+    t.widths = ()  # () = any architecture
+    t.test_fraction = 0.2  # same_zoo: networks tested
+    t.update(fields)
+    return t
+
+
+def base():
+    """The fields every preset has, at the ``digits`` values, with no task."""
+    c = ml_collections.ConfigDict()
+    c.zoo = ""
+    c.allow_partial = False  # refuse a zoo whose groups are not all complete
+    c.snapshots = ()  # snapshot indices used (() = all)
+    c.methods = ("sne", "stats_mlp", "stats_gbt", "flat_mlp")
+    c.seeds = (0, 1, 2)  # each seed draws the split, the init and the batches
+    c.val_fraction = 0.15  # training networks held out to choose the neural predictors' step
+    c.keep_checkpoints = False  # keep each part's checkpoints once its result is written
+    c.tasks = ml_collections.ConfigDict()
+    c.chunking = ml_collections.ConfigDict()
+    c.chunking.chunk_size = 32  # values per token: the memory knob
+    c.chunking.max_tokens_per_layer = 8192
+    c.sne = ml_collections.ConfigDict()
+    c.sne.dim = 32
+    c.sne.heads = 4
+    c.sne.inducing = 8  # ISAB inducing points per layer
+    c.sne.token_blocks = 1
+    c.sne.layer_blocks = 1
+    c.sne.hidden = 64
+    c.sne.chunk_features = 16
+    c.sne.max_classes = 10
+    c.sne.max_layers = 8
+    c.mlp = ml_collections.ConfigDict({"hidden": (64, 64)})
+    c.gbt = ml_collections.ConfigDict(
+        {"max_iter": 200, "learning_rate": 0.05, "max_leaf_nodes": 31, "min_samples_leaf": 20}
+    )
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 1500
+    c.train.batch_size = 16
+    c.train.lr = 1e-3
+    c.train.weight_decay = 1e-4
+    c.train.warmup_steps = 50
+    c.train.grad_clip = 1.0
+    c.train.eval_every = 100
+    c.train.eval_batch_size = 64
+    c.train.log_every = 50
+    c.train.checkpoint_every = 250
+    return c
+
+
+def get_config(arg: str = "digits_tiny"):
+    """The preset named by ``arg`` (``<preset>[,<zoo path>]``, see the module docstring)."""
+    name, _, zoo = arg.partition(",")
+    if name not in PRESETS:
+        raise ValueError(f"configs/sne.py takes '<preset>[,<zoo path>]' with a preset in {PRESETS}")
+    c = base()
+    c.zoo = zoo or ZOOS[name]
+    if name == "digits_tiny":
+        c.seeds = (0,)
+        c.chunking.chunk_size = 8
+        c.sne.update({"dim": 16, "heads": 2, "inducing": 4, "hidden": 16, "chunk_features": 8})
+        c.mlp.hidden = (16,)
+        c.gbt.update({"max_iter": 20, "min_samples_leaf": 2})
+        c.train.update({"steps": 20, "batch_size": 4, "warmup_steps": 2, "eval_every": 10})
+        c.train.update({"eval_batch_size": 8, "log_every": 10, "checkpoint_every": 10})
+        c.tasks.same_zoo = task("same_zoo", test_fraction=0.25)
+        return c
+    if name == "digits":
+        c.tasks.same_zoo = task("same_zoo", datasets=("digits",))
+        c.tasks.mlp_to_ha_cnn = task("cross_architecture", train="mlp", test="ha_cnn")
+        c.tasks.ha_cnn_to_mlp = task("cross_architecture", train="ha_cnn", test="mlp")
+        for t in (c.tasks.mlp_to_ha_cnn, c.tasks.ha_cnn_to_mlp):
+            t.datasets = ("digits",)
+        c.tasks.mlp16 = task("same_zoo", datasets=("digits",), families=("mlp",), widths=(16,))
+        return c
+    c.chunking.chunk_size = 64
+    c.tasks.same_zoo = task("same_zoo")
+    for family in ("mlp", "ha_cnn"):
+        for a, b in (("mnist", "fashion_mnist"), ("fashion_mnist", "mnist")):
+            c.tasks[f"{a}_to_{b}_{family}"] = task(
+                "cross_dataset", train=a, test=b, families=(family,)
+            )
+    c.tasks.mlp_to_ha_cnn = task("cross_architecture", train="mlp", test="ha_cnn")
+    c.tasks.ha_cnn_to_mlp = task("cross_architecture", train="ha_cnn", test="mlp")
+    c.tasks.same_zoo_mnist_mlp64 = task(
+        "same_zoo", datasets=("mnist",), families=("mlp",), widths=(64,)
+    )
+    return c
