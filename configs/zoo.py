@@ -19,8 +19,8 @@ Commands:
   uhn-jax zoo --config configs/zoo.py:cpu,../shared/data --workdir runs/zoo_cpu
 
 Expected (2 shared CPU cores, docs/zoo.md): ``digits`` 320 networks in about 14 minutes,
-15.5 MiB, final test accuracies 10.0-98.6 % (median 95.8 %); ``cpu`` about 80 minutes and
-0.7 GB (estimated from one group of each kind).
+15.5 MiB, final test accuracies 10.0-98.6 % (median 95.8 %); ``cpu`` 1,024 networks in 80
+minutes, 644 MiB, final test accuracies 9.1-98.6 % (median 83.6 %).
 """
 
 import ml_collections
