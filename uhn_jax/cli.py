@@ -1,6 +1,6 @@
 """The ``uhn-jax`` command line: ``train``, ``compare``, ``export``, ``summarize``, ``multitask``,
-``plot``, ``analyze``, ``reproduce``, ``zoo``, ``sne`` (``uhn-jax --help`` lists them with one line
-each).
+``plot``, ``analyze``, ``reproduce``, ``zoo``, ``sne``, ``igpg`` (``uhn-jax --help`` lists them with
+one line each).
 
 Examples::
 
@@ -14,6 +14,7 @@ Examples::
   uhn-jax reproduce --workdir runs/reproduce --data_dir DATA_DIR [--only digits,cora_gcn]
   uhn-jax zoo --config configs/zoo.py:digits --workdir runs/zoo_digits   # resumable
   uhn-jax sne --config configs/sne.py:digits --workdir runs/sne_digits   # accuracy from weights
+  uhn-jax igpg --config configs/igpg.py:tiny --workdir runs/igpg_tiny    # weights from a zoo
 
 Any config field can be overridden with ``--config.<group>.<field>=value``. Rerunning a command
 with the same ``--workdir`` resumes where it stopped.
@@ -45,6 +46,7 @@ COMMANDS = {
     "reproduce": "re-run the cheap published comparisons; check each against its bound",
     "zoo": "train a model zoo (configs/zoo.py) in groups; store weights + metadata per snapshot",
     "sne": "predict test accuracy from weights on a zoo (configs/sne.py): SNE vs baselines",
+    "igpg": "generate weights for a dataset and architecture from a zoo (configs/igpg.py): IGPG",
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
@@ -164,7 +166,7 @@ def _run(command: str) -> None:
         results = continual.run(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
         print(continual.format_results(results))
         return
-    if command in ("zoo", "sne"):
+    if command in ("zoo", "sne", "igpg"):
         return _weightspace(command)
     if command == "train":
         results = train.run(validated, _WORKDIR.value, progress=_PROGRESS.value)
@@ -181,13 +183,19 @@ def _run(command: str) -> None:
 
 
 def _weightspace(command: str) -> None:
-    """``uhn-jax zoo`` (build a model zoo) and ``uhn-jax sne`` (predict networks' accuracy from
-    their weights on a zoo): the library call, then its summary or table."""
+    """``uhn-jax zoo`` (build a model zoo), ``uhn-jax sne`` (predict networks' accuracy from
+    their weights on a zoo) and ``uhn-jax igpg`` (generate weights from a zoo): the library
+    call, then its summary or table."""
     if command == "zoo":
         from uhn_jax.training import zoo
 
         summary = zoo.build(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
         print(zoo.format_summary(summary))
+        return
+    if command == "igpg":
+        from uhn_jax.training import igpg
+
+        igpg.run(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)  # prints its summary
         return
     from uhn_jax.training import sne, sne_report
 
@@ -257,6 +265,10 @@ def _validated(command: str, *, complete: bool = True) -> Any:
         from uhn_jax.training import sne_config
 
         return sne_config.validate(_CONFIG.value)
+    if command == "igpg":
+        from uhn_jax.training import igpg
+
+        return igpg.validate(_CONFIG.value)
     try:
         return config_lib.from_config_dict(_CONFIG.value)
     except ValueError as e:

@@ -12,6 +12,10 @@
 * :mod:`uhn_jax.weightspace.splits`: train / validation / test splits of a zoo's records by
   network (same zoo, cross dataset, cross architecture). The experiment that trains all of
   them is :mod:`uhn_jax.training.sne` (``uhn-jax sne``, docs/sne.md).
+* :mod:`uhn_jax.weightspace.vqvae`, :mod:`uhn_jax.weightspace.conditioning`,
+  :mod:`uhn_jax.weightspace.prior`: IGPG's VQ-VAE over weight chunks, what its prior is
+  conditioned on (dataset images, task, architecture) and the autoregressive prior; the
+  experiment is :mod:`uhn_jax.training.igpg` (``uhn-jax igpg``, docs/igpg.md).
 """
 
 from uhn_jax.weightspace import zoo
