@@ -58,15 +58,7 @@ def open_zoo(spec: config_lib.Spec) -> store.Zoo:
       ValueError: naming ``allow_partial`` for a partial zoo it does not allow; ``ZooError``
         for a damaged one.
     """
-    manifest = store.read_manifest(spec.zoo)
-    missing = [g["name"] for g in manifest["groups"] if g["name"] not in manifest["complete"]]
-    if missing and not spec.allow_partial:
-        raise ValueError(
-            f"allow_partial is False but the zoo at {spec.zoo} is partial: {len(missing)} of "
-            f"{len(manifest['groups'])} groups are not complete (e.g. {missing[0]}). Finish it "
-            "with `uhn-jax zoo`, or set --config.allow_partial=True to use its complete groups"
-        )
-    return store.load(spec.zoo, allow_partial=spec.allow_partial)
+    return store.load_for_config(spec.zoo, spec.allow_partial)
 
 
 def selection(pairs: dict[str, pairs_lib.Pair]) -> dict[str, Any]:

@@ -54,15 +54,7 @@ def open_zoo(spec: config_lib.Spec) -> tuple[store.Zoo, list[dict]]:
       ValueError: naming ``allow_partial`` for a partial zoo it does not allow, ``snapshots``
         when no record is at those snapshots; ``ZooError`` for a damaged zoo.
     """
-    manifest = store.read_manifest(spec.zoo)
-    missing = [g["name"] for g in manifest["groups"] if g["name"] not in manifest["complete"]]
-    if missing and not spec.allow_partial:
-        raise ValueError(
-            f"allow_partial is False but the zoo at {spec.zoo} is partial: {len(missing)} of "
-            f"{len(manifest['groups'])} groups are not complete (e.g. {missing[0]}). Finish it "
-            "with `uhn-jax zoo`, or set --config.allow_partial=True to use its complete groups"
-        )
-    zoo = store.load(spec.zoo, allow_partial=spec.allow_partial)
+    zoo = store.load_for_config(spec.zoo, spec.allow_partial)
     records = [
         r
         for r in zoo.records

@@ -334,6 +334,25 @@ def load(path: str | Path, *, allow_partial: bool = False) -> Zoo:
     return Zoo(path, manifest, records, missing)
 
 
+def load_for_config(path: str | Path, allow_partial: bool) -> Zoo:
+    """:func:`load` for an experiment config with an ``allow_partial`` field (SNE, IGPG): the
+    refusal of a partial zoo names that field and the flag that sets it.
+
+    Raises:
+      ValueError: naming ``allow_partial`` for a partial zoo it does not allow; ``ZooError``
+        for a damaged one.
+    """
+    manifest = read_manifest(path)
+    missing = [g["name"] for g in manifest["groups"] if g["name"] not in manifest["complete"]]
+    if missing and not allow_partial:
+        raise ValueError(
+            f"allow_partial is False but the zoo at {path} is partial: {len(missing)} of "
+            f"{len(manifest['groups'])} groups are not complete (e.g. {missing[0]}). Finish it "
+            "with `uhn-jax zoo`, or set --config.allow_partial=True to use its complete groups"
+        )
+    return load(path, allow_partial=allow_partial)
+
+
 def _records(group: Path) -> list[dict]:
     """The records of a stored group, whose ``records.json`` must match its sha256."""
     file = group / RECORDS
