@@ -18,6 +18,13 @@ def choice(name: str, value: Any, allowed: tuple) -> None:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
+def flag(name: str, value: Any) -> bool:
+    """``value`` if it is a bool, else ``ValueError`` naming ``name``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def positive_int(name: str, value: Any) -> None:
     """``value`` must be an int >= 1 (not a bool)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:

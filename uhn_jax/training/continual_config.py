@@ -95,8 +95,7 @@ def as_dict(cfg) -> dict[str, Any]:
 
 
 def _check_task_inference(method: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"continual.task_inference must be True or False, got {value!r}")
+    checks.flag("continual.task_inference", value)
     if value and method not in PER_TASK_METHODS:
         raise ValueError(
             f"continual.task_inference chooses between the networks of the tasks, which method "
@@ -107,8 +106,7 @@ def _check_task_inference(method: str, value) -> bool:
 
 
 def _check_multi_head(value, task_inference: bool) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"continual.multi_head must be True or False, got {value!r}")
+    checks.flag("continual.multi_head", value)
     if value and task_inference:
         raise ValueError(
             "continual.multi_head gives every task its own output head, which the task id "

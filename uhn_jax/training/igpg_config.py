@@ -138,12 +138,6 @@ def _number(name: str, value, *, minimum: float = 0.0, open_low: bool = True) ->
     return float(value)
 
 
-def _flag(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
 def _names(name: str, value, allowed=None) -> tuple[str, ...]:
     value = tuple(value) if isinstance(value, list | tuple) else (value,)
     for v in value:
@@ -170,8 +164,8 @@ def _select(cfg) -> Select:
     checks.non_negative_int("select.max_networks_per_pair", s.max_networks_per_pair, " (0 = all)")
     return dataclasses.replace(
         s,
-        above_median=_flag("select.above_median", s.above_median),
-        align_units=_flag("select.align_units", s.align_units),
+        above_median=checks.flag("select.above_median", s.above_median),
+        align_units=checks.flag("select.align_units", s.align_units),
         datasets=datasets,
         families=families,
     )
@@ -318,7 +312,7 @@ def validate(cfg) -> Spec:
             )
     return Spec(
         zoo=cfg["zoo"],
-        allow_partial=_flag("allow_partial", cfg.get("allow_partial", False)),
+        allow_partial=checks.flag("allow_partial", cfg.get("allow_partial", False)),
         seed=cfg.get("seed", 0),
         select=select,
         heldout=heldout,

@@ -201,12 +201,6 @@ def _gbt(cfg: Mapping[str, Any]) -> statistics.GbtSettings:
     return dataclasses.replace(g, learning_rate=float(g.learning_rate))
 
 
-def _flag(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
 def validate(cfg) -> Spec:
     """Checks an SNE config (ConfigDict or mapping) without reading the zoo.
 
@@ -239,13 +233,13 @@ def validate(cfg) -> Spec:
     hidden = _ints("mlp.hidden", mlp.get("hidden", (64, 64)), 1)
     return Spec(
         zoo=cfg["zoo"],
-        allow_partial=_flag("allow_partial", cfg.get("allow_partial", False)),
+        allow_partial=checks.flag("allow_partial", cfg.get("allow_partial", False)),
         snapshots=_ints("snapshots", cfg.get("snapshots", ()), 0),
         methods=methods,
         seeds=seeds,
         tasks=_tasks(cfg),
         val_fraction=float(val),
-        keep_checkpoints=_flag("keep_checkpoints", cfg.get("keep_checkpoints", False)),
+        keep_checkpoints=checks.flag("keep_checkpoints", cfg.get("keep_checkpoints", False)),
         chunk_size=ch["chunk_size"],
         max_tokens_per_layer=ch["max_tokens_per_layer"],
         sne=sne_settings,

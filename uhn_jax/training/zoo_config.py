@@ -283,8 +283,7 @@ def validate(cfg) -> Spec:
         )
     checks.non_negative_int("seed", cfg["seed"])
     checks.positive_int("group_size", cfg["group_size"])
-    if not isinstance(cfg["keep_checkpoints"], bool):
-        raise ValueError(f"keep_checkpoints must be True or False, got {cfg['keep_checkpoints']!r}")
+    checks.flag("keep_checkpoints", cfg["keep_checkpoints"])
     train, ranges = _train(cfg), _ranges(cfg)
     pops = cfg["populations"]
     if not isinstance(pops, Mapping):
