@@ -87,6 +87,8 @@ def base():
     c.train.eval_batch_size = 64
     c.train.log_every = 50
     c.train.checkpoint_every = 250
+    c.train.rank_weight = 0.0  # + this x a pairwise ranking loss (RankNet) on the batch
+    c.train.select = "mse"  # validation keeps the params of lowest "mse" or highest "tau"
     return c
 
 

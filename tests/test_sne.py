@@ -391,6 +391,41 @@ def test_end_to_end_writes_every_method_with_a_finite_tau(tiny):
     assert "| mlp | sne |" in table and "| mlp_to_ha_cnn | flat_mlp | n/a |" in table
 
 
+def test_rank_loss_scores_the_order_of_pairs_only():
+    y = jax.numpy.asarray([0.9, 0.5, 0.7])
+    right = jax.numpy.asarray([0.8, 0.2, 0.6])  # the targets' order, other values
+    wrong = right[::-1]
+    assert float(predictor.rank_loss(right, y)) < float(predictor.rank_loss(wrong, y))
+    # Only the order enters: a monotone change of the targets gives the same loss.
+    assert float(predictor.rank_loss(right, y)) == float(predictor.rank_loss(right, y**3))
+    tied = jax.numpy.full(3, 0.5)
+    assert float(predictor.rank_loss(right, tied)) == 0.0  # no ordered pair
+    # By hand: pairs (0,1), (0,2), (2,1), each softplus(-(logit_i - logit_j)).
+    logit = np.log(np.asarray(right) / (1 - np.asarray(right)))
+    pairs = [(0, 1), (0, 2), (2, 1)]
+    expected = np.mean([np.log1p(np.exp(-(logit[i] - logit[j]))) for i, j in pairs])
+    np.testing.assert_allclose(float(predictor.rank_loss(right, y)), expected, rtol=1e-4)
+
+
+def test_selection_by_tau_keeps_the_best_ranking_params(tiny, tmp_path):
+    """With ``select='tau'`` the chosen step is the validated one of highest tau, and the
+    ranking loss trains (a finite, different result from the MSE alone)."""
+    root, _, _, _ = tiny
+    c = _config(root / "zoo")
+    c.methods = ("stats_mlp",)
+    c.train.update({"rank_weight": 1.0, "select": "tau", "steps": 30, "eval_every": 5})
+    out = experiment.run(c, tmp_path / "tau", progress=False, log=lambda _: None)
+    part = tmp_path / "tau" / "runs" / "same_zoo" / "stats_mlp" / "seed_0"
+    result = json.loads((part / experiment.PART_RESULT).read_text())
+    logged = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
+    taus = {r["step"]: r["val_tau"] for r in logged if r.get("val_tau") is not None}
+    assert taus, "the validation tau is logged"
+    best = max(taus.values())
+    assert result["val_tau"] == pytest.approx(best, abs=1e-6)
+    assert taus[result["chosen_step"]] == pytest.approx(best, abs=1e-6)
+    assert all(np.isfinite(r["tau_mean"]) for r in out["table"])
+
+
 def test_rerun_skips_finished_parts_and_an_interrupted_part_resumes(tiny):
     root, cfg, out, _ = tiny
     cfg = ml_collections.ConfigDict(cfg.to_dict())
@@ -435,6 +470,8 @@ def test_bad_configs_are_refused_naming_the_field(tiny, tmp_path):
         ({"methods": ("sne", "svm")}, r"methods: unknown name 'svm'"),
         ({"val_fraction": 1.0}, r"val_fraction must be in \[0, 1\)"),
         ({"sne.heads": 3}, r"sne\.dim \(16\) must be a multiple of sne\.heads"),
+        ({"train.rank_weight": -1.0}, r"train\.rank_weight must be a number >= 0"),
+        ({"train.select": "r2"}, r"train\.select must be one of \('mse', 'tau'\)"),
     ]
     for overrides, message in bad:
         c = _config(root / "zoo")

@@ -4,10 +4,13 @@ flattened weights) through the one training loop, :class:`uhn_jax.training.loop.
 A predictor is a Flax module ``apply(params, batch) -> [B]`` in [0, 1]; its inputs are an
 :class:`Inputs` (the targets and a function that builds the numpy batch of any records). The
 step function draws step ``t``'s batch from ``(seed, t)`` alone and takes one AdamW step on the
-mean squared error; every ``eval_every`` steps it scores the validation records and keeps the
-params with the lowest validation MSE in the train state (``best``), so the choice survives a
-kill: the run resumes from its latest checkpoint, bit-identically, and a finished run restores
-its final checkpoint and takes no step.
+mean squared error, plus, with ``rank_weight > 0``, a pairwise ranking loss (RankNet: for every
+pair of the batch, the logistic loss of ordering the two predictions' logits as their targets
+are ordered); every ``eval_every`` steps it scores the validation records and keeps the params
+with the best validation score (``select``: the lowest MSE, or the highest Kendall tau) in the
+train state (``best``), so the choice survives a kill: the run resumes from its latest
+checkpoint, bit-identically, and a finished run restores its final checkpoint and takes no
+step.
 """
 
 from __future__ import annotations
@@ -25,14 +28,19 @@ import optax
 
 from uhn_jax.training import loop as loop_lib
 
-#: The validation MSE of a state that has not been validated yet (finite: checkpoints hold it).
+#: The validation score of a state that has not been validated yet (finite: checkpoints hold
+#: it). Scores are lower-is-better: the MSE, or minus Kendall's tau.
 UNSCORED = float(np.finfo(np.float32).max)
+#: How validation chooses the params: ``Settings.select``.
+SELECT = ("mse", "tau")
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """A predictor's optimisation (AdamW, linear warm-up then cosine decay to 1 % of ``lr``,
-    global-norm clipping) and the loop's cadence."""
+    global-norm clipping), its loss (the MSE, plus ``rank_weight`` times the pairwise ranking
+    loss), how validation chooses the params (``select``, one of :data:`SELECT`) and the loop's
+    cadence."""
 
     steps: int = 1000
     batch_size: int = 16
@@ -44,6 +52,8 @@ class Settings:
     eval_batch_size: int = 64
     log_every: int = 50
     checkpoint_every: int = 250
+    rank_weight: float = 0.0
+    select: str = "mse"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -67,12 +77,14 @@ class Inputs:
 @dataclasses.dataclass(frozen=True)
 class Fit:
     """What :func:`fit` returns: the chosen params (the best validated, else the last), the
-    step they are from, their validation MSE (``None`` without validation), and whether the
-    run reached its last step, and the steps this call took."""
+    step they are from, their validation MSE and Kendall tau (``None`` without validation, tau
+    also when undefined), whether the run reached its last step, and the steps this call
+    took."""
 
     params: Any
     step: int
     val_mse: float | None
+    val_tau: float | None
     finished: bool
     taken: int
 
@@ -87,9 +99,21 @@ def optimizer(s: Settings) -> optax.GradientTransformation:
     )
 
 
-def _update(model, tx, state: dict, batch: dict, y) -> tuple[dict, dict]:
+def rank_loss(pred: jax.Array, y: jax.Array) -> jax.Array:
+    """RankNet over every pair of the batch: the mean, over pairs with ``y_i > y_j``, of
+    ``softplus(-(logit(pred_i) - logit(pred_j)))``; 0 when all targets tie. Logits, not the
+    predictions, so pairs near the top of [0, 1] still get a gradient."""
+    logit = jnp.log(pred + 1e-6) - jnp.log1p(1e-6 - pred)
+    above = (y[:, None] > y[None, :]).astype(pred.dtype)
+    pair = jax.nn.softplus(-(logit[:, None] - logit[None, :]))
+    return jnp.sum(above * pair) / jnp.maximum(jnp.sum(above), 1.0)
+
+
+def _update(model, tx, rank_weight: float, state: dict, batch: dict, y) -> tuple[dict, dict]:
     def loss_fn(params):
-        return jnp.mean((model.apply(params, batch) - y) ** 2)
+        pred = model.apply(params, batch)
+        loss = jnp.mean((pred - y) ** 2)
+        return loss + rank_weight * rank_loss(pred, y) if rank_weight else loss
 
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -107,7 +131,7 @@ def _compiled(model, settings: Settings, name: str) -> Callable:
     key = (model, settings if name == "update" else None, name)
     if key not in _COMPILED:
         if name == "update":
-            fn = functools.partial(_update, model, optimizer(settings))
+            fn = functools.partial(_update, model, optimizer(settings), settings.rank_weight)
             _COMPILED[key] = jax.jit(fn, donate_argnums=0)
         else:  # init: jitted, as eager init runs op by op
             _COMPILED[key] = jax.jit(model.apply if name == "predict" else model.init)
@@ -139,7 +163,9 @@ def init_state(model, settings: Settings, inputs: Inputs, seed: int) -> dict:
         "opt_state": optimizer(settings).init(params),
         "best": {
             "params": jax.tree.map(jnp.copy, params),
+            "val_score": jnp.asarray(UNSCORED, jnp.float32),
             "val_mse": jnp.asarray(UNSCORED, jnp.float32),
+            "val_tau": jnp.asarray(np.nan, jnp.float32),
             "step": jnp.asarray(-1, jnp.int32),
         },
     }
@@ -159,9 +185,18 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     return rng.choice(n, size=batch_size, replace=n < batch_size)
 
 
+def validation_scores(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """The validation MSE and Kendall tau (NaN when undefined: constant predictions)."""
+    from scipy import stats as scipy_stats
+
+    mse = float(np.mean((np.asarray(pred, np.float64) - y) ** 2))
+    tau = float(scipy_stats.kendalltau(pred, y).statistic) if len(y) > 1 else float("nan")
+    return mse, tau
+
+
 def _step_fn(model, s: Settings, train: Inputs, val: Inputs | None, seed: int, log: dict):
     """The loop's ``step_fn``: one update; every ``eval_every`` steps (and at the last) the
-    validation MSE, and ``best`` replaced when it is lower."""
+    validation MSE and tau, and ``best`` replaced when the ``select`` score is better."""
     update = _compiled(model, s, "update")
     y = train.y.astype(np.float32)
 
@@ -171,12 +206,15 @@ def _step_fn(model, s: Settings, train: Inputs, val: Inputs | None, seed: int, l
         done = step + 1
         if val is not None and (done % s.eval_every == 0 or done == s.steps):
             pred = predict(model, state["params"], val, s.eval_batch_size)
-            mse = float(np.mean((pred - val.y) ** 2))
-            log[done] = {"val_mse": mse}
-            if mse < float(state["best"]["val_mse"]):
+            mse, tau = validation_scores(pred, val.y)
+            log[done] = {"val_mse": mse, "val_tau": tau}
+            score = mse if s.select == "mse" else (-tau if np.isfinite(tau) else UNSCORED)
+            if score < float(state["best"]["val_score"]):
                 best = {
                     "params": jax.tree.map(jnp.copy, state["params"]),
+                    "val_score": jnp.asarray(score, jnp.float32),
                     "val_mse": jnp.asarray(mse, jnp.float32),
+                    "val_tau": jnp.asarray(tau, jnp.float32),
                     "step": jnp.asarray(done, jnp.int32),
                 }
                 state = {**state, "best": _committed(best)}
@@ -199,7 +237,7 @@ def fit(
 ) -> Fit:
     """Trains ``model`` on ``train`` in ``workdir`` through the loop (resuming its latest
     checkpoint) for at most ``budget`` steps in this call, choosing the params by ``val``'s
-    MSE when given.
+    score (``settings.select``) when given.
 
     Raises:
       NonFiniteLossError: on a NaN/Inf loss (the loop names the checkpoint kept).
@@ -225,5 +263,13 @@ def fit(
         loop.mngr.close()
     best, taken = state["best"], int(state["step"]) - start
     if val is None or int(best["step"]) < 0:
-        return Fit(state["params"], int(state["step"]), None, finished, taken)
-    return Fit(best["params"], int(best["step"]), float(best["val_mse"]), finished, taken)
+        return Fit(state["params"], int(state["step"]), None, None, finished, taken)
+    tau = float(best["val_tau"])
+    return Fit(
+        best["params"],
+        int(best["step"]),
+        float(best["val_mse"]),
+        tau if np.isfinite(tau) else None,
+        finished,
+        taken,
+    )

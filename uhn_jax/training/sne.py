@@ -263,6 +263,7 @@ def _fit_part(feats: Features, split, method: str, seed: int, part: Path, ctx: d
         return None, {}, fit.taken
     pred = predictor.predict(model, fit.params, inputs["test"], spec.train.eval_batch_size)
     info = {"steps": spec.train.steps, "chosen_step": fit.step, "val_mse": fit.val_mse}
+    info["val_tau"] = fit.val_tau
     info["num_params"] = int(sum(np.size(x) for x in jax.tree_util.tree_leaves(fit.params)))
     return pred, info, fit.taken
 

@@ -183,10 +183,18 @@ def _train(cfg: Mapping[str, Any]) -> predictor.Settings:
         value = getattr(t, f)
         if not isinstance(value, int | float) or not value > 0:
             raise ValueError(f"train.{f} must be a number > 0, got {value!r}")
-    if not isinstance(t.weight_decay, int | float) or t.weight_decay < 0:
-        raise ValueError(f"train.weight_decay must be a number >= 0, got {t.weight_decay!r}")
+    for f in ("weight_decay", "rank_weight"):
+        value = getattr(t, f)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"train.{f} must be a number >= 0, got {value!r}")
+    if t.select not in predictor.SELECT:
+        raise ValueError(f"train.select must be one of {predictor.SELECT}, got {t.select!r}")
     return dataclasses.replace(
-        t, lr=float(t.lr), grad_clip=float(t.grad_clip), weight_decay=float(t.weight_decay)
+        t,
+        lr=float(t.lr),
+        grad_clip=float(t.grad_clip),
+        weight_decay=float(t.weight_decay),
+        rank_weight=float(t.rank_weight),
     )
 
 

@@ -5,10 +5,10 @@ of task x method, every part's scores), the printed table and the scatter figure
 done), ``zoo`` (path, whether complete, records, networks, datasets, families), ``tasks``
 (each task's fields), ``runs`` (one per task x method x seed: ``status`` ``done`` or
 ``not_applicable`` with its ``reason``, ``kendall_tau``, ``mse``, the networks and records on
-each side, ``chosen_step`` and ``val_mse`` of the params chosen on validation, ``num_params``,
-``wall_s``) and ``table`` (one row per task x method: ``tau_mean``, ``tau_std``, ``mse_mean``,
-``mse_std`` over the seeds (std with ddof 1; ``null`` for one seed), ``seeds``, the first
-seed's sizes, ``wall_s`` summed over the seeds).
+each side, ``chosen_step``, ``val_mse`` and ``val_tau`` of the params chosen on validation,
+``num_params``, ``wall_s``) and ``table`` (one row per task x method: ``tau_mean``,
+``tau_std``, ``mse_mean``, ``mse_std`` over the seeds (std with ddof 1; ``null`` for one
+seed), ``seeds``, the first seed's sizes, ``wall_s`` summed over the seeds).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ FIGURE = "sne_scatter.png"
 RUN_KEYS = (
     "task", "method", "seed", "status", "reason", "kendall_tau", "mse", "train_networks",
     "val_networks", "test_networks", "train_records", "val_records", "test_records", "steps",
-    "chosen_step", "val_mse", "num_params", "wall_s",
+    "chosen_step", "val_mse", "val_tau", "num_params", "wall_s",
 )  # fmt: skip
 SIZE_KEYS = ("train_networks", "val_networks", "test_networks", "train_records", "test_records")
 
