@@ -499,7 +499,11 @@ def test_the_cli_validates_an_sne_command():
 
     config = str(CONFIG_DIR / "sne.py")
     command = cli.check_command(["sne", "--config", f"{config}:cpu", "--workdir", "runs/s"])
-    assert isinstance(command.validated, sne_config.Spec) and len(command.validated.tasks) == 8
+    spec = command.validated
+    assert isinstance(spec, sne_config.Spec) and len(spec.tasks) == 5
+    kinds = {t.kind for t in spec.tasks}  # the table: one task of each kind at least
+    assert kinds == {"same_zoo", "cross_dataset", "cross_architecture"}
+    assert spec.train.rank_weight == 1.0 and spec.train.select == "tau"
     with pytest.raises(cli.CommandError, match="chunking.chunk_size"):
         cli.check_command(
             ["sne", "--config", config, "--workdir", "w", "--config.chunking.chunk_size=-1"]
