@@ -22,6 +22,7 @@ from uhn_jax.training import igpg_config as config_lib
 from uhn_jax.training import igpg_pairs as pairs_lib
 from uhn_jax.training import loop as loop_lib
 from uhn_jax.training import zoo as zoo_training
+from uhn_jax.training.predictor import UNSCORED  # a validation score not computed yet
 from uhn_jax.weightspace import conditioning, prior, vqvae
 
 
@@ -223,10 +224,6 @@ def fit_prior(
         return model, state["params"], {"step": t.steps, "val_nll": None}
     chosen = {"step": int(state["best"]["step"]), "val_nll": float(state["best"]["nll"])}
     return model, state["best"]["params"], chosen
-
-
-#: The validation NLL of a state not scored yet (finite: checkpoints hold only finite values).
-UNSCORED = float(np.finfo(np.float32).max)
 
 
 def _prior_step(model, tx, batch_size, state, data, key):

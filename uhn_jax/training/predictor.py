@@ -163,7 +163,6 @@ def init_state(model, settings: Settings, inputs: Inputs, seed: int) -> dict:
         "opt_state": optimizer(settings).init(params),
         "best": {
             "params": jax.tree.map(jnp.copy, params),
-            "val_score": jnp.asarray(UNSCORED, jnp.float32),
             "val_mse": jnp.asarray(UNSCORED, jnp.float32),
             "val_tau": jnp.asarray(np.nan, jnp.float32),
             "step": jnp.asarray(-1, jnp.int32),
@@ -185,13 +184,22 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     return rng.choice(n, size=batch_size, replace=n < batch_size)
 
 
-def validation_scores(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """The validation MSE and Kendall tau (NaN when undefined: constant predictions)."""
+def mse_and_tau(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """The MSE and Kendall tau of predictions ``pred`` of ``y`` (tau NaN when undefined:
+    constant predictions or targets, or one record)."""
     from scipy import stats as scipy_stats
 
     mse = float(np.mean((np.asarray(pred, np.float64) - y) ** 2))
     tau = float(scipy_stats.kendalltau(pred, y).statistic) if len(y) > 1 else float("nan")
     return mse, tau
+
+
+def _score(s: Settings, mse: float, tau: float) -> float:
+    """The ``select`` score, lower is better: the MSE, or minus tau (:data:`UNSCORED` when tau
+    is undefined)."""
+    if s.select == "mse":
+        return mse
+    return -tau if np.isfinite(tau) else UNSCORED
 
 
 def _step_fn(model, s: Settings, train: Inputs, val: Inputs | None, seed: int, log: dict):
@@ -206,13 +214,12 @@ def _step_fn(model, s: Settings, train: Inputs, val: Inputs | None, seed: int, l
         done = step + 1
         if val is not None and (done % s.eval_every == 0 or done == s.steps):
             pred = predict(model, state["params"], val, s.eval_batch_size)
-            mse, tau = validation_scores(pred, val.y)
+            mse, tau = mse_and_tau(pred, val.y)
             log[done] = {"val_mse": mse, "val_tau": tau}
-            score = mse if s.select == "mse" else (-tau if np.isfinite(tau) else UNSCORED)
-            if score < float(state["best"]["val_score"]):
+            old = state["best"]
+            if _score(s, mse, tau) < _score(s, float(old["val_mse"]), float(old["val_tau"])):
                 best = {
                     "params": jax.tree.map(jnp.copy, state["params"]),
-                    "val_score": jnp.asarray(score, jnp.float32),
                     "val_mse": jnp.asarray(mse, jnp.float32),
                     "val_tau": jnp.asarray(tau, jnp.float32),
                     "step": jnp.asarray(done, jnp.int32),

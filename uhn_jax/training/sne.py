@@ -187,10 +187,7 @@ def _collate(toks: list[chunking.Tokens], s: sne.Settings, scale: float) -> Call
 
 def score(pred: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
     """Kendall's tau (``None`` when undefined: constant predictions or targets) and MSE."""
-    from scipy import stats as scipy_stats
-
-    tau = float(scipy_stats.kendalltau(pred, y).statistic) if len(y) > 1 else float("nan")
-    mse = float(np.mean((np.asarray(pred, np.float64) - y) ** 2))
+    mse, tau = predictor.mse_and_tau(pred, y)
     return {"kendall_tau": tau if np.isfinite(tau) else None, "mse": mse}
 
 
