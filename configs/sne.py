@@ -9,7 +9,9 @@ zoo, default ``runs/zoo_digits``, or the digits groups of a ``cpu`` zoo: same-zo
 cross-architecture MLP <-> HaCNN, and same-zoo over the MLPs of width 16, where the flat MLP
 applies), ``cpu`` (the ``cpu`` zoo, default ``runs/zoo_cpu``: the table of docs/sne.md, one
 task of each kind: same-zoo over the Fashion-MNIST MLPs, cross-dataset MNIST <-> Fashion-MNIST
-for MLPs, cross-architecture MLP <-> HaCNN on digits; 800 steps).
+for MLPs, cross-architecture MLP <-> HaCNN on digits; 800 steps), ``fashion_mlp`` (the zoo of
+``configs/zoo.py:fashion_mlp``, default ``runs/zoo_fashion_mlp``: the same-zoo task over its
+1,024 Fashion-MNIST MLPs, the ``cpu`` preset's settings).
 
 The neural predictors train on the MSE plus a pairwise ranking loss and keep the params of the
 best validation Kendall tau (``train.rank_weight``, ``train.select``; docs/sne.md).
@@ -21,6 +23,7 @@ Commands:
   uhn-jax sne --config configs/sne.py:digits,runs/zoo_cpu --workdir runs/sne_digits \
       --config.allow_partial=True
   uhn-jax sne --config configs/sne.py:cpu --workdir runs/sne
+  uhn-jax sne --config configs/sne.py:fashion_mlp --workdir runs/sne_fashion_mlp
 
 Expected (docs/sne.md): ``cpu``, 3 seeds, Kendall's tau SNE / statistics MLP / statistics
 trees: same-zoo Fashion-MNIST MLPs 0.72 / 0.61 / 0.55; cross-dataset MNIST <-> Fashion-MNIST
@@ -31,8 +34,13 @@ MLPs 0.64 / 0.57 / 0.56 and 0.64 / 0.51 / 0.52; cross-architecture MLP -> HaCNN 
 
 import ml_collections
 
-PRESETS = ("digits_tiny", "digits", "cpu")
-ZOOS = {"digits_tiny": "runs/zoo_tiny", "digits": "runs/zoo_digits", "cpu": "runs/zoo_cpu"}
+PRESETS = ("digits_tiny", "digits", "cpu", "fashion_mlp")
+ZOOS = {
+    "digits_tiny": "runs/zoo_tiny",
+    "digits": "runs/zoo_digits",
+    "cpu": "runs/zoo_cpu",
+    "fashion_mlp": "runs/zoo_fashion_mlp",
+}
 
 
 def task(kind: str, **fields):
@@ -125,6 +133,9 @@ def get_config(arg: str = "digits_tiny"):
     c.tasks.same_zoo_fashion_mnist_mlp = task(
         "same_zoo", datasets=("fashion_mnist",), families=("mlp",)
     )
+    if name == "fashion_mlp":
+        c.methods = ("sne", "stats_mlp", "stats_gbt")  # several layouts: no flat MLP
+        return c
     for a, b in (("mnist", "fashion_mnist"), ("fashion_mnist", "mnist")):
         c.tasks[f"{a}_to_{b}_mlp"] = task("cross_dataset", train=a, test=b, families=("mlp",))
     c.tasks.digits_mlp_to_ha_cnn = task("cross_architecture", train="mlp", test="ha_cnn")

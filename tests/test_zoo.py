@@ -246,7 +246,7 @@ def test_bad_configs_are_refused_naming_the_field(field, value, message, tmp_pat
 
 
 def test_every_named_zoo_validates_and_the_cpu_zoo_has_1024_networks():
-    for name in ("digits_tiny", "digits", "cpu,DATA"):
+    for name in ("digits_tiny", "digits", "digits_mlp", "fashion_mlp", "cpu,DATA"):
         spec = zoo_config.validate(load_config("zoo", name))
         assert len(zoo_config.plan(spec)) * spec.group_size == spec.networks
     cpu = zoo_config.validate(load_config("zoo", "cpu,DATA"))
@@ -256,6 +256,22 @@ def test_every_named_zoo_validates_and_the_cpu_zoo_has_1024_networks():
     # Deterministic: the same plan from the same config.
     again = zoo_config.validate(load_config("zoo", "cpu,DATA"))
     assert zoo_config.plan(cpu) == zoo_config.plan(again)
+    # The one-population zoos grow a population of a smaller zoo: its groups come first,
+    # unchanged (a group's draws depend on the seed, the population and its index only).
+    for name, smaller, population in (
+        ("digits_mlp", "digits", "digits_mlp"),
+        ("fashion_mlp", "cpu,DATA", "fashion_mnist_mlp"),
+    ):
+        big = zoo_config.validate(load_config("zoo", name))
+        assert big.networks == 1024 and [p.name for p in big.populations] == [population]
+        small = zoo_config.plan(zoo_config.validate(load_config("zoo", smaller)))
+        small = [_unplaced(g) for g in small if g.population == population]
+        assert [_unplaced(g) for g in zoo_config.plan(big)[: len(small)]] == small
+
+
+def _unplaced(group):
+    """A group's plan without its place in the zoo (its index and first network id)."""
+    return dataclasses.replace(group, index=0, first_network=0)
 
 
 def test_a_group_opens_with_plain_orbax_and_json(built):
