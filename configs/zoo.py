@@ -36,7 +36,9 @@ FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 def population(dataset: str, family: str, groups: int, widths, **fields):
-    """A population: ``groups`` groups of ``family`` networks on ``dataset``."""
+    """A population: ``groups`` groups of ``family`` networks on ``dataset``. ``fields`` may
+    also set ``fixed_seed`` (absent = -1): every network of the population trains from that
+    seed, one init and one batch order, and only the hyperparameters vary (a fixed-seed zoo)."""
     p = ml_collections.ConfigDict()
     p.data = ml_collections.ConfigDict({"name": dataset, "data_dir": "", "cifar_source": "auto"})
     p.family = family

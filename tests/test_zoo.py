@@ -231,6 +231,7 @@ def test_a_zoo_directory_refuses_another_config(built):
         ("hparams.lr", (0.0, 1.0), "hparams.lr must be"),
         ("hparams.dropout", (0.2, 1.0), "hparams.dropout must be"),
         ("train.member_map", "pmap", "train.member_map"),
+        ("populations.digits_mlp.fixed_seed", -2, "populations.digits_mlp.fixed_seed must be"),
     ],
 )
 def test_bad_configs_are_refused_naming_the_field(field, value, message, tmp_path):
@@ -267,6 +268,20 @@ def test_every_named_zoo_validates_and_the_cpu_zoo_has_1024_networks():
         small = zoo_config.plan(zoo_config.validate(load_config("zoo", smaller)))
         small = [_unplaced(g) for g in small if g.population == population]
         assert [_unplaced(g) for g in zoo_config.plan(big)[: len(small)]] == small
+
+
+def test_a_fixed_seed_population_varies_only_the_hyperparameters():
+    cfg = tiny()
+    drawn = zoo_config.plan(zoo_config.validate(cfg))
+    assert len({s for g in drawn for s in g.hparams["seed"]}) == 8  # one seed per network
+    cfg.populations.digits_mlp.fixed_seed = 7
+    fixed = zoo_config.plan(zoo_config.validate(cfg))
+    for a, b in zip(drawn, fixed, strict=True):
+        assert b.hparams["seed"] == (7,) * 4  # one init and one batch order for all
+        assert {k: v for k, v in a.hparams.items() if k != "seed"} == {
+            k: v for k, v in b.hparams.items() if k != "seed"
+        }  # the other draws unchanged
+        assert (a.model, a.data) == (b.model, b.data)
 
 
 def _unplaced(group):

@@ -34,6 +34,7 @@ HPARAM_FIELDS = ("lr", "weight_decay", "init_scale", "dropout", "slopes")
 POPULATION_FIELDS = (
     "data", "family", "groups", "widths", "depths", "kernel_sizes", "head_hidden",
     "norm_groups", "train_examples", "test_examples", "batch_size", "snapshot_steps",
+    "fixed_seed",
 )  # fmt: skip
 #: The model families a zoo trains (:mod:`uhn_jax.models`), and those with dropout and a
 #: LeakyReLU slope (``ha_cnn`` has ReLU and no dropout).
@@ -83,6 +84,7 @@ class PopulationSpec:
     test_examples: int
     batch_size: int
     snapshot_steps: tuple[int, ...]
+    fixed_seed: int = -1  # >= 0: every network's seed (one init and batch order); -1: drawn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +244,9 @@ def _population(name: str, p: Any, defaults: TrainSpec) -> PopulationSpec:
     checks.non_negative_int(f"{where}.groups", p.get("groups"))
     for field in ("train_examples", "test_examples", "batch_size"):
         checks.non_negative_int(f"{where}.{field}", p.get(field, 0))
+    fixed_seed = p.get("fixed_seed", -1)
+    if fixed_seed != -1:
+        checks.non_negative_int(f"{where}.fixed_seed", fixed_seed, " (or -1: one per network)")
     archs = []
     for fields in _archs(where, p):
         try:
@@ -262,6 +267,7 @@ def _population(name: str, p: Any, defaults: TrainSpec) -> PopulationSpec:
         test_examples=p.get("test_examples", 0),
         batch_size=p.get("batch_size", 0) or defaults.batch_size,
         snapshot_steps=_steps(f"{where}.snapshot_steps", steps),
+        fixed_seed=fixed_seed,
     )
 
 
@@ -318,6 +324,8 @@ def _group_plan(spec: Spec, pop: PopulationSpec, g: int, index: int, first: int)
         "init_scale": tuple(float(v) for v in _draw(rng, *h.init_scale, m)),
         "seed": tuple(int(v) for v in rng.integers(0, 2**31 - 1, m)),
     }
+    if pop.fixed_seed >= 0:  # a fixed-seed population: only the hyperparameters vary
+        hparams["seed"] = (pop.fixed_seed,) * m
     model = pop.archs[g % len(pop.archs)]
     if pop.family in SLOPED_FAMILIES:
         model = dataclasses.replace(model, slope=slope, dropout_rate=round(dropout, 4))
