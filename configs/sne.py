@@ -35,10 +35,6 @@ MLPs 0.64 / 0.57 / 0.56 and 0.64 / 0.51 / 0.52; cross-architecture MLP -> HaCNN 
 import ml_collections
 
 PRESETS = ("digits_tiny", "digits", "cpu", "fashion_mlp")
-#: uhn_jax.weightspace.chunking.ROLE_FEATURES, every role.
-ROLES = (
-    "conv", "first", "last", "log_positions", "log_inputs", "log_units", "log_chunks", "extras",
-)  # fmt: skip
 ZOOS = {
     "digits_tiny": "runs/zoo_tiny",
     "digits": "runs/zoo_digits",
@@ -87,7 +83,6 @@ def base():
     c.sne.chunk_features = 16
     c.sne.max_classes = 10
     c.sne.max_layers = 8
-    c.sne.roles = ROLES  # the layer role features SNE reads (an ablation knob, docs/sne.md)
     c.mlp = ml_collections.ConfigDict({"hidden": (64, 64)})
     c.gbt = ml_collections.ConfigDict(
         {"max_iter": 200, "learning_rate": 0.05, "max_leaf_nodes": 31, "min_samples_leaf": 20}

@@ -7,7 +7,6 @@ digits MLPs and HaCNNs whose weights are scaled per network and snapshot, with a
 that is a function of the scale (training a real zoo would take most of this file's time).
 """
 
-import dataclasses
 import json
 
 import jax
@@ -453,22 +452,6 @@ def test_rerun_skips_finished_parts_and_an_interrupted_part_resumes(tiny):
         experiment.run(cfg, root / "resumed", progress=False)
 
 
-def test_sne_reads_only_the_roles_it_keeps():
-    from configs import sne as presets
-
-    assert presets.ROLES == chunking.ROLE_FEATURES  # the config's default: every role
-    _, p, _ = _mlp_and_permuted()
-    t = chunking.tokenize(p, 8)
-    batch = chunking.collate([t], max_layers=8, max_classes=10, min_tokens=128)
-    moved = dict(batch, roles=batch["roles"].copy())
-    moved["roles"][..., chunking.ROLE_FEATURES.index("conv")] = 1.0  # every layer a "conv"
-    for roles, changes in ((chunking.ROLE_FEATURES, True), (("first", "last"), False)):
-        net = sne.SNE(dataclasses.replace(SETTINGS, roles=roles))
-        params = net.init(jax.random.key(0), batch)
-        a, b = net.apply(params, batch), net.apply(params, moved)
-        assert (not np.allclose(a, b)) == changes, roles
-
-
 def test_bad_configs_are_refused_naming_the_field(tiny, tmp_path):
     root, cfg, _, _ = tiny
     from configs import sne as presets
@@ -489,7 +472,6 @@ def test_bad_configs_are_refused_naming_the_field(tiny, tmp_path):
         ({"sne.heads": 3}, r"sne\.dim \(16\) must be a multiple of sne\.heads"),
         ({"train.rank_weight": -1.0}, r"train\.rank_weight must be a number >= 0"),
         ({"train.select": "r2"}, r"train\.select must be one of \('mse', 'tau'\)"),
-        ({"sne.roles": ("conv", "depth")}, r"sne\.roles must be a tuple of \('conv'"),
     ]
     for overrides, message in bad:
         c = _config(root / "zoo")

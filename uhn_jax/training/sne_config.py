@@ -236,8 +236,6 @@ def validate(cfg) -> Spec:
     chunking.check_chunk_size(ch.get("chunk_size"), "chunking.chunk_size")
     checks.positive_int("chunking.max_tokens_per_layer", ch.get("max_tokens_per_layer"))
     sne_settings = _dataclass(sne.Settings, cfg, "sne")
-    if isinstance(sne_settings.roles, list):  # a JSON copy of the config
-        sne_settings = dataclasses.replace(sne_settings, roles=tuple(sne_settings.roles))
     sne_settings.check("sne")
     mlp = _group(cfg, "mlp", ("hidden",))
     hidden = _ints("mlp.hidden", mlp.get("hidden", (64, 64)), 1)

@@ -54,9 +54,6 @@ class Settings:
       chunk_features: the sinusoid width of the chunk index.
       max_classes: the most classes a network may have (class embeddings).
       max_layers: the most layers a network may have (the batch's padded layer count).
-      roles: the layer role features (:data:`chunking.ROLE_FEATURES`) the encoder reads; the
-        others are zeroed. Fewer roles hide what tells architectures apart (an ablation for
-        the cross-architecture task, docs/sne.md).
     """
 
     dim: int = 32
@@ -68,18 +65,10 @@ class Settings:
     chunk_features: int = 16
     max_classes: int = 10
     max_layers: int = 8
-    roles: tuple[str, ...] = chunking.ROLE_FEATURES
 
     def check(self, prefix: str = "sne") -> None:
-        """Raises ``ValueError`` naming ``<prefix>.<field>`` for a bad size or role."""
-        roles = self.roles
-        if not isinstance(roles, tuple) or not set(roles) <= set(chunking.ROLE_FEATURES):
-            raise ValueError(
-                f"{prefix}.roles must be a tuple of {chunking.ROLE_FEATURES}, got {roles!r}"
-            )
+        """Raises ``ValueError`` naming ``<prefix>.<field>`` for a bad size."""
         for f in dataclasses.fields(self):
-            if f.name == "roles":
-                continue
             value = getattr(self, f.name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{prefix}.{f.name} must be a positive int, got {value!r}")
@@ -211,12 +200,6 @@ class LayerSAB(nn.Module):
         return FeedForward(self.s.hidden)(y)
 
 
-def read_roles(s: Settings, roles_BLR: jax.Array) -> jax.Array:
-    """The layer roles ``s.roles`` keeps, the others zeroed."""
-    keep = np.asarray([r in s.roles for r in chunking.ROLE_FEATURES], np.float32)
-    return roles_BLR * keep
-
-
 class TokenEmbed(nn.Module):
     """Token embeddings ``[B, T, D]``: the chunk, its log RMS, its layer's roles, its chunk
     index and its class (0 for none), each mapped to ``D`` and summed, then LayerNorm."""
@@ -226,7 +209,7 @@ class TokenEmbed(nn.Module):
     @nn.compact
     def __call__(self, batch, member_BTL) -> jax.Array:
         d = self.s.dim
-        roles_BTR = jnp.einsum("btl,blr->btr", member_BTL, read_roles(self.s, batch["roles"]))
+        roles_BTR = jnp.einsum("btl,blr->btr", member_BTL, batch["roles"])
         label = jax.nn.one_hot(batch["label"], self.s.max_classes + 1)
         values = batch["values"]
         # The chunk's scale as a feature of its own: the LayerNorms would divide it out.
@@ -254,7 +237,7 @@ class SNE(nn.Module):
         pos = jnp.concatenate(
             [sinusoid(batch["depth"][..., 0], 16), sinusoid(batch["depth"][..., 1], 16)], -1
         )
-        z_BLD = z_BLD + nn.Dense(self.s.dim, name="layer_roles")(read_roles(self.s, batch["roles"]))
+        z_BLD = z_BLD + nn.Dense(self.s.dim, name="layer_roles")(batch["roles"])
         z_BLD = nn.LayerNorm()(z_BLD + nn.Dense(self.s.dim, name="layer_position")(pos))
         mask_BL = batch["layer_mask"]
         for _ in range(self.s.layer_blocks):
