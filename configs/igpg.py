@@ -11,6 +11,10 @@ Arg ``<preset>[,<zoo path>]``:
   digits groups serve before the rest is built): chunks of 4 values, 2,048 codes, the pairs of
   at most 520 tokens (MLPs 16 and 16x16, HaCNNs 8x8, 8x8 with a hidden layer of 32, 8x16);
   ``digits/mlp-16x16`` and ``digits/ha_cnn-8x16-k3`` are held out.
+* ``fixed``: the fixed-seed zoo of ``configs/zoo.py:digits_fixed`` (default
+  ``runs/zoo_digits_fixed``: 256 digits MLPs of each of 16, 16x16 and 16x16x16, all from one
+  seed, only their hyperparameters varied): the ``digits`` preset's chunks and codes, 1,000
+  prior steps, sampling at temperature 0.5; ``digits/mlp-16x16`` is held out.
 * ``cpu``: the ``cpu`` zoo (default ``runs/zoo_cpu``): chunks of 8 values, every pair of at
   most 640 tokens (the digits MLPs but 64x64 and 128, every digits HaCNN, the MNIST and
   Fashion-MNIST HaCNNs; the other MLPs and the CIFAR-10 HaCNNs are longer and left out,
@@ -25,6 +29,7 @@ e.run(igpg.get_config('digits'), 'runs/igpg_digits')"``):
 
   uhn-jax igpg --config configs/igpg.py:tiny,runs/zoo_tiny --workdir runs/igpg_tiny
   uhn-jax igpg --config configs/igpg.py:digits,runs/zoo_cpu --workdir runs/igpg_digits
+  uhn-jax igpg --config configs/igpg.py:fixed --workdir runs/igpg_fixed
   uhn-jax igpg --config configs/igpg.py:cpu --workdir runs/igpg_cpu
 
 Expected: see docs/igpg.md for what was measured.
@@ -32,8 +37,13 @@ Expected: see docs/igpg.md for what was measured.
 
 import ml_collections
 
-PRESETS = ("tiny", "digits", "cpu")
-ZOOS = {"tiny": "runs/zoo_tiny", "digits": "runs/zoo_cpu", "cpu": "runs/zoo_cpu"}
+PRESETS = ("tiny", "digits", "fixed", "cpu")
+ZOOS = {
+    "tiny": "runs/zoo_tiny",
+    "digits": "runs/zoo_cpu",
+    "fixed": "runs/zoo_digits_fixed",
+    "cpu": "runs/zoo_cpu",
+}
 
 
 def train(steps: int, batch_size: int, lr: float, **fields):
@@ -130,6 +140,14 @@ def get_config(arg: str = "tiny"):
         c.vqvae.update({"chunk_size": 4, "codebook_size": 2048})
         c.prior.update({"dim": 64, "layers": 2})
         c.prior_train.update({"steps": 1500, "batch_size": 8, "lr": 2e-3})
+        return c
+    if name == "fixed":
+        c.select.max_tokens = 440
+        c.heldout = ("digits/mlp-16x16",)
+        c.vqvae.update({"chunk_size": 4, "codebook_size": 2048})
+        c.prior.update({"dim": 64, "layers": 2})
+        c.prior_train.update({"steps": 1000, "batch_size": 8, "lr": 2e-3})
+        c.sample.temperature = 0.5
         return c
     c.select.max_tokens = 640
     c.heldout = ("fashion_mnist/ha_cnn-8x8-k3", "digits/mlp-32x32")

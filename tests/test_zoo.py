@@ -247,7 +247,7 @@ def test_bad_configs_are_refused_naming_the_field(field, value, message, tmp_pat
 
 
 def test_every_named_zoo_validates_and_the_cpu_zoo_has_1024_networks():
-    for name in ("digits_tiny", "digits", "digits_mlp", "fashion_mlp", "cpu,DATA"):
+    for name in ("digits_tiny", "digits", "digits_mlp", "digits_fixed", "fashion_mlp", "cpu,DATA"):
         spec = zoo_config.validate(load_config("zoo", name))
         assert len(zoo_config.plan(spec)) * spec.group_size == spec.networks
     cpu = zoo_config.validate(load_config("zoo", "cpu,DATA"))
@@ -282,6 +282,8 @@ def test_a_fixed_seed_population_varies_only_the_hyperparameters():
             k: v for k, v in b.hparams.items() if k != "seed"
         }  # the other draws unchanged
         assert (a.model, a.data) == (b.model, b.data)
+    named = zoo_config.plan(zoo_config.validate(load_config("zoo", "digits_fixed")))
+    assert {s for g in named for s in g.hparams["seed"]} == {0} and len(named) == 48
 
 
 def _unplaced(group):
