@@ -37,13 +37,13 @@ Expected: see docs/igpg.md for what was measured.
 
 import ml_collections
 
-PRESETS = ("tiny", "digits", "fixed", "cpu")
 ZOOS = {
     "tiny": "runs/zoo_tiny",
     "digits": "runs/zoo_cpu",
     "fixed": "runs/zoo_digits_fixed",
     "cpu": "runs/zoo_cpu",
 }
+PRESETS = tuple(ZOOS)  # each preset and its default zoo
 
 
 def train(steps: int, batch_size: int, lr: float, **fields):

@@ -35,13 +35,13 @@ MLPs 0.64 / 0.57 / 0.56 and 0.64 / 0.51 / 0.52; cross-architecture MLP -> HaCNN 
 
 import ml_collections
 
-PRESETS = ("digits_tiny", "digits", "cpu", "fashion_mlp")
 ZOOS = {
     "digits_tiny": "runs/zoo_tiny",
     "digits": "runs/zoo_digits",
     "cpu": "runs/zoo_cpu",
     "fashion_mlp": "runs/zoo_fashion_mlp",
 }
+PRESETS = tuple(ZOOS)  # each preset and its default zoo
 
 
 def task(kind: str, **fields):
