@@ -14,7 +14,8 @@ Arg ``<preset>[,<zoo path>]``:
 * ``fixed``: the fixed-seed zoo of ``configs/zoo.py:digits_fixed`` (default
   ``runs/zoo_digits_fixed``: 256 digits MLPs of each of 16, 16x16 and 16x16x16, all from one
   seed, only their hyperparameters varied): the ``digits`` preset's chunks and codes, 1,000
-  prior steps, sampling at temperature 0.5; ``digits/mlp-16x16`` is held out.
+  prior steps, sampling at temperature 0.5; ``digits/mlp-16x16`` is held out and written
+  with the ``deepen`` fallback (the prior writes an MLP 16, grown by a zero residual block).
 * ``cpu``: the ``cpu`` zoo (default ``runs/zoo_cpu``): chunks of 8 values, every pair of at
   most 640 tokens (the digits MLPs but 64x64 and 128, every digits HaCNN, the MNIST and
   Fashion-MNIST HaCNNs; the other MLPs and the CIFAR-10 HaCNNs are longer and left out,
@@ -99,6 +100,9 @@ def base():
     c.prior.eval_every = 100  # validation NLL every this many steps
     c.prior_train = train(3000, 16, 1e-3)
     c.sample = ml_collections.ConfigDict({"networks": 8, "temperature": 1.0, "top_k": 0})
+    # a held-out pair: "none" = the prior writes it; "deepen" (MLPs) = the prior writes the
+    # nearest seen depth on its dataset, grown by zero residual blocks (same function)
+    c.sample.fallback = "none"
     c.finetune = ml_collections.ConfigDict()
     c.finetune.steps = (0, 10, 100)  # evaluate after k fine-tuning steps
     c.finetune.lr = 1e-3
@@ -148,6 +152,7 @@ def get_config(arg: str = "tiny"):
         c.prior.update({"dim": 64, "layers": 2})
         c.prior_train.update({"steps": 1000, "batch_size": 8, "lr": 2e-3})
         c.sample.temperature = 0.5
+        c.sample.fallback = "deepen"  # 16x16 is written as 16, then grown (docs/igpg.md)
         return c
     c.select.max_tokens = 640
     c.heldout = ("fashion_mnist/ha_cnn-8x8-k3", "digits/mlp-32x32")

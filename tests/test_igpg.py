@@ -6,6 +6,7 @@ The zoo is ``configs/zoo.py:digits_tiny`` (digits MLPs of widths 8 and 8x8) trai
 steps instead of 6, built once for the module by the zoo's own builder.
 """
 
+import dataclasses
 import functools
 import json
 import shutil
@@ -24,6 +25,7 @@ from uhn_jax.training import igpg, igpg_pairs
 from uhn_jax.training import workdir as workdir_lib
 from uhn_jax.training import zoo as zoo_training
 from uhn_jax.weightspace import conditioning, prior, vqvae
+from uhn_jax.weightspace import zoo as store
 
 
 def _np(tree):
@@ -225,6 +227,11 @@ def _config(zoo_path, **fields):
         ({"heldout": ("digits-mlp-8",)}, "heldout: 'digits-mlp-8' is not a pair name"),
         ({"sample__top_k": -1}, "sample.top_k"),
         ({"select__families": ("cnn",)}, "select.families: 'cnn' is not allowed"),
+        ({"sample__fallback": "grow"}, "sample.fallback must be one of"),
+        (
+            {"sample__fallback": "deepen", "heldout": ("digits/ha_cnn-8x8-k3",)},
+            "grows MLPs only; held-out pair 'digits/ha_cnn-8x8-k3' is a ha_cnn",
+        ),
     ],
 )
 def test_bad_configs_are_refused_naming_the_field(fields, match):
@@ -239,6 +246,8 @@ def test_every_preset_validates_and_the_fixed_one_holds_out_the_middle_depth():
     fixed = specs["fixed"]
     assert fixed.zoo == "runs/zoo_digits_fixed" and fixed.heldout == ("digits/mlp-16x16",)
     assert fixed.sample.temperature == 0.5 and fixed.select.max_tokens == 440
+    assert fixed.sample.fallback == "deepen"
+    assert all(s.sample.fallback == "none" for name, s in specs.items() if name != "fixed")
 
 
 def test_a_partial_zoo_or_a_missing_pair_is_refused_before_training(zoo_path, tmp_path):
@@ -321,3 +330,36 @@ def test_a_rerun_skips_finished_parts_and_another_config_is_refused(tiny_run, zo
         assert again[table] == first[table]
     with pytest.raises(workdir_lib.WorkdirError, match="fields differ: config.sample.top_k"):
         igpg.run(_config(zoo_path, sample__top_k=4), workdir, progress=False)
+
+
+def test_the_deepen_fallback_writes_a_held_out_depth_as_a_seen_one(tiny_run, zoo_path, tmp_path):
+    workdir, first, _ = tiny_run
+    for part in ("vqvae", "prior"):  # the same VQ-VAE and prior: only the pairs are rerun
+        shutil.copytree(workdir / part, tmp_path / part)
+    cfg = _config(zoo_path, sample__fallback="deepen")
+    out = igpg.run(cfg, tmp_path, progress=False, log=lambda _: None)
+    assert out["done"] == ["digits/mlp-8", "digits/mlp-8x8"]
+    (held,) = out["heldout_zero_shot"]
+    assert held["generated_as"] == "digits/mlp-8" and out["seen"][0]["generated_as"] is None
+    table = {(r["start"], r["k"]): r for r in out["heldout"]}
+    assert table[("transfer", 0)]["from"] == "digits/mlp-8"
+    assert table[("transfer", 0)]["mean"] > table[("random", 0)]["mean"] + 0.3
+    # grown, a zoo network computes what it computed (at its own activation slope)
+    spec = igpg.validate(cfg)
+    zoo = igpg.open_zoo(spec)
+    pairs, _ = igpg_pairs.select(zoo, spec)
+    ex = igpg.Experiment(spec, zoo, pairs, tmp_path, False, lambda _: None)
+    small, big = pairs["digits/mlp-8"], pairs["digits/mlp-8x8"]
+    best = max(small.records, key=lambda r: r["test_accuracy"])
+    w = igpg_pairs.flat(zoo, [best])
+    (grown,) = ex._grown(small, big, w)
+    x = ex.data.images(best, "test", 64)
+    deep = store.model_of({**best, "model": {**best["model"], "widths": [8, 8]}})
+    np.testing.assert_allclose(
+        np.asarray(deep.apply(layouts.unflatten(grown, big.layout), x)),
+        np.asarray(store.model_of(best).apply(layouts.unflatten(w[0], small.layout), x)),
+        atol=1e-5,
+    )
+    del pairs["digits/mlp-8"]  # with no seen depth to grow from, the fallback is refused
+    pairs["digits/mlp-8x8"] = dataclasses.replace(pairs["digits/mlp-8x8"], heldout=True, train=[])
+    assert igpg_pairs.grow_source(pairs["digits/mlp-8x8"], pairs) is None

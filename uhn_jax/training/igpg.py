@@ -26,6 +26,7 @@ groups) is refused, naming what differs. At the end ``W/results.json`` gathers e
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -44,6 +45,7 @@ from uhn_jax.training import igpg_fit as fit
 from uhn_jax.training import igpg_pairs as pairs_lib
 from uhn_jax.training import igpg_report as report
 from uhn_jax.training import workdir as workdir_lib
+from uhn_jax.weightspace import morph
 from uhn_jax.weightspace import prior as prior_lib
 from uhn_jax.weightspace import zoo as store
 
@@ -264,19 +266,39 @@ class Experiment:
                 start += m
         return {"params": int(sum(x.size for x in jax.tree.leaves(params))), "nll": nll}
 
+    def grow_source(self, pair: pairs_lib.Pair) -> pairs_lib.Pair | None:
+        """The seen pair a held-out ``pair`` is written as (``sample.fallback = "deepen"``),
+        or ``None`` (the prior writes ``pair`` itself)."""
+        if not pair.heldout or self.spec.sample.fallback != "deepen":
+            return None
+        return pairs_lib.grow_source(pair, self.pairs)
+
+    def _grown(self, source: pairs_lib.Pair, pair: pairs_lib.Pair, w_MN: np.ndarray):
+        """``source`` networks ``w_MN`` deepened into ``pair``'s architecture."""
+        a, b = pairs_lib.widths(source), pairs_lib.widths(pair)
+        rows = [morph.deepen(layouts.unflatten(w, source.layout), a, b) for w in np.asarray(w_MN)]
+        return np.stack([np.asarray(layouts.flatten(t, pair.layout)) for t in rows])
+
     def generate(self, pair: pairs_lib.Pair) -> np.ndarray:
-        """``w[n, N]``: ``sample.networks`` networks generated for ``pair``."""
+        """``w[n, N]``: ``sample.networks`` networks generated for ``pair`` (for a held-out
+        pair with ``sample.fallback = "deepen"``: generated as its :meth:`grow_source` on its
+        dataset, then deepened)."""
         model, params = self.prior()
         s, codec = self.spec.sample, self.codec()
+        source = self.grow_source(pair)
+        written = pair if source is None else source
+        arch = pair.architecture()  # a source is written at the held-out pair's slope
+        arch = dataclasses.replace(arch, family=written.family, layout=written.layout)
         cond = self.conditioner().condition(
-            pair.dataset, pair.reference["data"]["num_classes"], pair.architecture()
+            pair.dataset, pair.reference["data"]["num_classes"], arch
         )
-        roles = codec.plan(pair.layout).roles(self.spec.vqvae.position_buckets)
+        roles = codec.plan(written.layout).roles(self.spec.vqvae.position_buckets)
         key = jax.random.fold_in(jax.random.key(self.spec.seed), zlib.crc32(pair.name.encode()))
         codes = prior_lib.sample(
             model, params, roles, cond, key, s.networks, temperature=s.temperature, top_k=s.top_k
         )
-        return codec.decode(np.asarray(codes), pair.layout)
+        w = codec.decode(np.asarray(codes), written.layout)
+        return w if source is None else self._grown(source, pair, w)
 
     def novelty(self, pair: pairs_lib.Pair, generated: np.ndarray) -> dict[str, Any]:
         """:func:`uhn_jax.analysis.novelty.check` of generated networks against the pair's
@@ -307,6 +329,8 @@ class Experiment:
         out = {"pair": pair.name, "heldout": pair.heldout, "generated_accuracy": accuracy.tolist()}
         out["zoo_accuracy"] = pair.accuracies().tolist()
         out["zoo_median"] = float(pair.reference["test_accuracy"])
+        source = self.grow_source(pair)
+        out["generated_as"] = None if source is None else source.name
         if pair.heldout:
             out["finetune"] = self._finetune(pair, generated, path.parent / "finetune")
         out["novelty"] = self.novelty(pair, generated)
@@ -317,8 +341,12 @@ class Experiment:
         return out
 
     def _transfer(self, pair: pairs_lib.Pair) -> tuple[pairs_lib.Pair | None, str]:
-        """The nearest seen pair (by dataset encoding) of the same params layout, or the
-        reason there is none."""
+        """The nearest seen pair (by dataset encoding) of the same params layout (with
+        ``sample.fallback = "deepen"``: the :meth:`grow_source`), or the reason there is
+        none."""
+        source = self.grow_source(pair)
+        if source is not None:
+            return source, ""
         same = [p for p in self.seen if p.layout == pair.layout]
         if not same:
             return None, f"no seen pair has the params layout of {pair.name}"
@@ -335,8 +363,11 @@ class Experiment:
         starts = {"generated": generated, "random": random}
         source, reason = self._transfer(pair)
         if source is not None:
-            best = max(source.records, key=lambda r: (r["test_accuracy"], r["id"]))
-            starts["transfer"] = pairs_lib.flat(self.zoo, [best])
+            slope = pair.reference.get("slope", 0.0)  # prefer the held-out pair's slope
+            pool = [r for r in source.records if r.get("slope", 0.0) == slope]
+            best = max(pool or source.records, key=lambda r: (r["test_accuracy"], r["id"]))
+            w = pairs_lib.flat(self.zoo, [best])
+            starts["transfer"] = w if source.layout == pair.layout else self._grown(source, pair, w)
         names = list(starts)
         acc = fit.finetune(
             part, self.data, pair, np.concatenate(list(starts.values())), self.spec,

@@ -24,6 +24,8 @@ TOP_FIELDS = (
 )  # fmt: skip
 #: The families IGPG handles (the novelty check aligns their hidden units).
 FAMILIES = ("mlp", "ha_cnn")
+#: How a held-out pair is written (:class:`Sample`).
+FALLBACKS = ("none", "deepen")
 PRIOR_FIELDS = (
     "dim", "heads", "layers", "mlp_ratio", "images_per_dataset", "val_fraction", "eval_every",
 )  # fmt: skip
@@ -74,11 +76,15 @@ class PriorShape:
 
 @dataclasses.dataclass(frozen=True)
 class Sample:
-    """Generation: networks per pair, temperature and top-k (0 = no filtering)."""
+    """Generation: networks per pair, temperature and top-k (0 = no filtering), and how a
+    held-out pair is written: ``fallback`` ``"none"``, by the prior from its own conditions;
+    ``"deepen"`` (MLPs), by the prior as the nearest seen depth on its dataset, then grown
+    without changing its function (:mod:`uhn_jax.weightspace.morph`)."""
 
     networks: int = 8
     temperature: float = 1.0
     top_k: int = 0
+    fallback: str = "none"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,6 +256,8 @@ def _sample(cfg) -> Sample:
     s = Sample(**_group(cfg, "sample", Sample))
     checks.positive_int("sample.networks", s.networks)
     checks.non_negative_int("sample.top_k", s.top_k, " (0 = no filtering)")
+    if s.fallback not in FALLBACKS:
+        raise ValueError(f"sample.fallback must be one of {FALLBACKS}, got {s.fallback!r}")
     return dataclasses.replace(s, temperature=_number("sample.temperature", s.temperature))
 
 
@@ -300,8 +308,13 @@ def validate(cfg) -> Spec:
     checks.non_negative_int("seed", cfg.get("seed", 0))
     heldout = _names("heldout", cfg.get("heldout", ()))
     select = _select(cfg)
+    sample = _sample(cfg)
     for name in heldout:
         dataset, family = parse_pair("heldout", name)
+        if sample.fallback == "deepen" and family != "mlp":
+            raise ValueError(
+                f"sample.fallback='deepen' grows MLPs only; held-out pair {name!r} is a {family}"
+            )
         if family not in select.families:
             raise ValueError(
                 f"heldout: {name!r} is a {family}, but select.families is {select.families}"
@@ -320,7 +333,7 @@ def validate(cfg) -> Spec:
         vqvae_train=_train(cfg, "vqvae_train"),
         prior=_prior(cfg),
         prior_train=_train(cfg, "prior_train"),
-        sample=_sample(cfg),
+        sample=sample,
         finetune=_finetune(cfg),
         novelty=_novelty(cfg),
     )

@@ -19,7 +19,7 @@ from uhn_jax.data import registry as data_registry
 from uhn_jax.training import igpg_config as config_lib
 from uhn_jax.training import tasks
 from uhn_jax.training import zoo as zoo_training
-from uhn_jax.weightspace import conditioning, vqvae
+from uhn_jax.weightspace import conditioning, morph, vqvae
 from uhn_jax.weightspace import zoo as store
 
 #: Networks per evaluation program (a call's networks are padded to a multiple of it).
@@ -177,7 +177,33 @@ def select(zoo: store.Zoo, spec: config_lib.Spec) -> tuple[dict[str, Pair], dict
                 f"heldout: the prior cannot encode {name!r}: no training pair is a "
                 f"{pairs[name].family} (training families: {', '.join(sorted(families))})"
             )
+        if spec.sample.fallback == "deepen" and grow_source(pairs[name], pairs) is None:
+            raise ValueError(
+                f"sample.fallback='deepen': no seen MLP pair on {pairs[name].dataset} can be "
+                f"grown into {name!r} (only same-width residual blocks after the first layer "
+                "can be inserted); use sample.fallback='none' to let the prior write it"
+            )
     return pairs, excluded
+
+
+def widths(pair: Pair) -> tuple[int, ...]:
+    """The hidden widths of a pair's architecture."""
+    return tuple(pair.reference["model"]["widths"])
+
+
+def grow_source(pair: Pair, pairs: dict[str, Pair]) -> Pair | None:
+    """The seen MLP pair on ``pair``'s dataset that :func:`uhn_jax.weightspace.morph.deepen`
+    grows into ``pair`` with the fewest inserted blocks (ties: by name), or ``None``."""
+    if pair.family != "mlp":
+        return None
+    target = widths(pair)
+    options = [
+        (len(target) - len(widths(p)), p.name, p)
+        for p in pairs.values()
+        if p.train and p.family == "mlp" and p.dataset == pair.dataset
+        and morph.deepen_plan(widths(p), target) is not None
+    ]  # fmt: skip
+    return min(options, key=lambda o: o[:2])[2] if options else None
 
 
 def _members(group, m: int, *, lr=1e-3, weight_decay=0.0, seeds=None, **fields):

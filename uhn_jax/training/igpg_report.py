@@ -35,6 +35,7 @@ def seen_row(part: dict) -> dict[str, Any]:
     return {
         "pair": part["pair"],
         "heldout": part["heldout"],
+        "generated_as": part.get("generated_as"),  # the seen pair written, then deepened
         "generated": len(gen),
         "zoo_networks": len(zoo),
         "generated_accuracy": _stats(gen),
@@ -143,8 +144,9 @@ def prior_line(out: dict) -> str:
 def pair_line(part: dict) -> str:
     """The progress line of a finished pair."""
     gen = np.asarray(part["generated_accuracy"])
+    grown = f" as {part['generated_as']}, deepened" if part.get("generated_as") else ""
     line = (
-        f"[igpg] {part['pair']}{' (held out)' if part['heldout'] else ''}: generated "
+        f"[igpg] {part['pair']}{' (held out)' if part['heldout'] else ''}: generated{grown} "
         f"{100 * gen.mean():.1f} % (max {100 * gen.max():.1f}) vs zoo median "
         f"{100 * part['zoo_median']:.1f} %; novelty ratio (aligned) "
         f"{part['novelty']['median_ratio_aligned']:.2f}"
@@ -172,6 +174,9 @@ def summary(res: dict, workdir: Path) -> str:
             f"  seen {r['pair']}: generated {100 * g['mean']:.1f} +- {100 * g['std']:.1f} % "
             f"(max {100 * g['max']:.1f}), zoo median {100 * r['zoo_median_network']:.1f} %"
         )
+    for r in res["heldout_zero_shot"]:
+        if r.get("generated_as"):
+            lines.append(f"  held out {r['pair']}: generated as {r['generated_as']}, deepened")
     for r in res["heldout"]:
         if "not_applicable" in r:
             lines.append(f"  held out {r['pair']} {r['start']}: n/a ({r['not_applicable']})")
