@@ -514,6 +514,14 @@ def test_the_cli_validates_an_sne_command():
     assert fashion.train.steps == 2400
     for field in ("chunk_size", "sne"):
         assert getattr(fashion, field) == getattr(spec, field), field
+    # The fixed-seed zoo: one same-zoo task over all its digits MLPs, the digits settings.
+    command = cli.check_command(["sne", "--config", f"{config}:digits_fixed", "--workdir", "s"])
+    fixed = command.validated
+    assert fixed.zoo == "runs/zoo_digits_fixed" and fixed.seeds == (0, 1, 2)
+    assert [(t.kind, t.datasets, t.families) for t in fixed.tasks] == [
+        ("same_zoo", ("digits",), ())
+    ]
+    assert fixed.methods == ("sne", "stats_mlp", "stats_gbt") and fixed.train.steps == 1500
     with pytest.raises(cli.CommandError, match="chunking.chunk_size"):
         cli.check_command(
             ["sne", "--config", config, "--workdir", "w", "--config.chunking.chunk_size=-1"]

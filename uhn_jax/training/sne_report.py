@@ -145,9 +145,8 @@ def figure(done: list[dict], out: Path, method: str = "sne") -> Path | None:
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     cols = min(4, len(tasks))
     plt = figures.pyplot()
-    fig, axes = plt.subplots(
-        -(-len(tasks) // cols), cols, figsize=(3.2 * cols, 3.1 * -(-len(tasks) // cols))
-    )
+    rows_n = -(-len(tasks) // cols)  # one task still leaves room for the title
+    fig, axes = plt.subplots(rows_n, cols, figsize=(max(3.2 * cols, 4.8), 3.1 * rows_n))
     axes = np.atleast_1d(axes).reshape(-1)
     for ax, task in zip(axes, tasks, strict=False):
         taus = []
