@@ -16,6 +16,8 @@
   :mod:`uhn_jax.weightspace.prior`: IGPG's VQ-VAE over weight chunks, what its prior is
   conditioned on (dataset images, task, architecture) and the autoregressive prior; the
   experiment is :mod:`uhn_jax.training.igpg` (``uhn-jax igpg``, docs/igpg.md).
+* :mod:`uhn_jax.weightspace.morph`: function-preserving growth of an MLP's depth (zero
+  residual blocks), IGPG's fallback for a held-out depth.
 """
 
 from uhn_jax.weightspace import zoo
