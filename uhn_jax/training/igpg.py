@@ -287,8 +287,8 @@ class Experiment:
         s, codec = self.spec.sample, self.codec()
         source = self.grow_source(pair)
         written = pair if source is None else source
-        arch = pair.architecture()  # a source is written at the held-out pair's slope
-        arch = dataclasses.replace(arch, family=written.family, layout=written.layout)
+        # a grow source is written at the held-out pair's activation slope
+        arch = dataclasses.replace(pair.architecture(), layout=written.layout)
         cond = self.conditioner().condition(
             pair.dataset, pair.reference["data"]["num_classes"], arch
         )
