@@ -89,6 +89,9 @@ def base():
     c.vqvae.beta = 0.25  # commitment loss weight
     c.vqvae.decay = 0.99  # codebook EMA
     c.vqvae.restart = 0.03  # restart codes used less than this share of the uniform rate
+    # code each architecture relative to its training networks' per-value mean and std (only
+    # seen architectures can then be coded) instead of by the init scale alone
+    c.vqvae.standardize = False
     c.vqvae_train = train(4000, 512, 2e-3)
     c.prior = ml_collections.ConfigDict()
     c.prior.dim = 96
@@ -100,6 +103,9 @@ def base():
     c.prior.eval_every = 100  # validation NLL every this many steps
     c.prior_train = train(3000, 16, 1e-3)
     c.sample = ml_collections.ConfigDict({"networks": 8, "temperature": 1.0, "top_k": 0})
+    # "sample": decode the drawn codes; "mean": decode each token's expected chunk under the
+    # distribution its code was drawn from (the drawn codes still choose the path)
+    c.sample.decode = "sample"
     # a held-out pair: "none" = the prior writes it; "deepen" (MLPs) = the prior writes the
     # nearest seen depth on its dataset, grown by zero residual blocks (same function)
     c.sample.fallback = "none"

@@ -80,6 +80,55 @@ def test_chunks_round_trip_exactly_and_pad_with_zeros():
         vqvae.plan(layout, 0, 10)
 
 
+def test_standardised_frames_round_trip_and_mean_decoding_is_the_expected_chunk():
+    params = _np(jax.jit(_mlp().init)(jax.random.key(0)))
+    layout = layouts.from_params(params)
+    cp = vqvae.plan(layout, 4, 4096)
+    rng = np.random.default_rng(0)
+    w = 3.0 + 0.1 * rng.normal(size=(6, layout.size)).astype(np.float32)
+    frame = vqvae.standard_frame(w)
+    x = frame.to_chunks(w, cp)[:, cp.valid()]  # the real values: standardised per value
+    np.testing.assert_allclose(x.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(x.std(0), 1.0, atol=1e-3)
+    shift, scale = frame.chunks(cp)
+    np.testing.assert_allclose(
+        vqvae.unchunk(frame.to_chunks(w, cp)[0] * scale + shift, cp), w[0], rtol=1e-5
+    )
+    with pytest.raises(ValueError, match=">= 2 networks"):
+        vqvae.standard_frame(w[:1])
+    s = vqvae.Settings(chunk_size=4, codebook_size=16, latent_dim=4, hidden=8, role_dim=4)
+    model = vqvae.VQVAE(dataclasses.replace(s, standardize=True))
+    roles = {k: jnp.asarray(v) for k, v in cp.roles(s.position_buckets).items()}
+    vq_params = model.init(jax.random.key(1), jnp.zeros((cp.num_tokens, 4)), roles)
+    embed = jnp.asarray(rng.normal(size=(16, 4)), jnp.float32)
+    codec = vqvae.Codec(model, vq_params, embed, {layout: frame})
+    plain = vqvae.Codec(vqvae.VQVAE(s), vq_params, embed)  # the init-scale frame
+    a, b = (rng.integers(0, 16, (3, cp.num_tokens)) for _ in range(2))
+    one_hot = np.eye(16, dtype=np.float32)
+    np.testing.assert_allclose(
+        codec.decode_mean(one_hot[a], layout), codec.decode(a, layout), atol=1e-5
+    )
+    mixed = codec.decode_mean(0.25 * one_hot[a] + 0.75 * one_hot[b], layout)
+    expected = 0.25 * codec.decode(a, layout) + 0.75 * codec.decode(b, layout)
+    np.testing.assert_allclose(mixed, expected, atol=1e-5)
+    # the same decoder output, read in two frames
+    init = vqvae.init_frame(cp)
+    np.testing.assert_allclose(
+        (codec.decode(a, layout) - frame.shift) / frame.scale,
+        plain.decode(a, layout) / init.scale, rtol=1e-4, atol=1e-4,
+    )  # fmt: skip
+    other = layouts.from_params(
+        jax.eval_shape(models.MLP((8, 8), 10, widths=(8,)).init, jax.random.key(0))
+    )
+    assert codec.can_code(layout) and not codec.can_code(other) and plain.can_code(other)
+    with pytest.raises(
+        ValueError, match=r"vqvae.standardize codes each architecture .* layer_000/kernel \(64, 8\)"
+    ):
+        codec.encode(np.zeros((1, other.size)), other)
+    with pytest.raises(ValueError, match=r"do not fit this architecture and codebook"):
+        codec.decode_mean(one_hot[a][:, 1:], layout)
+
+
 def _prior(families=("mlp", "ha_cnn")):
     s = prior.Settings(codebook_size=11, families=families, max_tokens=32, max_layers=8, dim=16)
     return prior.Prior(s)
@@ -163,6 +212,20 @@ def test_sampling_keeps_to_the_top_k_and_top_1_is_greedy(prior_setup):
     assert ranks(free).max() > 1  # the check above would catch sampling outside the top k
     greedy = prior.sample(model, params, roles, cond, key, 16, top_k=1)
     assert (ranks(greedy) == 0).all()
+    # with probabilities: the same path, and each code's own (filtered) distribution
+    codes, probs = prior.sample(
+        model, params, roles, cond, key, 16, temperature=5.0, top_k=2, probabilities=True
+    )
+    np.testing.assert_array_equal(codes, hot)
+    probs = np.asarray(probs)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    assert ((probs > 0).sum(-1) <= 2).all() and (
+        np.take_along_axis(probs, codes[..., None], -1) > 0
+    ).all()
+    r = {k: np.tile(v, (16, 1)) for k, v in roles.items()}
+    logits = np.asarray(apply(params, np.asarray(codes), r, conditioning.stack([cond] * 16)))
+    expected = jax.nn.softmax(prior.filter_logits(jnp.asarray(logits), 5.0, 2))
+    np.testing.assert_allclose(probs, np.asarray(expected), atol=1e-5)
     with pytest.raises(ValueError, match="temperature"):
         prior.sample(model, params, roles, cond, key, 2, temperature=0.0)
 
@@ -228,6 +291,7 @@ def _config(zoo_path, **fields):
         ({"sample__top_k": -1}, "sample.top_k"),
         ({"select__families": ("cnn",)}, "select.families: 'cnn' is not allowed"),
         ({"sample__fallback": "grow"}, "sample.fallback must be one of"),
+        ({"sample__decode": "soft"}, "sample.decode must be one of"),
         (
             {"sample__fallback": "deepen", "heldout": ("digits/ha_cnn-8x8-k3",)},
             "grows MLPs only; held-out pair 'digits/ha_cnn-8x8-k3' is a ha_cnn",
@@ -237,6 +301,13 @@ def _config(zoo_path, **fields):
 def test_bad_configs_are_refused_naming_the_field(fields, match):
     with pytest.raises(ValueError, match=match):
         igpg.validate(_config("runs/zoo_tiny", **fields))
+
+
+def test_a_non_bool_standardize_is_refused():
+    cfg = _config("runs/zoo_tiny").to_dict()
+    cfg["vqvae"]["standardize"] = "yes"  # a ConfigDict would refuse the type itself
+    with pytest.raises(ValueError, match="vqvae.standardize must be True or False, got 'yes'"):
+        igpg.validate(cfg)
 
 
 def test_every_preset_validates_and_the_fixed_one_holds_out_the_middle_depth():
@@ -260,7 +331,10 @@ def test_a_partial_zoo_or_a_missing_pair_is_refused_before_training(zoo_path, tm
         igpg.run(_config(partial), tmp_path / "a", progress=False)
     with pytest.raises(ValueError, match=r"heldout: pair 'digits/mlp-64' is not in the zoo"):
         igpg.run(_config(zoo_path, heldout=("digits/mlp-64",)), tmp_path / "b", progress=False)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    unseen = r"vqvae.standardize: held-out pair 'digits/mlp-8x8' has an architecture no seen"
+    with pytest.raises(ValueError, match=unseen):
+        igpg.run(_config(zoo_path, vqvae__standardize=True), tmp_path / "c", progress=False)
+    assert not any((tmp_path / d).exists() for d in "abc")
 
 
 @pytest.fixture(scope="module")
@@ -363,3 +437,31 @@ def test_the_deepen_fallback_writes_a_held_out_depth_as_a_seen_one(tiny_run, zoo
     del pairs["digits/mlp-8"]  # with no seen depth to grow from, the fallback is refused
     pairs["digits/mlp-8x8"] = dataclasses.replace(pairs["digits/mlp-8x8"], heldout=True, train=[])
     assert igpg_pairs.grow_source(pairs["digits/mlp-8x8"], pairs) is None
+
+
+def test_standardised_codes_and_mean_decoding_end_to_end(zoo_path, tmp_path):
+    cfg = _config(
+        zoo_path, vqvae__standardize=True, sample__decode="mean", sample__fallback="deepen"
+    )
+    lines = []
+    out = igpg.run(cfg, tmp_path, progress=False, log=lines.append)
+    recon = {r["pair"]: r for r in out["reconstruction"]}
+    assert recon["digits/mlp-8x8"]["coded"] is False and recon["digits/mlp-8"]["networks"] == 4
+    assert any("digits/mlp-8x8: not coded" in line for line in lines)
+    assert out["prior"]["nll"]["digits/mlp-8x8"] == {}  # held out, no frame: not scored
+    (held,) = out["heldout_zero_shot"]
+    assert held["generated_as"] == "digits/mlp-8"
+    (seen,) = out["seen"]
+    assert seen["generated"] == 3 and 0 <= seen["generated_accuracy"]["min"] <= 1
+    for row in out["novelty"]:
+        assert 0 <= row["generated_spread"] <= 1 and 0 <= row["zoo_spread"] <= 1
+    # the seen pair's frame is its training networks' per-value mean and spread
+    spec = igpg.validate(cfg)
+    zoo = igpg.open_zoo(spec)
+    pairs, _ = igpg_pairs.select(zoo, spec)
+    ex = igpg.Experiment(spec, zoo, pairs, tmp_path, False, lambda _: None)
+    small = pairs["digits/mlp-8"]
+    w, frame = ex.weights(small), ex.codec().frames[small.layout]
+    np.testing.assert_allclose(frame.shift, w.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(frame.scale, np.maximum(w.std(0), frame.scale.min()), rtol=1e-4)
+    assert set(ex.codec().frames) == {small.layout}

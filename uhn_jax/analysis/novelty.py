@@ -235,6 +235,15 @@ def _zoo_nn(spec, zoo: list, iterations: int) -> tuple[np.ndarray, np.ndarray]:
     return raw.min(1), aligned.min(1)
 
 
+def _spread(predictions) -> float | None:
+    """The mean disagreement over all pairs of ``predictions`` (``None`` for fewer than 2)."""
+    n = len(predictions)
+    if n < 2:
+        return None
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    return float(np.mean([(predictions[i] != predictions[j]).mean() for i, j in pairs]))
+
+
 def check(
     model, generated: list, zoo: list, x_test, *, iterations: int = 30, zoo_models=None
 ) -> dict[str, Any]:
@@ -254,7 +263,10 @@ def check(
       and per generated network (``networks``): ``nearest`` (index into ``zoo``, after
       alignment), ``distance_raw``, ``distance_aligned``, ``ratio_raw``, ``ratio_aligned``
       (each over the zoo's median of the same kind), ``disagreement`` (fraction of
-      ``x_test`` predicted differently from the nearest); and their medians.
+      ``x_test`` predicted differently from the nearest); and their medians; and the
+      spread of each set, ``generated_spread`` and ``zoo_spread``: the mean over its pairs
+      of networks of their disagreement (``None`` for a single generated network), so that
+      generated networks that all agree with each other are visible.
 
     Raises:
       ValueError: for fewer than 2 zoo networks, or a model :func:`permutation_spec` cannot
@@ -282,6 +294,8 @@ def check(
         row["ratio_aligned"] = row["distance_aligned"] / max(zoo_aligned, 1e-12)
     keys = ("distance_raw", "distance_aligned", "ratio_raw", "ratio_aligned", "disagreement")
     return {
+        "generated_spread": _spread(pred_gen),
+        "zoo_spread": _spread(pred_zoo),
         "zoo_networks": len(zoo),
         "zoo_nn_raw": zoo_raw,
         "zoo_nn_aligned": zoo_aligned,

@@ -184,6 +184,9 @@ class Experiment:
     def _reconstruction(self, pair: pairs_lib.Pair) -> dict[str, Any]:
         records, w = self.records(pair), self.weights(pair)
         codec = self._codec
+        if not codec.can_code(pair.layout):  # standardised frames: its architecture unseen
+            return {"pair": pair.name, "heldout": pair.heldout, "networks": len(w),
+                    "tokens": pair.tokens, "coded": False}  # fmt: skip
         w_hat = codec.decode(codec.encode(w, pair.layout), pair.layout)
         original = self.data.evaluate_records(records, w, pair.layout)
         rebuilt = self.data.evaluate_records(records, w_hat, pair.layout)
@@ -249,7 +252,7 @@ class Experiment:
         seen pair; ``heldout``: all networks of a held-out pair)."""
         model, params = self._prior
         nll: dict[str, dict[str, float]] = {p.name: {} for p in self.pairs.values()}
-        held = [p for p in self.pairs.values() if p.heldout]
+        held = [p for p in self.pairs.values() if p.heldout and self.codec().can_code(p.layout)]
         for side, pairs, name in (
             (0, self.seen, "train"),
             (1, self.seen, "val"),
@@ -294,10 +297,15 @@ class Experiment:
         )
         roles = codec.plan(written.layout).roles(self.spec.vqvae.position_buckets)
         key = jax.random.fold_in(jax.random.key(self.spec.seed), zlib.crc32(pair.name.encode()))
-        codes = prior_lib.sample(
-            model, params, roles, cond, key, s.networks, temperature=s.temperature, top_k=s.top_k
-        )
-        w = codec.decode(np.asarray(codes), written.layout)
+        mean = s.decode == "mean"
+        drawn = prior_lib.sample(
+            model, params, roles, cond, key, s.networks,
+            temperature=s.temperature, top_k=s.top_k, probabilities=mean,
+        )  # fmt: skip
+        if mean:
+            w = codec.decode_mean(np.asarray(drawn[1]), written.layout)
+        else:
+            w = codec.decode(np.asarray(drawn), written.layout)
         return w if source is None else self._grown(source, pair, w)
 
     def novelty(self, pair: pairs_lib.Pair, generated: np.ndarray) -> dict[str, Any]:

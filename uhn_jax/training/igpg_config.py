@@ -26,6 +26,8 @@ TOP_FIELDS = (
 FAMILIES = ("mlp", "ha_cnn")
 #: How a held-out pair is written (:class:`Sample`).
 FALLBACKS = ("none", "deepen")
+#: How drawn codes become weights (:class:`Sample`).
+DECODES = ("sample", "mean")
 PRIOR_FIELDS = (
     "dim", "heads", "layers", "mlp_ratio", "images_per_dataset", "val_fraction", "eval_every",
 )  # fmt: skip
@@ -76,7 +78,10 @@ class PriorShape:
 
 @dataclasses.dataclass(frozen=True)
 class Sample:
-    """Generation: networks per pair, temperature and top-k (0 = no filtering), and how a
+    """Generation: networks per pair, temperature and top-k (0 = no filtering); ``decode``:
+    ``"sample"``, each token decoded from its drawn code, or ``"mean"``, each token decoded
+    as the expected chunk under the distribution its code was drawn from (the drawn codes
+    still choose the path; :meth:`uhn_jax.weightspace.vqvae.Codec.decode_mean`); and how a
     held-out pair is written: ``fallback`` ``"none"``, by the prior from its own conditions;
     ``"deepen"`` (MLPs), by the prior as the nearest seen depth on its dataset, then grown
     without changing its function (:mod:`uhn_jax.weightspace.morph`)."""
@@ -84,6 +89,7 @@ class Sample:
     networks: int = 8
     temperature: float = 1.0
     top_k: int = 0
+    decode: str = "sample"
     fallback: str = "none"
 
 
@@ -223,6 +229,7 @@ def _train(cfg, name: str) -> Train:
 def _vqvae(cfg) -> vqvae.Settings:
     v = vqvae.Settings(**_group(cfg, "vqvae", vqvae.Settings))
     vqvae.check_chunk_size(v.chunk_size, "vqvae.chunk_size")
+    checks.flag("vqvae.standardize", v.standardize)
     for f in ("max_chunks_per_layer", "latent_dim", "hidden", "role_dim", "max_layers"):
         checks.positive_int(f"vqvae.{f}", getattr(v, f))
     for f in ("codebook_size", "position_buckets"):
@@ -256,6 +263,8 @@ def _sample(cfg) -> Sample:
     s = Sample(**_group(cfg, "sample", Sample))
     checks.positive_int("sample.networks", s.networks)
     checks.non_negative_int("sample.top_k", s.top_k, " (0 = no filtering)")
+    if s.decode not in DECODES:
+        raise ValueError(f"sample.decode must be one of {DECODES}, got {s.decode!r}")
     if s.fallback not in FALLBACKS:
         raise ValueError(f"sample.fallback must be one of {FALLBACKS}, got {s.fallback!r}")
     return dataclasses.replace(s, temperature=_number("sample.temperature", s.temperature))

@@ -79,19 +79,22 @@ def fit_vqvae(
     model = vqvae.VQVAE(spec.vqvae)
     t = spec.vqvae_train
     tx = optimizer(t)
-    host = vqvae.training_data(w_by_layout, spec.vqvae)
+    frames = {}
+    if spec.vqvae.standardize:
+        frames = {layout: vqvae.standard_frame(w) for layout, w in w_by_layout.items()}
+    host = vqvae.training_data(w_by_layout, spec.vqvae, frames)
     data = jax.tree.map(jnp.asarray, host)
     state0 = vqvae.init_state(model, tx, host, spec.seed)
     step = functools.partial(vqvae.train_step, model, tx, t.batch_size)
     state = run_loop(workdir, state0, step, data, spec.seed, t, progress=progress, desc="vqvae")
-    codec = vqvae.Codec(model, state["params"], state["codebook"]["embed"])
+    codec = vqvae.Codec(model, state["params"], state["codebook"]["embed"], frames)
     info = codebook_stats(codec, w_by_layout)
     info["params"] = int(sum(x.size for x in jax.tree.leaves(state["params"])))
     return codec, info
 
 
 def codebook_stats(codec: vqvae.Codec, w_by_layout: dict) -> dict[str, Any]:
-    """Over every training chunk: the reconstruction MSE of the normalised real values (and
+    """Over every training chunk: the reconstruction MSE of the framed real values (and
     their variance, the MSE of predicting 0), the codes' perplexity and the fraction of the
     codebook in use."""
     k = codec.settings.codebook_size
@@ -100,9 +103,9 @@ def codebook_stats(codec: vqvae.Codec, w_by_layout: dict) -> dict[str, Any]:
         cp = codec.plan(layout)
         codes = codec.encode(w, layout)
         counts += np.bincount(codes.ravel(), minlength=k)
-        scale, valid = cp.scale()[:, None], cp.valid()
-        x = vqvae.chunk(w, cp) / scale
-        x_hat = vqvae.chunk(codec.decode(codes, layout), cp) / scale
+        frame, valid = codec.frame(layout), cp.valid()
+        x = frame.to_chunks(w, cp)
+        x_hat = frame.to_chunks(codec.decode(codes, layout), cp)
         err += float((((x_hat - x) ** 2) * valid).sum())
         total += float((x * valid).sum())
         sq += float(((x**2) * valid).sum())

@@ -139,7 +139,8 @@ def select(zoo: store.Zoo, spec: config_lib.Spec) -> tuple[dict[str, Pair], dict
 
     Raises:
       ValueError: naming ``heldout`` for a held-out pair the zoo does not have, that is too
-        long, or whose family no training pair has (the prior could not encode it);
+        long, or whose family no training pair has (the prior could not encode it), or
+        ``vqvae.standardize`` for one whose architecture no seen pair has;
         ``select`` when no pair is left to train on.
     """
     by_pair: dict[str, list[dict]] = {}
@@ -183,7 +184,22 @@ def select(zoo: store.Zoo, spec: config_lib.Spec) -> tuple[dict[str, Pair], dict
                 f"grown into {name!r} (only same-width residual blocks after the first layer "
                 "can be inserted); use sample.fallback='none' to let the prior write it"
             )
+        _check_coded(spec, pairs, pairs[name])
     return pairs, excluded
+
+
+def _check_coded(spec: config_lib.Spec, pairs: dict[str, Pair], pair: Pair) -> None:
+    """With ``vqvae.standardize``, a held-out pair the prior writes itself must have the
+    layout of a seen pair (only those have frames)."""
+    if not spec.vqvae.standardize or spec.sample.fallback == "deepen":
+        return
+    if not any(p.train and p.layout == pair.layout for p in pairs.values()):
+        raise ValueError(
+            f"vqvae.standardize: held-out pair {pair.name!r} has an architecture no seen pair "
+            "has, so the VQ-VAE has no frame to code it in; hold out a pair whose architecture "
+            "is seen on another dataset, set sample.fallback='deepen' (MLPs) or "
+            "vqvae.standardize=False"
+        )
 
 
 def widths(pair: Pair) -> tuple[int, ...]:

@@ -160,10 +160,17 @@ def pair_line(part: dict) -> str:
     return line
 
 
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
 def summary(res: dict, workdir: Path) -> str:
     """The summary the command prints."""
     lines = [f"IGPG on {res['zoo']} -> {workdir}/results.json"]
     for r in res["reconstruction"]:
+        if not r.get("coded", True):
+            lines.append(f"  reconstruction {r['pair']}: not coded (no frame: architecture unseen)")
+            continue
         lines.append(
             f"  reconstruction {r['pair']}{' (held out)' if r['heldout'] else ''}: "
             f"{100 * r['mean_original']:.1f} -> {100 * r['mean_reconstructed']:.1f} %"
@@ -189,7 +196,8 @@ def summary(res: dict, workdir: Path) -> str:
         lines.append(
             f"  novelty {r['pair']}: nearest/zoo-typical distance {r['median_ratio_aligned']:.2f}"
             f" aligned ({r['median_ratio_raw']:.2f} raw), disagreement "
-            f"{100 * r['median_disagreement']:.1f} %"
+            f"{100 * r['median_disagreement']:.1f} %; spread (pairwise disagreement) "
+            f"{_percent(r.get('generated_spread'))} generated, {_percent(r.get('zoo_spread'))} zoo"
         )
     wall = res["wall_s"]
     lines.append(f"  wall time {wall['this_call']:.0f} s (parts' own {wall['parts']:.0f} s)")

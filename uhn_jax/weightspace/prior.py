@@ -239,23 +239,27 @@ def filter_logits(logits: jax.Array, temperature, top_k) -> jax.Array:
     return jnp.where((k > 0) & (logits < kth), -jnp.inf, logits)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _sample(model: Prior, params, roles, cond, key, num: int, temperature, top_k):
+@functools.partial(jax.jit, static_argnums=(0, 5, 8))
+def _sample(model: Prior, params, roles, cond, key, num: int, temperature, top_k, keep: bool):
     t = roles["layer"].shape[0]
     cond_B = jax.tree.map(lambda a: jnp.broadcast_to(a, (num, *a.shape)), cond)
     caches = model.apply(params, cond_B, t, method=Prior.prefill)
 
     def body(i, carry):
-        codes, caches, previous = carry
+        codes, probs, caches, previous = carry
         roles_t = {k: jnp.broadcast_to(v[i], (num,)) for k, v in roles.items()}
         logits, caches = model.apply(params, caches, previous, roles_t, i, method=Prior.step)
         logits = filter_logits(logits, temperature, top_k)
         drawn = jax.random.categorical(jax.random.fold_in(key, i), logits).astype(jnp.int32)
-        return codes.at[:, i].set(drawn), caches, drawn
+        if keep:
+            probs = probs.at[:, i].set(jax.nn.softmax(logits))
+        return codes.at[:, i].set(drawn), probs, caches, drawn
 
     begin = jnp.full((num,), model.s.codebook_size, jnp.int32)
-    start = (jnp.zeros((num, t), jnp.int32), caches, begin)
-    return jax.lax.fori_loop(0, t, body, start)[0]
+    probs = jnp.zeros((num, t, model.s.codebook_size) if keep else (), jnp.float32)
+    start = (jnp.zeros((num, t), jnp.int32), probs, caches, begin)
+    codes, probs, _, _ = jax.lax.fori_loop(0, t, body, start)
+    return (codes, probs) if keep else codes
 
 
 def sample(
@@ -268,9 +272,12 @@ def sample(
     *,
     temperature: float = 1.0,
     top_k: int = 0,
-) -> jax.Array:
+    probabilities: bool = False,
+):
     """``int32 [num, T]``: ``num`` networks' codes drawn for one architecture (``roles``, each
-    ``[T]``) and condition (``cond``, unbatched).
+    ``[T]``) and condition (``cond``, unbatched); with ``probabilities``, ``(codes, probs)``
+    where ``probs[num, T, K]`` is the (temperature and top-k filtered) distribution each
+    code was drawn from, given the codes drawn before it.
 
     Raises:
       ValueError: for ``temperature <= 0``, ``top_k < 0`` or a sequence longer than the
@@ -288,7 +295,8 @@ def sample(
         )
     roles = {k: jnp.asarray(v) for k, v in roles.items()}
     cond = {k: jnp.asarray(v) for k, v in cond.items()}
-    return _sample(model, params, roles, cond, key, num, jnp.float32(temperature), jnp.int32(top_k))
+    args = (jnp.float32(temperature), jnp.int32(top_k), bool(probabilities))
+    return _sample(model, params, roles, cond, key, num, *args)
 
 
 def sequence_nll(model: Prior, params, batch: dict) -> jax.Array:

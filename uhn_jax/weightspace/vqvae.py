@@ -9,20 +9,26 @@ other, and the chunk's relative position within its leaf, bucketed), the latent 
 nearest of ``codebook_size`` codes, and the decoder MLP turns the code and the same role back
 into a chunk.
 
-Normalisation. Before encoding, every leaf is divided by ``1 / sqrt(fan_in)`` of its layer (a
-kernel's fan-in is the product of all but its last axis; a bias or other per-unit leaf takes
-its module's kernel's), the scale of the base models' default init. The scale depends on the
-shape alone, so networks of an architecture the VQ-VAE never saw are normalised the same way
-and decoding needs no per-network side information: the tokens and the :class:`ChunkPlan`
-(rebuilt from the architecture) are the whole description of a network.
+Frames. Before encoding, a network is put in its layout's *frame*, ``x = (w - shift) /
+scale`` per value (:class:`Frame`). The default frame divides every leaf by ``1 / sqrt(fan_in)``
+of its layer (a kernel's fan-in is the product of all but its last axis; a bias or other
+per-unit leaf takes its module's kernel's), the scale of the base models' default init. It
+depends on the shape alone, so networks of an architecture the VQ-VAE never saw are coded the
+same way and decoding needs no side information: the tokens and the :class:`ChunkPlan`
+(rebuilt from the architecture) are the whole description of a network. With
+``Settings.standardize`` each layout's frame is instead the per-value mean and standard
+deviation of its training networks (:func:`standard_frame`), the per-coordinate normalisation
+of weight-space generative models: codes then describe a network's departure from its
+architecture's typical one, and only the layouts seen in training can be coded.
 
 Codebook. Codes move by exponential moving averages of the latents assigned to them (van den
 Oord et al. 2017, appendix); a code whose averaged usage falls below ``restart`` times the
 uniform share is restarted at a random latent of the batch, so codes do not die. The codebook
 starts empty, so the first step initialises it from the data. The encoder
 learns through the straight-through estimator, with a commitment loss (weight ``beta``). The
-reconstruction loss is the mean squared error of the normalised chunks' real (not padded)
-values. :func:`train_step` is pure; the loop in :mod:`uhn_jax.training.igpg_fit` drives it.
+reconstruction loss is the mean squared error of the framed chunks' real (not padded)
+values. :meth:`Codec.decode_mean` decodes per-token code distributions (a prior's) to their
+expected chunks. :func:`train_step` is pure; the loop in :mod:`uhn_jax.training.igpg_fit` drives it.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ class Settings:
     beta: float = 0.25
     decay: float = 0.99
     restart: float = 0.03
+    standardize: bool = False  # frames from the training networks' mean and std (docstring)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +175,7 @@ def plan(layout: layouts.Layout, chunk_size: int, max_chunks_per_layer: int) -> 
 
 def chunk(w_N, cp: ChunkPlan):
     """``[T, c]``: every leaf of the flat ``w_N`` zero-padded and cut into chunks (raw
-    values; :func:`normalize` scales them). numpy in, numpy out; else jax."""
+    values; a :class:`Frame` scales them). numpy in, numpy out; else jax."""
     xp = np if isinstance(w_N, np.ndarray) else jnp
     c, parts = cp.chunk_size, []
     for leaf, n in zip(cp.layout.leaves, cp.chunks, strict=True):
@@ -188,14 +195,61 @@ def unchunk(chunks_TC, cp: ChunkPlan):
     return xp.concatenate(parts)
 
 
-def normalize(chunks_TC: jax.Array, cp: ChunkPlan) -> jax.Array:
-    """Chunks divided by their leaf's init scale (see the module docstring)."""
-    return chunks_TC / jnp.asarray(cp.scale())[:, None]
+@dataclasses.dataclass(frozen=True, eq=False)
+class Frame:
+    """The coordinates a layout's networks are coded in: ``w = shift + scale * x`` per value
+    (``shift``, ``scale``: ``float32 [N]``; see the module docstring)."""
+
+    shift: np.ndarray
+    scale: np.ndarray
+
+    def chunks(self, cp: ChunkPlan) -> tuple[np.ndarray, np.ndarray]:
+        """``(shift, scale)`` cut as chunks ``[T, c]`` (padding: shift 0, scale 1)."""
+        return chunk(self.shift, cp), np.where(cp.valid(), chunk(self.scale, cp), 1.0)
+
+    def to_chunks(self, w_MN: np.ndarray, cp: ChunkPlan) -> np.ndarray:
+        """``x[M, T, c]``: networks ``w[M, N]`` framed and cut into chunks (numpy)."""
+        shift, scale = self.chunks(cp)
+        return (chunk(np.asarray(w_MN, np.float32), cp) - shift) / scale
 
 
-def denormalize(chunks_TC: jax.Array, cp: ChunkPlan) -> jax.Array:
-    """The inverse of :func:`normalize`."""
-    return chunks_TC * jnp.asarray(cp.scale())[:, None]
+def init_frame(cp: ChunkPlan) -> Frame:
+    """The default frame: no shift, each leaf scaled by its layer's ``1 / sqrt(fan_in)``."""
+    scale = unchunk(np.repeat(cp.scale()[:, None], cp.chunk_size, 1), cp)
+    return Frame(np.zeros_like(scale), scale)
+
+
+def standard_frame(w_MN) -> Frame:
+    """The frame of networks ``w[M, N]`` (``M >= 2``) of one layout: per value their mean and
+    standard deviation (floored at 1e-3 of the root-mean-square deviation, so a value that
+    never varies does not blow up)."""
+    w = np.asarray(w_MN, np.float64)
+    if w.ndim != 2 or len(w) < 2:
+        raise ValueError(
+            f"a standardised frame needs >= 2 networks w[M, N] of a layout, got shape {w.shape}"
+        )
+    std = w.std(0)
+    floor = 1e-3 * math.sqrt(float((std**2).mean())) + 1e-12
+    return Frame(w.mean(0).astype(np.float32), np.maximum(std, floor).astype(np.float32))
+
+
+def frame_of(cp: ChunkPlan, s: Settings, frames: dict) -> Frame:
+    """The frame ``cp``'s networks are coded in: :func:`init_frame`, or with
+    ``s.standardize`` the layout's entry of ``frames``.
+
+    Raises:
+      ValueError: with ``standardize``, for a layout with no frame (not seen in training).
+    """
+    if not s.standardize:
+        return init_frame(cp)
+    if cp.layout not in frames:
+        shapes = ", ".join(f"{_leaf_name(leaf)} {leaf.shape}" for leaf in cp.layout.leaves)
+        raise ValueError(
+            f"vqvae.standardize codes each architecture relative to its training networks, "
+            f"and this one ({shapes}) had none: only architectures seen in training can be "
+            "coded (hold out a dataset, not an architecture, or use sample.fallback)"
+        )
+    return frames[cp.layout]
 
 
 def check_roles(cp: ChunkPlan, s: Settings) -> None:
@@ -361,6 +415,7 @@ class Codec:
     model: VQVAE
     params: Any
     embed: jax.Array
+    frames: dict = dataclasses.field(default_factory=dict)  # {layout: Frame}, standardize only
 
     @property
     def settings(self) -> Settings:
@@ -374,11 +429,21 @@ class Codec:
         check_roles(cp, s)
         return cp
 
+    def frame(self, layout: layouts.Layout) -> Frame:
+        """The frame ``layout``'s networks are coded in (:func:`frame_of`)."""
+        return frame_of(self.plan(layout), self.settings, self.frames)
+
+    def can_code(self, layout: layouts.Layout) -> bool:
+        """Whether ``layout`` has a frame (always, unless ``standardize``)."""
+        return not self.settings.standardize or layout in self.frames
+
     def encode(self, w_MN, layout: layouts.Layout) -> np.ndarray:
         """``int32 [M, T]``: the codes of ``M`` flat networks ``w[M, N]`` of ``layout``."""
         cp = self.plan(layout)
         w_MN = np.asarray(w_MN, np.float32)
-        codes = _encode(self.model, cp, self.params, self.embed, jnp.asarray(_pad(w_MN)))
+        shift, scale = self.frame(layout).chunks(cp)
+        w = jnp.asarray(_pad(w_MN))
+        codes = _encode(self.model, cp, self.params, self.embed, w, shift, scale)
         return np.asarray(codes)[: len(w_MN)]
 
     def decode(self, codes_MT, layout: layouts.Layout) -> np.ndarray:
@@ -390,8 +455,30 @@ class Codec:
                 f"codes of shape {codes_MT.shape} do not fit this architecture: it is "
                 f"{cp.num_tokens} tokens long"
             )
-        w = _decode(self.model, cp, self.params, self.embed, jnp.asarray(_pad(codes_MT)))
+        shift, scale = self.frame(layout).chunks(cp)
+        codes = jnp.asarray(_pad(codes_MT))
+        w = _decode(self.model, cp, self.params, self.embed, codes, shift, scale)
         return np.asarray(w)[: len(codes_MT)]
+
+    def decode_mean(self, probs_MTK, layout: layouts.Layout) -> np.ndarray:
+        """``float32 [M, N]``: networks whose every chunk is the expected decoded chunk under
+        per-token code distributions ``probs[M, T, K]`` (e.g. a prior's, along its sampled
+        path): the mean-squared-error optimal point estimate of each token's values."""
+        cp = self.plan(layout)
+        probs = np.asarray(probs_MTK, np.float32)
+        want = (cp.num_tokens, self.settings.codebook_size)
+        if probs.ndim != 3 or probs.shape[1:] != want:
+            raise ValueError(
+                f"code distributions of shape {probs.shape} do not fit this architecture and "
+                f"codebook: [M, {want[0]}, {want[1]}] expected"
+            )
+        keys = np.stack([cp.roles(self.settings.position_buckets)[k] for k in ROLE_KEYS], 1)
+        unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+        roles = {k: jnp.asarray(unique[:, i]) for i, k in enumerate(ROLE_KEYS)}
+        shift, scale = self.frame(layout).chunks(cp)
+        args = (jnp.asarray(_pad(probs)), roles, jnp.asarray(inverse.ravel()), shift, scale)
+        w = _decode_mean(self.model, cp, self.params, self.embed, *args)
+        return np.asarray(w)[: len(probs)]
 
     def decode_params(self, codes_T, layout: layouts.Layout) -> Any:
         """One network's params pytree from its codes ``[T]`` (via ``layouts.unflatten``)."""
@@ -414,35 +501,46 @@ def _roles(cp: ChunkPlan, s: Settings) -> dict:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _encode(model: VQVAE, cp: ChunkPlan, params, embed, w_MN):
+def _encode(model: VQVAE, cp: ChunkPlan, params, embed, w_MN, shift_TC, scale_TC):
     roles = _roles(cp, model.s)
 
     def one(w_N):
-        x = normalize(chunk(w_N, cp), cp)
+        x = (chunk(w_N, cp) - shift_TC) / scale_TC
         return quantize(model.apply(params, x, roles, method=VQVAE.encode), embed)[0]
 
     return jax.lax.map(one, w_MN).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _decode(model: VQVAE, cp: ChunkPlan, params, embed, codes_MT):
+def _decode(model: VQVAE, cp: ChunkPlan, params, embed, codes_MT, shift_TC, scale_TC):
     roles = _roles(cp, model.s)
 
     def one(codes_T):
         x = model.apply(params, embed[codes_T], roles, method=VQVAE.decode)
-        return unchunk(denormalize(x, cp), cp)
+        return unchunk(x * scale_TC + shift_TC, cp)
 
     return jax.lax.map(one, codes_MT)
 
 
-def training_data(w_by_layout: dict, s: Settings) -> dict[str, Any]:
-    """The VQ-VAE's training chunks (numpy): every network of ``{layout: w[M, N]}``,
-    normalised, with ``valid`` and ``roles``, concatenated."""
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _decode_mean(model: VQVAE, cp, params, embed, probs_MTK, roles_U, inverse_T, shift, scale):
+    def table(role):  # every code decoded at one distinct role: [K, c]
+        role_K = {k: jnp.broadcast_to(v, embed.shape[:1]) for k, v in role.items()}
+        return model.apply(params, embed, role_K, method=VQVAE.decode)
+
+    chunks_TKC = jax.lax.map(table, roles_U)[inverse_T]
+    x_MTC = jnp.einsum("mtk,tkc->mtc", probs_MTK, chunks_TKC)
+    return jax.vmap(lambda x: unchunk(x * scale + shift, cp))(x_MTC)
+
+
+def training_data(w_by_layout: dict, s: Settings, frames: dict) -> dict[str, Any]:
+    """The VQ-VAE's training chunks (numpy): every network of ``{layout: w[M, N]}`` in its
+    frame (:func:`frame_of` with ``frames``), with ``valid`` and ``roles``, concatenated."""
     xs, valid, roles = [], [], {k: [] for k in ROLE_KEYS}
     for layout, w_MN in w_by_layout.items():
         cp = plan(layout, s.chunk_size, s.max_chunks_per_layer)
         check_roles(cp, s)
-        chunks = chunk(np.asarray(w_MN, np.float32), cp) / cp.scale()[:, None]
+        chunks = frame_of(cp, s, frames).to_chunks(w_MN, cp)
         m = chunks.shape[0]
         xs.append(chunks.reshape(-1, s.chunk_size))
         valid.append(np.tile(cp.valid(), (m, 1)))
