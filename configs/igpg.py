@@ -13,8 +13,10 @@ Arg ``<preset>[,<zoo path>]``:
   ``digits/mlp-16x16`` and ``digits/ha_cnn-8x16-k3`` are held out.
 * ``fixed``: the fixed-seed zoo of ``configs/zoo.py:digits_fixed`` (default
   ``runs/zoo_digits_fixed``: 256 digits MLPs of each of 16, 16x16 and 16x16x16, all from one
-  seed, only their hyperparameters varied): the ``digits`` preset's chunks and codes, 1,000
-  prior steps, sampling at temperature 0.5; ``digits/mlp-16x16`` is held out and written
+  seed, only their hyperparameters varied): the ``digits`` preset's chunks and codes, but on
+  the networks at or above their pair's median, coded in standardised frames
+  (``vqvae.standardize``), 1,000 prior steps, each token decoded as its expected chunk
+  (``sample.decode = "mean"``) at temperature 1; ``digits/mlp-16x16`` is held out and written
   with the ``deepen`` fallback (the prior writes an MLP 16, grown by a zero residual block).
 * ``cpu``: the ``cpu`` zoo (default ``runs/zoo_cpu``): chunks of 8 values, every pair of at
   most 640 tokens (the digits MLPs but 64x64 and 128, every digits HaCNN, the MNIST and
@@ -98,6 +100,7 @@ def base():
     c.prior.heads = 4
     c.prior.layers = 3
     c.prior.mlp_ratio = 4
+    c.prior.dropout = 0.0  # on each block's attention and MLP outputs, in training
     c.prior.images_per_dataset = 256  # training images in a dataset's set encoding
     c.prior.val_fraction = 0.2  # of each seen pair's networks: choose the prior's step
     c.prior.eval_every = 100  # validation NLL every this many steps
@@ -157,7 +160,9 @@ def get_config(arg: str = "tiny"):
         c.vqvae.update({"chunk_size": 4, "codebook_size": 2048})
         c.prior.update({"dim": 64, "layers": 2})
         c.prior_train.update({"steps": 1000, "batch_size": 8, "lr": 2e-3})
-        c.sample.temperature = 0.5
+        c.select.above_median = True  # the prior learns the better half of each pair
+        c.vqvae.standardize = True  # codes are departures from each seen MLP's mean network
+        c.sample.decode = "mean"  # each token decoded as its expected chunk
         c.sample.fallback = "deepen"  # 16x16 is written as 16, then grown (docs/igpg.md)
         return c
     c.select.max_tokens = 640

@@ -190,6 +190,18 @@ def test_cached_decoding_gives_the_full_forward_logits(prior_setup):
         previous = codes[:, i]
 
 
+def test_prior_dropout_acts_in_training_only(prior_setup):
+    model, params, _, (codes, roles_b, cond_b, _, _) = prior_setup
+    drop = prior.Prior(dataclasses.replace(model.s, dropout=0.5))  # the same params fit it
+    batch = {"codes": codes, "mask": np.ones(codes.shape, bool), "roles": roles_b, "cond": cond_b}
+    plain = float(prior.loss_fn(model, params, batch)[0])
+    assert float(prior.loss_fn(drop, params, batch)[0]) == pytest.approx(plain, rel=1e-6)
+    a, b, again = (
+        float(prior.loss_fn(drop, params, batch, jax.random.key(k))[0]) for k in (0, 1, 0)
+    )
+    assert a != b and a != pytest.approx(plain, rel=1e-4) and a == again
+
+
 def test_sampling_keeps_to_the_top_k_and_top_1_is_greedy(prior_setup):
     model, params, apply, (_, _, _, roles, cond) = prior_setup
     logits = jnp.asarray(np.random.default_rng(0).normal(size=(4, 11)))
@@ -292,6 +304,7 @@ def _config(zoo_path, **fields):
         ({"select__families": ("cnn",)}, "select.families: 'cnn' is not allowed"),
         ({"sample__fallback": "grow"}, "sample.fallback must be one of"),
         ({"sample__decode": "soft"}, "sample.decode must be one of"),
+        ({"prior__dropout": 1.0}, r"prior.dropout must be in \[0, 1\)"),
         (
             {"sample__fallback": "deepen", "heldout": ("digits/ha_cnn-8x8-k3",)},
             "grows MLPs only; held-out pair 'digits/ha_cnn-8x8-k3' is a ha_cnn",
@@ -316,8 +329,9 @@ def test_every_preset_validates_and_the_fixed_one_holds_out_the_middle_depth():
     specs = {name: igpg.validate(load_config("igpg", name)) for name in presets.PRESETS}
     fixed = specs["fixed"]
     assert fixed.zoo == "runs/zoo_digits_fixed" and fixed.heldout == ("digits/mlp-16x16",)
-    assert fixed.sample.temperature == 0.5 and fixed.select.max_tokens == 440
-    assert fixed.sample.fallback == "deepen"
+    assert fixed.sample.temperature == 1.0 and fixed.select.max_tokens == 440
+    assert fixed.sample.fallback == "deepen" and fixed.sample.decode == "mean"
+    assert fixed.vqvae.standardize and fixed.select.above_median
     assert all(s.sample.fallback == "none" for name, s in specs.items() if name != "fixed")
 
 

@@ -29,7 +29,8 @@ FALLBACKS = ("none", "deepen")
 #: How drawn codes become weights (:class:`Sample`).
 DECODES = ("sample", "mean")
 PRIOR_FIELDS = (
-    "dim", "heads", "layers", "mlp_ratio", "images_per_dataset", "val_fraction", "eval_every",
+    "dim", "heads", "layers", "mlp_ratio", "dropout", "images_per_dataset", "val_fraction",
+    "eval_every",
 )  # fmt: skip
 
 
@@ -62,7 +63,8 @@ class Train:
 
 @dataclasses.dataclass(frozen=True)
 class PriorShape:
-    """The prior Transformer's width, heads, blocks and MLP ratio, how many training images
+    """The prior Transformer's width, heads, blocks, MLP ratio and dropout (on each block's
+    attention and MLP outputs, in training), how many training images
     encode a dataset, and the share of each seen pair's training networks that validates the
     prior (the params with the lowest validation NLL, scored every ``eval_every`` steps, are
     kept; 0: no validation, the last params)."""
@@ -71,6 +73,7 @@ class PriorShape:
     heads: int = 4
     layers: int = 2
     mlp_ratio: int = 4
+    dropout: float = 0.0
     images_per_dataset: int = 256
     val_fraction: float = 0.2
     eval_every: int = 100
@@ -254,9 +257,12 @@ def _prior(cfg) -> PriorShape:
     ok = isinstance(p.val_fraction, int | float) and not isinstance(p.val_fraction, bool)
     if not ok or not 0 <= p.val_fraction < 1:
         raise ValueError(f"prior.val_fraction must be in [0, 1), got {p.val_fraction!r}")
+    ok = isinstance(p.dropout, int | float) and not isinstance(p.dropout, bool)
+    if not ok or not 0 <= p.dropout < 1:
+        raise ValueError(f"prior.dropout must be in [0, 1), got {p.dropout!r}")
     if p.dim % p.heads:
         raise ValueError(f"prior.dim ({p.dim}) must be a multiple of prior.heads ({p.heads})")
-    return dataclasses.replace(p, val_fraction=float(p.val_fraction))
+    return dataclasses.replace(p, val_fraction=float(p.val_fraction), dropout=float(p.dropout))
 
 
 def _sample(cfg) -> Sample:

@@ -180,6 +180,7 @@ def prior_settings(spec: config_lib.Spec, families: tuple[str, ...]) -> prior.Se
         heads=p.heads,
         layers=p.layers,
         mlp_ratio=p.mlp_ratio,
+        dropout=p.dropout,
     )
 
 

@@ -44,6 +44,7 @@ class Settings:
     heads: int = 4
     layers: int = 2
     mlp_ratio: int = 4
+    dropout: float = 0.0  # on each block's attention and MLP outputs, in training only
 
     @property
     def prefix(self) -> int:
@@ -90,24 +91,28 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """A pre-LayerNorm Transformer block: causal self-attention, then a GELU MLP."""
+    """A pre-LayerNorm Transformer block: causal self-attention, then a GELU MLP (each
+    output dropped out at ``dropout`` in training)."""
 
     dim: int
     heads: int
     mlp_ratio: int
+    dropout: float = 0.0
 
     def setup(self):
         self.ln_attn, self.ln_mlp = nn.LayerNorm(), nn.LayerNorm()
         self.attn = Attention(self.dim, self.heads)
         self.fc_in = nn.Dense(self.mlp_ratio * self.dim)
         self.fc_out = nn.Dense(self.dim)
+        self.drop = nn.Dropout(self.dropout)
 
-    def _mlp(self, h):
-        return h + self.fc_out(nn.gelu(self.fc_in(self.ln_mlp(h))))
+    def _mlp(self, h, train: bool = False):
+        out = self.fc_out(nn.gelu(self.fc_in(self.ln_mlp(h))))
+        return h + self.drop(out, deterministic=not train)
 
-    def __call__(self, h, mask):
+    def __call__(self, h, mask, train: bool = False):
         a, kv = self.attn(self.ln_attn(h), mask)
-        return self._mlp(h + a), kv
+        return self._mlp(h + self.drop(a, deterministic=not train), train), kv
 
     def step(self, h, cache, index):
         """One new position ``h [B, 1, D]`` at ``index`` against the block's cache."""
@@ -133,7 +138,7 @@ class Prior(nn.Module):
         self.code = nn.Embed(s.codebook_size + 1, d)
         self.role = vqvae.RoleEmbed(s.max_layers, s.position_buckets, d)
         self.positions = self.param("positions", normal, (s.max_tokens, d))
-        self.blocks = [Block(d, s.heads, s.mlp_ratio) for _ in range(s.layers)]
+        self.blocks = [Block(d, s.heads, s.mlp_ratio, s.dropout) for _ in range(s.layers)]
         self.ln_out = nn.LayerNorm()
         self.head = nn.Dense(s.codebook_size)
 
@@ -146,13 +151,14 @@ class Prior(nn.Module):
         prefix = jnp.concatenate([data[:, None], task[:, None], family[:, None], leaves], 1)
         return prefix + self.prefix_positions
 
-    def __call__(self, codes_BT: jax.Array, roles: dict, cond: dict) -> jax.Array:
+    def __call__(self, codes_BT: jax.Array, roles: dict, cond: dict, train: bool = False):
         """Logits ``[B, T, K]`` of every code given the earlier ones.
 
         Args:
           codes_BT: ``int [B, T]`` codes (``T <= max_tokens``).
           roles: :data:`uhn_jax.weightspace.vqvae.ROLE_KEYS`, each ``int [B, T]``.
           cond: condition arrays with a leading batch axis (``conditioning.stack``).
+          train: apply dropout (needs a ``dropout`` rng).
         """
         s = self.s
         b, t = codes_BT.shape
@@ -162,7 +168,7 @@ class Prior(nn.Module):
         h = jnp.concatenate([self._prefix(cond), h], 1)
         mask = nn.make_causal_mask(jnp.ones((b, s.prefix + t)))
         for block in self.blocks:
-            h, _ = block(h, mask)
+            h, _ = block(h, mask, train)
         return self.head(self.ln_out(h[:, s.prefix :]))
 
     def prefill(self, cond: dict, length: int) -> list:
@@ -188,10 +194,15 @@ class Prior(nn.Module):
         return self.head(self.ln_out(h[:, 0])), new
 
 
-def loss_fn(model: Prior, params, batch: dict) -> tuple[jax.Array, jax.Array]:
+def loss_fn(model: Prior, params, batch: dict, rng=None) -> tuple[jax.Array, jax.Array]:
     """``(mean cross-entropy, accuracy)`` of the codes over the real tokens of ``batch``
-    (``codes [B, T]``, ``mask [B, T]``, ``roles``, ``cond``)."""
-    logits = model.apply(params, batch["codes"], batch["roles"], batch["cond"])
+    (``codes [B, T]``, ``mask [B, T]``, ``roles``, ``cond``); with ``rng``, in training mode
+    (dropout)."""
+    args = (batch["codes"], batch["roles"], batch["cond"])
+    if rng is None:
+        logits = model.apply(params, *args)
+    else:
+        logits = model.apply(params, *args, train=True, rngs={"dropout": rng})
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["codes"])
     w = batch["mask"].astype(logits.dtype)
     n = jnp.maximum(w.sum(), 1.0)
@@ -209,11 +220,12 @@ def train_step(model: Prior, tx, batch_size: int, state: dict, data: dict, key) 
     (pure; resumable bit-identically)."""
     step = state["step"]
     n = data["codes"].shape[0]
-    idx = jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0, n)
-    batch = take(data, idx)
+    draw = jax.random.fold_in(key, step)
+    batch = take(data, jax.random.randint(draw, (batch_size,), 0, n))
+    drop = jax.random.fold_in(draw, 1)
 
     def objective(p):
-        return loss_fn(model, p, batch)
+        return loss_fn(model, p, batch, drop if model.s.dropout else None)
 
     (loss, acc), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
