@@ -28,7 +28,8 @@ starts empty, so the first step initialises it from the data. The encoder
 learns through the straight-through estimator, with a commitment loss (weight ``beta``). The
 reconstruction loss is the mean squared error of the framed chunks' real (not padded)
 values. :meth:`Codec.decode_mean` decodes per-token code distributions (a prior's) to their
-expected chunks. :func:`train_step` is pure; the loop in :mod:`uhn_jax.training.igpg_fit` drives it.
+expected chunks. :func:`train_step` is pure; the loop in :mod:`uhn_jax.training.igpg_fit`
+drives it.
 """
 
 from __future__ import annotations
