@@ -182,11 +182,11 @@ class Experiment:
         return self._codec
 
     def _reconstruction(self, pair: pairs_lib.Pair) -> dict[str, Any]:
-        records, w = self.records(pair), self.weights(pair)
-        codec = self._codec
+        records, codec = self.records(pair), self._codec
         if not codec.can_code(pair.layout):  # standardised frames: its architecture unseen
-            return {"pair": pair.name, "heldout": pair.heldout, "networks": len(w),
+            return {"pair": pair.name, "heldout": pair.heldout, "networks": len(records),
                     "tokens": pair.tokens, "coded": False}  # fmt: skip
+        w = self.weights(pair)
         w_hat = codec.decode(codec.encode(w, pair.layout), pair.layout)
         original = self.data.evaluate_records(records, w, pair.layout)
         rebuilt = self.data.evaluate_records(records, w_hat, pair.layout)

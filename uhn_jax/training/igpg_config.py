@@ -153,6 +153,14 @@ def _number(name: str, value, *, minimum: float = 0.0, open_low: bool = True) ->
     return float(value)
 
 
+def _fraction(name: str, value) -> float:
+    """``value`` as a float in ``[0, 1)``, else ``ValueError`` naming ``name``."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    checks.in_range(name, value, 0, 1, hi_open=True)
+    return float(value)
+
+
 def _names(name: str, value, allowed=None) -> tuple[str, ...]:
     value = tuple(value) if isinstance(value, list | tuple) else (value,)
     for v in value:
@@ -254,25 +262,18 @@ def _prior(cfg) -> PriorShape:
     p = PriorShape(**_group(cfg, "prior", PriorShape, PRIOR_FIELDS))
     for f in ("dim", "heads", "layers", "mlp_ratio", "images_per_dataset", "eval_every"):
         checks.positive_int(f"prior.{f}", getattr(p, f))
-    ok = isinstance(p.val_fraction, int | float) and not isinstance(p.val_fraction, bool)
-    if not ok or not 0 <= p.val_fraction < 1:
-        raise ValueError(f"prior.val_fraction must be in [0, 1), got {p.val_fraction!r}")
-    ok = isinstance(p.dropout, int | float) and not isinstance(p.dropout, bool)
-    if not ok or not 0 <= p.dropout < 1:
-        raise ValueError(f"prior.dropout must be in [0, 1), got {p.dropout!r}")
+    fractions = {f: _fraction(f"prior.{f}", getattr(p, f)) for f in ("val_fraction", "dropout")}
     if p.dim % p.heads:
         raise ValueError(f"prior.dim ({p.dim}) must be a multiple of prior.heads ({p.heads})")
-    return dataclasses.replace(p, val_fraction=float(p.val_fraction), dropout=float(p.dropout))
+    return dataclasses.replace(p, **fractions)
 
 
 def _sample(cfg) -> Sample:
     s = Sample(**_group(cfg, "sample", Sample))
     checks.positive_int("sample.networks", s.networks)
     checks.non_negative_int("sample.top_k", s.top_k, " (0 = no filtering)")
-    if s.decode not in DECODES:
-        raise ValueError(f"sample.decode must be one of {DECODES}, got {s.decode!r}")
-    if s.fallback not in FALLBACKS:
-        raise ValueError(f"sample.fallback must be one of {FALLBACKS}, got {s.fallback!r}")
+    checks.choice("sample.decode", s.decode, DECODES)
+    checks.choice("sample.fallback", s.fallback, FALLBACKS)
     return dataclasses.replace(s, temperature=_number("sample.temperature", s.temperature))
 
 
