@@ -89,6 +89,7 @@ def base():
     c.sne.chunk_features = 16
     c.sne.max_classes = 10
     c.sne.max_layers = 8
+    c.sne.layer_summary = True  # each layer's weight statistics; chunks read at its scale
     c.mlp = ml_collections.ConfigDict({"hidden": (64, 64)})
     c.gbt = ml_collections.ConfigDict(
         {"max_iter": 200, "learning_rate": 0.05, "max_leaf_nodes": 31, "min_samples_leaf": 20}

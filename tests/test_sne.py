@@ -7,6 +7,7 @@ digits MLPs and HaCNNs whose weights are scaled per network and snapshot, with a
 that is a function of the scale (training a real zoo would take most of this file's time).
 """
 
+import dataclasses
 import json
 
 import jax
@@ -73,7 +74,7 @@ def _ha_cnn_and_permuted():
 
 
 def _assert_same_tokens(t, u):
-    for key in ("values", "layer", "chunk", "label", "roles"):
+    for key in ("values", "layer", "chunk", "label", "roles", "summary"):
         np.testing.assert_array_equal(getattr(t, key), getattr(u, key), err_msg=key)
 
 
@@ -130,6 +131,7 @@ def test_sne_ignores_padding_and_the_order_of_tokens_and_of_a_batch(encode):
     shuffled = chunking.Tokens(
         **{k: getattr(t, k)[order] for k in ("values", "layer", "chunk", "label")},
         roles=t.roles,
+        summary=t.summary,
         layer_names=t.layer_names,
     )
     np.testing.assert_allclose(encode([shuffled, u]), pred, rtol=1e-5)
@@ -196,6 +198,55 @@ def test_statistics_of_a_hand_made_network():
     assert two["has_hidden"] == 0 and two["hidden_kernel_q100"] == 0 and two["num_layers"] == 2
     with pytest.raises(ValueError, match="one layout"):
         statistics.flat_weights([params, {"layer_000": params["layer_000"]}])
+
+
+def test_layer_summary_is_each_layers_scale_and_shape_and_follows_the_batch_scale():
+    kernel = np.asarray([[1.0, -1.0], [3.0, -3.0]], np.float32)  # RMS sqrt(5)
+    params = {"layer_000": {"kernel": kernel, "bias": np.asarray([2.0, 2.0], np.float32)}}
+    params["layer_001"] = {"kernel": np.ones((2, 3), np.float32)}  # no bias
+    t = chunking.tokenize(params, 4)
+    f = dict(zip(chunking.SUMMARY_FEATURES, t.summary[0], strict=True))
+    r = np.sqrt(5.0)
+    expect = {"kernel_log_rms": np.log(r), "kernel_mean": 0.0, "kernel_std": 1.0}
+    expect |= {"kernel_q0": -3 / r, "kernel_q50": 0.0, "kernel_q100": 3 / r}
+    expect |= {"bias_log_rms": np.log(2.0), "bias_mean": 1.0, "bias_std": 0.0, "bias_q25": 1.0}
+    for name, value in expect.items():
+        np.testing.assert_allclose(f[name], value, atol=1e-6, err_msg=name)
+    np.testing.assert_array_equal(t.summary[1, len(chunking.PART_SUMMARY) :], 0)  # no bias
+    # The batch's summary is that of the scaled values: its log RMS shifts, the ratios stay;
+    # a missing part stays zeros.
+    scaled = jax.tree.map(lambda x: 4 * x, params)
+    a = chunking.collate([t], max_layers=3, max_classes=10, scale=4.0)
+    b = chunking.collate([chunking.tokenize(scaled, 4)], max_layers=3, max_classes=10)
+    np.testing.assert_allclose(a["summary"], b["summary"], atol=1e-6)
+    np.testing.assert_allclose(a["values"], b["values"])
+    assert a["summary"][0, 1, 0] == np.float32(np.log(4.0))  # the ones kernel: RMS 1 -> 4
+
+
+def test_with_the_summary_chunks_are_read_relative_to_their_layers_scale():
+    _, p, _ = _mlp_and_permuted()
+    scaled = {**p, "layer_001": jax.tree.map(lambda x: 3 * x, p["layer_001"])}
+
+    def batch(params):
+        return chunking.collate([chunking.tokenize(params, 8)], max_layers=8, max_classes=10)
+
+    net = sne.SNE(SETTINGS)
+    v = net.init(jax.random.key(0), batch(p))
+    assert not np.allclose(net.apply(v, batch(p)), net.apply(v, batch(scaled)))
+
+    # Without the summary, which carries the layer's scale, its chunks look the same.
+    def zero(tree, *names):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, x: 0 * x if any(n in str(path) for n in names) else x, tree
+        )
+
+    blind = zero(v, "layer_summary")
+    np.testing.assert_allclose(net.apply(blind, batch(p)), net.apply(blind, batch(scaled)), 1e-5)
+    off = sne.SNE(dataclasses.replace(SETTINGS, layer_summary=False))
+    w = off.init(jax.random.key(0), batch(p))
+    assert "layer_summary" not in w["params"]
+    w = zero(w, "chunk_scale")
+    assert not np.allclose(off.apply(w, batch(p)), off.apply(w, batch(scaled)))
 
 
 def _records():
@@ -480,6 +531,10 @@ def test_bad_configs_are_refused_naming_the_field(tiny, tmp_path):
             (c[group] if group else c)[field] = value
         with pytest.raises(ValueError, match=message):
             sne_config.validate(c)
+    c = _config(root / "zoo").to_dict()
+    c["sne"]["layer_summary"] = 1
+    with pytest.raises(ValueError, match=r"sne\.layer_summary must be True or False, got 1"):
+        sne_config.validate(c)
     # Against the zoo, before anything trains: an unknown dataset, an empty side, a partial zoo.
     c = _config(root / "zoo", x=presets.task("cross_dataset", train="digits", test="mnist"))
     with pytest.raises(ValueError, match=r"tasks\.x\.test: dataset 'mnist' has no network"):

@@ -45,6 +45,11 @@ import numpy as np
 ROLE_FEATURES = (
     "conv", "first", "last", "log_positions", "log_inputs", "log_units", "log_chunks", "extras",
 )  # fmt: skip
+#: The statistics of one part of a layer (:func:`part_summary`): the log RMS of its values,
+#: then their mean, standard deviation and 0, 25, 50, 75, 100 % quantiles over the RMS.
+PART_SUMMARY = ("log_rms", "mean", "std", "q0", "q25", "q50", "q75", "q100")
+#: The per-layer summary features, in order (:func:`layer_summary`).
+SUMMARY_FEATURES = tuple(f"{p}_{f}" for p in ("kernel", "bias") for f in PART_SUMMARY)
 #: The smallest token bucket of :func:`collate`.
 MIN_BUCKET = 16
 
@@ -100,6 +105,7 @@ class Tokens:
       chunk: ``[T]`` int32, each token's chunk index within its unit's vector.
       label: ``[T]`` int32, the class index + 1 of a last-layer token, 0 for the others.
       roles: ``[L, R]`` float32, each layer's :data:`ROLE_FEATURES`.
+      summary: ``[L, S]`` float32, each layer's :data:`SUMMARY_FEATURES`.
       layer_names: the layers' names.
     """
 
@@ -108,6 +114,7 @@ class Tokens:
     chunk: np.ndarray
     label: np.ndarray
     roles: np.ndarray
+    summary: np.ndarray
     layer_names: tuple[str, ...]
 
     @property
@@ -245,6 +252,27 @@ def role_features(layer: Layer, index: int, num_layers: int, chunks: int) -> np.
     )
 
 
+def part_summary(values: np.ndarray) -> np.ndarray:
+    """``[8]``: :data:`PART_SUMMARY` of ``values`` (any shape), in float64; zeros when empty.
+
+    Everything but the log RMS is divided by the RMS, so the scale is one feature and the
+    shape of the distribution the others, whatever the layer's size.
+    """
+    v = np.asarray(values, np.float64).reshape(-1)
+    if not v.size:
+        return np.zeros(len(PART_SUMMARY))
+    rms = max(float(np.sqrt(np.mean(v**2))), 1e-12)
+    quantiles = np.quantile(v, [0.0, 0.25, 0.5, 0.75, 1.0])
+    return np.concatenate([[math.log(rms)], np.r_[v.mean(), v.std(), quantiles] / rms])
+
+
+def layer_summary(layer: Layer) -> np.ndarray:
+    """A layer's :data:`SUMMARY_FEATURES`: :func:`part_summary` of its kernel, then of its bias
+    (zeros for a layer without one). Invariant to permutations of its units and inputs."""
+    bias = layer.bias if layer.bias is not None else np.zeros(0)
+    return np.concatenate([part_summary(layer.kernel), part_summary(bias)]).astype(np.float32)
+
+
 def check_chunk_size(chunk_size: Any, name: str = "chunk_size") -> None:
     """Raises ``ValueError`` naming ``name`` unless ``chunk_size`` is a positive int."""
     if not isinstance(chunk_size, int | np.integer) or isinstance(chunk_size, bool):
@@ -269,7 +297,7 @@ def tokenize(params: Any, chunk_size: int, *, max_tokens_per_layer: int | None =
     layers = read_layers(params)
     n = len(layers)
     parts: dict[str, list[np.ndarray]] = {"values": [], "layer": [], "chunk": [], "label": []}
-    roles = []
+    roles, summary = [], []
     for i, layer in enumerate(layers):
         last = i == n - 1
         vectors = unit_vectors(layer, classes=last)
@@ -290,8 +318,19 @@ def tokenize(params: Any, chunk_size: int, *, max_tokens_per_layer: int | None =
         label = np.repeat(np.arange(1, layer.units + 1, dtype=np.int32), chunks)
         parts["label"].append(label if last else np.zeros(tokens, np.int32))
         roles.append(role_features(layer, i, n, chunks))
+        summary.append(layer_summary(layer))
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
-    return Tokens(**arrays, roles=np.stack(roles), layer_names=tuple(x.name for x in layers))
+    names = tuple(x.name for x in layers)
+    return Tokens(**arrays, roles=np.stack(roles), summary=np.stack(summary), layer_names=names)
+
+
+def _scaled_summary(summary_LS: np.ndarray, scale: float) -> np.ndarray:
+    """``summary_LS`` of values multiplied by ``scale``: each present part's log RMS shifted by
+    ``log(scale)`` (a missing part, all zeros, stays zeros); the other features are ratios."""
+    parts = summary_LS.reshape(summary_LS.shape[0], -1, len(PART_SUMMARY)).copy()
+    present = np.abs(parts).sum(-1) > 0
+    parts[..., 0] += np.where(present, math.log(scale), 0.0)
+    return parts.reshape(summary_LS.shape)
 
 
 def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
@@ -313,9 +352,10 @@ def collate(
 
     Returns:
       ``values [B, T, c]`` (times ``scale``), ``layer``, ``chunk``, ``label`` ``[B, T]``
-      int32, ``mask [B, T]`` (real tokens), ``roles [B, L, R]``, ``layer_mask [B, L]`` and
-      ``depth [B, L, 2]`` (each layer's index from the first and from the last layer), with
-      ``L = max_layers``.
+      int32, ``mask [B, T]`` (real tokens), ``roles [B, L, R]``, ``summary [B, L, S]`` (its
+      log RMS features shifted by ``log(scale)``, as the values are scaled), ``layer_mask
+      [B, L]`` and ``depth [B, L, 2]`` (each layer's index from the first and from the last
+      layer), with ``L = max_layers``.
 
     Raises:
       ValueError: for an empty batch, networks of different chunk sizes, a network with more
@@ -325,7 +365,7 @@ def collate(
         raise ValueError("collate: the batch holds no network")
     c = batch[0].chunk_size
     t = bucket(max(x.num_tokens for x in batch), min_tokens)
-    b, r = len(batch), batch[0].roles.shape[1]
+    b, r, f = len(batch), batch[0].roles.shape[1], batch[0].summary.shape[1]
     out = {
         "values": np.zeros((b, t, c), np.float32),
         "layer": np.zeros((b, t), np.int32),
@@ -333,6 +373,7 @@ def collate(
         "label": np.zeros((b, t), np.int32),
         "mask": np.zeros((b, t), bool),
         "roles": np.zeros((b, max_layers, r), np.float32),
+        "summary": np.zeros((b, max_layers, f), np.float32),
         "layer_mask": np.zeros((b, max_layers), bool),
         "depth": np.zeros((b, max_layers, 2), np.int32),
     }
@@ -354,6 +395,7 @@ def collate(
             out[key][i, :n] = getattr(x, key)
         out["mask"][i, :n] = True
         out["roles"][i, :depth] = x.roles
+        out["summary"][i, :depth] = _scaled_summary(x.summary, scale)
         out["layer_mask"][i, :depth] = True
         out["depth"][i, :depth, 0] = np.arange(depth)
         out["depth"][i, :depth, 1] = np.arange(depth)[::-1]

@@ -3,15 +3,16 @@ reads a network's tokens (:mod:`uhn_jax.weightspace.chunking`) and predicts its 
 
 The pipeline, for a batch of networks padded by :func:`chunking.collate`::
 
-    tokens [B, T, c] -> embedding: Linear(chunk) + Linear(log RMS of the chunk)
+    tokens [B, T, c] -> embedding: Linear(chunk), Linear(log RMS of the chunk), both
+                        relative to the chunk's layer's kernel RMS
                         + Linear(layer roles) + Linear(sinusoid(k))
                         + Linear(one-hot class index + 1, or 0)
       -> per layer, set to set: ISAB blocks (masked induced set attention: m learned inducing
          points attend to the layer's tokens, then every token attends to its layer's m
          summaries; cost linear in the tokens)
       -> per layer, set to vector: PMA (a learned seed attends to the layer's tokens)
-      -> layer vectors + Linear(layer roles) + Linear(sinusoid(index from the first layer),
-         sinusoid(index from the last layer))
+      -> layer vectors + Linear(layer roles) + Linear(layer summary statistics)
+         + Linear(sinusoid(index from the first layer), sinusoid(index from the last layer))
       -> over layers, set to set: SAB blocks (masked self-attention; L is small)
       -> PMA over the layers -> network vector -> MLP head -> sigmoid: accuracy in [0, 1]
 
@@ -23,6 +24,16 @@ change no real network's output. Every step is
 permutation-equivariant over a layer's tokens and the poolings are invariant; with the
 canonical token order of :mod:`chunking`, a network with permuted hidden units gives the same
 token array and so the same prediction, bit for bit.
+
+The layer summary (``Settings.layer_summary``, on by default; :func:`chunking.layer_summary`:
+the log RMS, and the mean, std and quantiles over the RMS, of the layer's kernel and of its
+bias) gives each layer the statistics Unterthiner et al.'s baseline reads, and the chunks and
+their log RMS are then read relative to their layer's kernel RMS: the scale enters through the
+summaries only.
+A zoo of one architecture family teaches little about another's raw chunk values; the
+summaries are comparable across families, and they are what carries a predictor from HaCNNs to
+MLPs (docs/sne.md). With ``layer_summary=False`` the chunks are read at the zoo's global scale
+and the layers get no summary (the encoder before that option).
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uhn_jax.core import checks
 from uhn_jax.weightspace import chunking
 
 #: The masked-out logit: finite, so an all-masked row gives zeros, never NaN.
@@ -54,6 +66,8 @@ class Settings:
       chunk_features: the sinusoid width of the chunk index.
       max_classes: the most classes a network may have (class embeddings).
       max_layers: the most layers a network may have (the batch's padded layer count).
+      layer_summary: add each layer's summary statistics to its vector and read its chunks
+        relative to its kernel's RMS (see the module docstring).
     """
 
     dim: int = 32
@@ -65,11 +79,15 @@ class Settings:
     chunk_features: int = 16
     max_classes: int = 10
     max_layers: int = 8
+    layer_summary: bool = True
 
     def check(self, prefix: str = "sne") -> None:
-        """Raises ``ValueError`` naming ``<prefix>.<field>`` for a bad size."""
+        """Raises ``ValueError`` naming ``<prefix>.<field>`` for a bad size or flag."""
+        checks.flag(f"{prefix}.layer_summary", self.layer_summary)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name == "layer_summary":
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{prefix}.{f.name} must be a positive int, got {value!r}")
         if self.dim % self.heads:
@@ -201,8 +219,9 @@ class LayerSAB(nn.Module):
 
 
 class TokenEmbed(nn.Module):
-    """Token embeddings ``[B, T, D]``: the chunk, its log RMS, its layer's roles, its chunk
-    index and its class (0 for none), each mapped to ``D`` and summed, then LayerNorm."""
+    """Token embeddings ``[B, T, D]``: the chunk and its log RMS (both over its layer's kernel
+    RMS with ``layer_summary``), its layer's roles, its chunk index and its class (0 for none),
+    each mapped to ``D`` and summed, then LayerNorm."""
 
     s: Settings
 
@@ -212,6 +231,9 @@ class TokenEmbed(nn.Module):
         roles_BTR = jnp.einsum("btl,blr->btr", member_BTL, batch["roles"])
         label = jax.nn.one_hot(batch["label"], self.s.max_classes + 1)
         values = batch["values"]
+        if self.s.layer_summary:  # the chunk relative to its layer's kernel RMS
+            layer_log_rms_BT = jnp.einsum("btl,bl->bt", member_BTL, batch["summary"][..., 0])
+            values = values * jnp.exp(-layer_log_rms_BT)[..., None]
         # The chunk's scale as a feature of its own: the LayerNorms would divide it out.
         log_rms = jnp.log(jnp.sqrt(jnp.mean(values**2, -1, keepdims=True)) + 1e-3)
         x = nn.Dense(d, name="chunk")(values) + nn.Dense(d, name="chunk_scale")(log_rms)
@@ -238,6 +260,8 @@ class SNE(nn.Module):
             [sinusoid(batch["depth"][..., 0], 16), sinusoid(batch["depth"][..., 1], 16)], -1
         )
         z_BLD = z_BLD + nn.Dense(self.s.dim, name="layer_roles")(batch["roles"])
+        if self.s.layer_summary:
+            z_BLD = z_BLD + nn.Dense(self.s.dim, name="layer_summary")(batch["summary"])
         z_BLD = nn.LayerNorm()(z_BLD + nn.Dense(self.s.dim, name="layer_position")(pos))
         mask_BL = batch["layer_mask"]
         for _ in range(self.s.layer_blocks):
