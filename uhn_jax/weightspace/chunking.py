@@ -26,7 +26,8 @@ else. So:
   and keep their order; the last layer's tokens carry their class index.
 
 Each vector is zero-padded to a multiple of the chunk size ``c`` and cut into chunks; a token is
-``(chunk values [c], chunk index k, its layer's role features, class index + 1 or 0)``. The
+``(chunk values [c], chunk index k, its layer's role features, class index + 1 or 0)``; each
+layer also gets a summary of its weights (:func:`layer_summary`: scale, moments, quantiles). The
 chunk size is the memory knob: a layer of ``O`` units and fan-in ``F`` gives
 ``O * ceil((F + extras) / c)`` tokens. :func:`collate` pads a batch of networks to
 power-of-two token counts, which bounds the recompilations of a jitted model.
