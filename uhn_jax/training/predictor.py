@@ -125,9 +125,10 @@ def _update(model, tx, rank_weight: float, state: dict, batch: dict, y) -> tuple
 _COMPILED: dict = {}
 
 
-def _compiled(model, settings: Settings, name: str) -> Callable:
-    """The jitted update step (state donated), prediction or init, once per (model,
-    settings)."""
+def compiled(model, settings: Settings, name: str) -> Callable:
+    """The jitted update step (``name="update"``, state donated), prediction (``"predict"``)
+    or init (``"init"``), compiled once per (model, settings); benchmarks/sne_benchmark.py
+    times the first two."""
     key = (model, settings if name == "update" else None, name)
     if key not in _COMPILED:
         if name == "update":
@@ -143,7 +144,7 @@ def predict(model, params, inputs: Inputs, batch_size: int) -> np.ndarray:
     (grouped by ``inputs.sizes``; the last batch filled with repeats, so shapes repeat)."""
     order = np.argsort(inputs.sizes, kind="stable") if inputs.sizes is not None else None
     order = np.arange(inputs.n) if order is None else order
-    fn = _compiled(model, None, "predict")
+    fn = compiled(model, None, "predict")
     out = np.zeros(inputs.n, np.float32)
     for start in range(0, inputs.n, batch_size):
         idx = order[start : start + batch_size]
@@ -156,7 +157,7 @@ def predict(model, params, inputs: Inputs, batch_size: int) -> np.ndarray:
 def init_state(model, settings: Settings, inputs: Inputs, seed: int) -> dict:
     """The step-0 state: ``{step, params, opt_state, best: {params, val_mse, step}}``."""
     example = inputs.batch(np.arange(min(2, inputs.n)))
-    params = _compiled(model, None, "init")(jax.random.key(seed), example)
+    params = compiled(model, None, "init")(jax.random.key(seed), example)
     state = {
         "step": jnp.zeros((), jnp.int32),
         "params": params,
@@ -205,7 +206,7 @@ def _score(s: Settings, mse: float, tau: float) -> float:
 def _step_fn(model, s: Settings, train: Inputs, val: Inputs | None, seed: int, log: dict):
     """The loop's ``step_fn``: one update; every ``eval_every`` steps (and at the last) the
     validation MSE and tau, and ``best`` replaced when the ``select`` score is better."""
-    update = _compiled(model, s, "update")
+    update = compiled(model, s, "update")
     y = train.y.astype(np.float32)
 
     def fn(step: int, state: dict):

@@ -1,0 +1,173 @@
+"""Speed and memory of SNE training against the chunk size (the memory knob, docs/sne.md).
+
+Usage (from the repo root, after `make test` or `make demo` created .venv):
+
+  XLA_FLAGS= .venv/bin/python benchmarks/sne_benchmark.py
+  XLA_FLAGS= .venv/bin/python benchmarks/sne_benchmark.py --chunk-sizes 32,64 --widths 784,64,64,10
+
+The networks are random (no zoo needed), of one architecture (``--widths``: the default
+784-128-10 is the largest MLP of the ``cpu`` zoo, 101,770 params); the SNE is
+``configs/sne.py:cpu``'s (its sizes and batch of 16, the layer summary on). Each chunk size
+runs in its own subprocess so that its peak RSS is its own. Per chunk size: tokens per network
+(padded to the batch's power of two), compile time of the update step, seconds per update
+step and per prediction batch (median of ``--steps`` timed calls after two warm-up calls), the
+batch build time (tokens -> padded arrays, numpy) and peak RSS: of the whole process, and of
+steady-state execution alone (Linux ``VmHWM``, reset after warm-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _peak_rss_mib() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _median_seconds(fn, steps: int) -> float:
+    import jax
+
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def networks(widths: tuple[int, ...], n: int, seed: int = 0) -> list[dict]:
+    """``n`` random dense networks of ``widths`` (He-scaled kernels, small biases)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        net = {}
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+            kernel = rng.normal(0, np.sqrt(2 / a), (a, b)).astype(np.float32)
+            net[f"layer_{i:03d}"] = {"kernel": kernel, "bias": rng.normal(0, 0.01, b)}
+        out.append(net)
+    return out
+
+
+def run_case(chunk_size: int, widths: tuple[int, ...], steps: int) -> dict:
+    """One chunk size in this process: its figures."""
+    import jax
+
+    from configs import sne as presets
+    from uhn_jax.training import predictor, sne_config
+    from uhn_jax.weightspace import chunking
+    from uhn_jax.weightspace import sne as sne_lib
+
+    spec = sne_config.validate(presets.get_config("cpu"))
+    s, train = spec.sne, spec.train
+    batch_size = train.batch_size
+    tokens = [chunking.tokenize(p, chunk_size) for p in networks(widths, batch_size)]
+    build = lambda: chunking.collate(  # noqa: E731
+        tokens, max_layers=s.max_layers, max_classes=s.max_classes
+    )
+    t = time.perf_counter()
+    batch = build()
+    build_s = time.perf_counter() - t
+    y = np.linspace(0.1, 0.9, batch_size, dtype=np.float32)
+    model = sne_lib.SNE(s)
+    inputs = predictor.Inputs(y, lambda idx: batch)
+    state = predictor.init_state(model, train, inputs, 0)
+    update = predictor.compiled(model, train, "update")
+    predict = predictor.compiled(model, None, "predict")
+    t = time.perf_counter()
+    executable = update.lower(state, batch, y).compile()
+    compile_s = time.perf_counter() - t
+    holder = {"state": state}
+
+    def step():
+        holder["state"], metrics = executable(holder["state"], batch, y)
+        return metrics["loss"]
+
+    for _ in range(2):  # warm-up
+        jax.block_until_ready(step())
+        jax.block_until_ready(predict(holder["state"]["params"], batch))
+    process_peak = _peak_rss_mib()
+    _reset_peak_rss()
+    step_s = _median_seconds(step, steps)
+    predict_s = _median_seconds(lambda: predict(holder["state"]["params"], batch), steps)
+    exec_peak = _peak_rss_mib()
+    return {
+        "chunk_size": chunk_size,
+        "tokens_per_network": int(tokens[0].num_tokens),
+        "padded_tokens": int(batch["values"].shape[1]),
+        "batch": batch_size,
+        "compile_s": round(compile_s, 2),
+        "step_s": step_s,
+        "predict_s": predict_s,
+        "build_s": build_s,
+        "process_peak_rss_mib": max(process_peak or 0.0, exec_peak or 0.0),
+        "exec_peak_rss_mib": exec_peak,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunk-sizes", default="16,32,64,128,256")
+    parser.add_argument("--widths", default="784,128,10", help="the networks' layer widths")
+    parser.add_argument("--steps", type=int, default=10, help="timed calls per figure")
+    parser.add_argument("--json", default=None, help="also write the figures here")
+    parser.add_argument("--case", type=int, default=0, help=argparse.SUPPRESS)  # internal
+    args = parser.parse_args()
+    widths = tuple(int(w) for w in args.widths.split(","))
+    if len(widths) < 2 or min(widths) < 1:
+        parser.error(f"--widths needs at least two positive widths, got {args.widths!r}")
+    if args.case:
+        print(json.dumps(run_case(args.case, widths, args.steps)))
+        return
+    rows = []
+    for c in (int(x) for x in args.chunk_sizes.split(",")):
+        if c < 1:
+            parser.error(f"chunk sizes must be positive, got {c}")
+        print(f"running chunk size {c} ...", file=sys.stderr, flush=True)
+        cmd = [sys.executable, __file__, "--case", str(c), "--widths", args.widths]
+        proc = subprocess.run([*cmd, "--steps", str(args.steps)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"chunk size {c} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    print(f"SNE (configs/sne.py:cpu sizes), batch {rows[0]['batch']} networks {args.widths}")
+    print(f"({params:,} params each); median of {args.steps} calls")
+    print("| chunk | tokens/net (padded) | compile s | s/step | predict s | build s | peak MiB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['chunk_size']} | {r['tokens_per_network']:,} ({r['padded_tokens']:,}) "
+            f"| {r['compile_s']:.1f} | {r['step_s']:.3f} | {r['predict_s']:.3f} "
+            f"| {r['build_s']:.3f} | {r['process_peak_rss_mib']:,.0f} "
+            f"(exec {r['exec_peak_rss_mib']:,.0f}) |"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
