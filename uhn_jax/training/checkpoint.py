@@ -163,11 +163,27 @@ def _try_restore(mngr, step: int, abstract) -> tuple[Any, str | None]:
         state = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # orbax and TensorStore raise bare Exceptions for damaged files
         return None, _root_cause(e)
-    leaves = jax.tree_util.tree_leaves(state)
     # The loop never saves non-finite values, so any here are damage.
-    if not all(bool(jnp.isfinite(x).all()) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)):
+    if not all_finite(state):
         return None, "it holds NaN/Inf values"
     return state, None
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    flags = [
+        jnp.isfinite(x).all()
+        for x in jax.tree_util.tree_leaves(tree)
+        if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    return jnp.stack(flags).all() if flags else jnp.array(True)
+
+
+def all_finite(tree: Any) -> bool:
+    """Whether every floating-point entry of every leaf of ``tree`` is finite: one program
+    (compiled once per tree structure and shapes) and one read to the host, where a check
+    leaf by leaf runs and compiles two small programs per leaf and reads each result."""
+    return bool(_all_finite(tree))
 
 
 def restore_latest(

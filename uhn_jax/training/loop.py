@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from uhn_jax.training import checkpoint
 from uhn_jax.training import workdir as workdir_lib
@@ -121,8 +120,7 @@ def checkpoint_save(mngr, step: int, state: dict, metrics: dict | None = None) -
     loss = None if metrics is None or _loss(metrics) is None else float(_loss(metrics))
     if loss is not None and not math.isfinite(loss):
         raise NonFiniteLossError(f"loss is {loss} at step {step}", step)
-    leaves = jax.tree_util.tree_leaves(state["params"])
-    if not all(bool(jnp.isfinite(x).all()) for x in leaves):
+    if not checkpoint.all_finite(state["params"]):
         raise NonFiniteLossError(f"parameters became NaN/Inf by step {step}", step)
     checkpoint.save(mngr, step, state)
 
