@@ -1,8 +1,8 @@
 """Crash safety everywhere a run writes (issue 28, item 5): each command family is killed with
-SIGKILL at 10 random moments (during start-up, while orbax writes a checkpoint, just after a
-checkpoint is committed, during the final evaluation), each hypernetwork kind (which runs
-through ``train``'s code) at 4, and relaunched until it finishes; its results, metric log and
-final train state must be bit-identical to an uninterrupted run's.
+SIGKILL at 6 random moments (during start-up, while orbax writes a checkpoint, just after a
+checkpoint is committed, during the final evaluation: :data:`KILLS`), each hypernetwork kind
+(which runs through ``train``'s code) at 4, and relaunched until it finishes; its results,
+metric log and final train state must be bit-identical to an uninterrupted run's.
 
 Cost: every launch is the real ``uhn-jax`` entry point (``uhn_jax.cli.main``) in its own
 process, but forked from one driver process that has imported the library (and jax,

@@ -60,7 +60,9 @@ def _small_kan(mode, **overrides):
 
 @pytest.mark.parametrize("mode", ["uhn", "direct"])
 def test_formula_regression_learns_and_reports_rmse(mode, tmp_path):
-    exp = _small_kan(mode)
+    # Measured test RMSE over the baseline's (below): UHN 0.110, 0.089, 0.083 after 80 steps
+    # (seeds 0, 1, 2), 0.077 after 150; direct 0.195 after 150 steps, 0.445 after 60.
+    exp = _small_kan(mode, train__steps=80 if mode == "uhn" else 150)
     results = train.run(exp, tmp_path, progress=False)
     ds = formula_data.make_formula_dataset("sph_harm01", seed=exp.data.formula_seed)
     # The RMSE of the best constant predictor: a model that learned nothing scores this.
