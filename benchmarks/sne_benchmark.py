@@ -11,8 +11,8 @@ The networks are random (no zoo needed), of one architecture (``--widths``: the 
 runs in its own subprocess so that its peak RSS is its own. Per chunk size: tokens per network
 (padded to the batch's power of two), compile time of the update step, seconds per update
 step and per prediction batch (median of ``--steps`` timed calls after two warm-up calls), the
-batch build time (tokens -> padded arrays, numpy) and peak RSS: of the whole process, and of
-steady-state execution alone (Linux ``VmHWM``, reset after warm-up).
+batch build time (tokens -> padded arrays, numpy) and the process's peak RSS (Linux ``VmHWM``:
+imports, compilation and execution).
 """
 
 from __future__ import annotations
@@ -39,14 +39,6 @@ def _peak_rss_mib() -> float | None:
     except OSError:
         pass
     return None
-
-
-def _reset_peak_rss() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
 
 
 def _median_seconds(fn, steps: int) -> float:
@@ -110,11 +102,8 @@ def run_case(chunk_size: int, widths: tuple[int, ...], steps: int) -> dict:
     for _ in range(2):  # warm-up
         jax.block_until_ready(step())
         jax.block_until_ready(predict(holder["state"]["params"], batch))
-    process_peak = _peak_rss_mib()
-    _reset_peak_rss()
     step_s = _median_seconds(step, steps)
     predict_s = _median_seconds(lambda: predict(holder["state"]["params"], batch), steps)
-    exec_peak = _peak_rss_mib()
     return {
         "chunk_size": chunk_size,
         "tokens_per_network": int(tokens[0].num_tokens),
@@ -124,8 +113,7 @@ def run_case(chunk_size: int, widths: tuple[int, ...], steps: int) -> dict:
         "step_s": step_s,
         "predict_s": predict_s,
         "build_s": build_s,
-        "process_peak_rss_mib": max(process_peak or 0.0, exec_peak or 0.0),
-        "exec_peak_rss_mib": exec_peak,
+        "peak_rss_mib": _peak_rss_mib(),
     }
 
 
@@ -162,8 +150,7 @@ def main() -> None:
         print(
             f"| {r['chunk_size']} | {r['tokens_per_network']:,} ({r['padded_tokens']:,}) "
             f"| {r['compile_s']:.1f} | {r['step_s']:.3f} | {r['predict_s']:.3f} "
-            f"| {r['build_s']:.3f} | {r['process_peak_rss_mib']:,.0f} "
-            f"(exec {r['exec_peak_rss_mib']:,.0f}) |"
+            f"| {r['build_s']:.3f} | {r['peak_rss_mib'] or float('nan'):,.0f} |"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
