@@ -11,7 +11,7 @@ The networks are random (no zoo needed), of one architecture (``--widths``: the 
 runs in its own subprocess so that its peak RSS is its own. Per chunk size: tokens per network
 (padded to the batch's power of two), compile time of the update step, seconds per update
 step and per prediction batch (median of ``--steps`` timed calls after two warm-up calls), the
-batch build time (tokens -> padded arrays, numpy) and the process's peak RSS (Linux ``VmHWM``:
+batch build time (tokens -> padded arrays, numpy) and the process's peak RSS (``ru_maxrss``:
 imports, compilation and execution).
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -28,17 +29,6 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def _peak_rss_mib() -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 def _median_seconds(fn, steps: int) -> float:
@@ -113,7 +103,7 @@ def run_case(chunk_size: int, widths: tuple[int, ...], steps: int) -> dict:
         "step_s": step_s,
         "predict_s": predict_s,
         "build_s": build_s,
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
@@ -150,7 +140,7 @@ def main() -> None:
         print(
             f"| {r['chunk_size']} | {r['tokens_per_network']:,} ({r['padded_tokens']:,}) "
             f"| {r['compile_s']:.1f} | {r['step_s']:.3f} | {r['predict_s']:.3f} "
-            f"| {r['build_s']:.3f} | {r['peak_rss_mib'] or float('nan'):,.0f} |"
+            f"| {r['build_s']:.3f} | {r['peak_rss_mib']:,.0f} |"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
