@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -29,17 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def _median_seconds(fn, steps: int) -> float:
-    import jax
-
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def networks(widths: tuple[int, ...], n: int, seed: int = 0) -> list[dict]:
@@ -57,7 +46,7 @@ def networks(widths: tuple[int, ...], n: int, seed: int = 0) -> list[dict]:
 
 def run_case(chunk_size: int, widths: tuple[int, ...], steps: int) -> dict:
     """One chunk size in this process: its figures."""
-    import jax
+    from conditional_benchmark import _median_seconds  # warm-up calls, then the median
 
     from configs import sne as presets
     from uhn_jax.training import predictor, sne_config
@@ -68,11 +57,8 @@ def run_case(chunk_size: int, widths: tuple[int, ...], steps: int) -> dict:
     s, train = spec.sne, spec.train
     batch_size = train.batch_size
     tokens = [chunking.tokenize(p, chunk_size) for p in networks(widths, batch_size)]
-    build = lambda: chunking.collate(  # noqa: E731
-        tokens, max_layers=s.max_layers, max_classes=s.max_classes
-    )
     t = time.perf_counter()
-    batch = build()
+    batch = chunking.collate(tokens, max_layers=s.max_layers, max_classes=s.max_classes)
     build_s = time.perf_counter() - t
     y = np.linspace(0.1, 0.9, batch_size, dtype=np.float32)
     model = sne_lib.SNE(s)
@@ -89,9 +75,6 @@ def run_case(chunk_size: int, widths: tuple[int, ...], steps: int) -> dict:
         holder["state"], metrics = executable(holder["state"], batch, y)
         return metrics["loss"]
 
-    for _ in range(2):  # warm-up
-        jax.block_until_ready(step())
-        jax.block_until_ready(predict(holder["state"]["params"], batch))
     step_s = _median_seconds(step, steps)
     predict_s = _median_seconds(lambda: predict(holder["state"]["params"], batch), steps)
     return {
@@ -107,6 +90,17 @@ def run_case(chunk_size: int, widths: tuple[int, ...], steps: int) -> dict:
     }
 
 
+def _ints(parser: argparse.ArgumentParser, flag: str, value: str) -> tuple[int, ...]:
+    """``value``'s comma-separated positive ints, or a usage error naming ``flag``."""
+    try:
+        out = tuple(int(x) for x in value.split(","))
+    except ValueError:
+        out = ()
+    if not out or min(out) < 1:
+        parser.error(f"{flag} takes comma-separated positive ints, got {value!r}")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunk-sizes", default="16,32,64,128,256")
@@ -115,16 +109,19 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the figures here")
     parser.add_argument("--case", type=int, default=0, help=argparse.SUPPRESS)  # internal
     args = parser.parse_args()
-    widths = tuple(int(w) for w in args.widths.split(","))
-    if len(widths) < 2 or min(widths) < 1:
-        parser.error(f"--widths needs at least two positive widths, got {args.widths!r}")
+    widths, chunks = (
+        _ints(parser, "--widths", args.widths),
+        _ints(parser, "--chunk-sizes", args.chunk_sizes),
+    )
+    if len(widths) < 2:
+        parser.error(f"--widths needs at least two widths, got {args.widths!r}")
+    if args.steps < 1:
+        parser.error(f"--steps must be a positive int, got {args.steps}")
     if args.case:
         print(json.dumps(run_case(args.case, widths, args.steps)))
         return
     rows = []
-    for c in (int(x) for x in args.chunk_sizes.split(",")):
-        if c < 1:
-            parser.error(f"chunk sizes must be positive, got {c}")
+    for c in chunks:
         print(f"running chunk size {c} ...", file=sys.stderr, flush=True)
         cmd = [sys.executable, __file__, "--case", str(c), "--widths", args.widths]
         proc = subprocess.run([*cmd, "--steps", str(args.steps)], capture_output=True, text=True)
