@@ -137,6 +137,25 @@ def real_data_dir(subdir: str, *needs: str) -> Path:
     return path
 
 
+def small_continual_config(
+    method="hnet", beta=10.0, benchmark="split", steps=20, generator="chunked"
+):
+    """A small ``configs/continual.py:<benchmark>,digits,<method>`` for the continual tests: 3
+    tasks of ``steps`` steps, a tiny UHN generator (4,513 params, for ``generator="uhn"``) and
+    the output regulariser's ``beta`` (the default 10 barely lets earlier tasks' weights move)."""
+    cfg = load_config("continual", f"{benchmark},digits,{method}")
+    cfg.hnet.generator = generator
+    cfg.generator.hidden, cfg.generator.n_freqs = 16, 32
+    cfg.generator.structure_freqs, cfg.generator.structure_heads = 8, 2
+    cfg.continual.num_tasks = 3
+    cfg.continual.steps_per_task = steps
+    cfg.hnet.beta = beta
+    cfg.train.log_every = 10
+    cfg.train.checkpoint_every = 10
+    cfg.train.eval_batch_size = 128
+    return cfg
+
+
 @pytest.fixture
 def config_loader():
     return load_config
