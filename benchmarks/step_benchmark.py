@@ -166,20 +166,14 @@ def _timed(fn, steps: int) -> float:
     return statistics.median(times)
 
 
-def run_case(args) -> dict:
-    """Runs one case in this process and returns its figures."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
+def _case_config(args, preset: dict):
+    """The config of one case: the preset's model and generator, overridden by the case's flags.
 
+    Returns:
+      ``(cfg, exp)``: the ``ConfigDict`` and the experiment built from it.
+    """
     from uhn_jax import config as config_lib
-    from uhn_jax import generator
-    from uhn_jax.data import cifar
-    from uhn_jax.data import images as data
-    from uhn_jax.training import setup as setup_lib
-    from uhn_jax.training import step as step_lib
 
-    preset = PRESETS[args.model]
     cfg = config_lib.default_config_dict()
     cfg.mode = args.mode
     cfg.data.name = "cifar10" if len(preset["input"]) == 3 else "mnist"
@@ -194,25 +188,55 @@ def run_case(args) -> dict:
     cfg.generator.separable_method = args.separable_method
     cfg.train.batch_size = args.batch_size
     cfg.train.init_steps = 0
-    exp = config_lib.from_config_dict(cfg)
-    # Synthetic inputs of the real shapes and dtypes: step cost does not depend on pixel values.
+    return cfg, config_lib.from_config_dict(cfg)
+
+
+def _synthetic_dataset(name: str, input_shape: tuple[int, ...], batch_size: int):
+    """Two batches of random inputs of the real shapes and dtypes, with random labels.
+
+    Step cost does not depend on pixel values, so no dataset is read.
+    """
+    import numpy as np
+
+    from uhn_jax.data import cifar
+    from uhn_jax.data import images as data
+
     rng = np.random.default_rng(0)
-    n = 2 * args.batch_size
+    n = 2 * batch_size
     y = rng.integers(0, 10, n).astype(np.int32)
-    if cfg.data.name == "cifar10":
-        x = rng.integers(0, 256, (n, *preset["input"]), dtype=np.uint8)
-        ds = data.ArrayDataset(
+    if name == "cifar10":
+        x = rng.integers(0, 256, (n, *input_shape), dtype=np.uint8)
+        return data.ArrayDataset(
             "cifar10", x, y, x[:8], y[:8], 10, cifar.CIFAR10_MEAN, cifar.CIFAR10_STD
         )
-    else:
-        x = rng.standard_normal((n, *preset["input"])).astype(np.float32)
-        ds = data.ArrayDataset("mnist", x, y, x[:8], y[:8], 10)
+    x = rng.standard_normal((n, *input_shape)).astype(np.float32)
+    return data.ArrayDataset("mnist", x, y, x[:8], y[:8], 10)
+
+
+def _init_case(exp, ds):
+    """Builds the setup and initial state of one case, as ``train.run`` does.
+
+    Returns:
+      ``(setup, arrays, state, key)``: the setup, its descriptor arrays (with the generator's
+      tables), the initial train state and the raw key the step is called with.
+    """
+    import jax
+
+    from uhn_jax.training import setup as setup_lib
+    from uhn_jax.training import step as step_lib
+
     setup, desc = setup_lib.make_setup(exp, ds)
     arrays = setup_lib.desc_arrays(setup, desc)
     key = jax.random.key_data(jax.random.key(0))
     state = step_lib.init_state(setup, jax.random.fold_in(key, 2))
-    arrays = setup_lib.with_tables(setup, arrays, state["constants"])  # as train.run does
-    num_weights = setup.layout.size
+    arrays = setup_lib.with_tables(setup, arrays, state["constants"])
+    return setup, arrays, state, key
+
+
+def _case_fields(args, setup) -> dict:
+    """The fields that name one case: model, case label (path, dtype, chunking) and flags."""
+    from uhn_jax import generator
+
     path = "separable" if args.separable else "direct-path"
     if args.separable and setup.gen is not None:
         nufft = generator.use_nufft(setup.gen, setup.plan, setup.chunk_size, setup.mesh)
@@ -221,86 +245,146 @@ def run_case(args) -> dict:
     chunk = setup.chunk_size or "none"
     if args.chunk_size == 0 and setup.gen is not None:
         chunk = f"auto={chunk}{'' if setup.remat else ' no-remat'}"
-    out = {
+    return {
         "model": args.model,
         "case": "direct" if args.mode == "direct" else f"uhn {path} {dtype} chunk={chunk}",
         "matmul_dtype": dtype,
         "kind": args.kind,
         "mode": args.mode,
         "chunk_size": args.chunk_size,
-        "num_target_params": num_weights,
+        "num_target_params": setup.layout.size,
         "batch_size": args.batch_size,
     }
-    fwd_w, train_w = flops_per_weight(
+
+
+def _time_generation(setup, state, arrays, steps: int, gen_step_flop: int) -> dict:
+    """Compiles and times one generation forward + backward (no base model, no optimiser).
+
+    Returns:
+      ``compile_s``, ``step_s``, ``step_gflop`` and ``exec_peak_rss_mib``.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from uhn_jax import generator
+
+    def loss(p):
+        w = generator.generate_planned(
+            setup.gen,
+            {"params": p, "constants": state["constants"]},
+            setup.plan,
+            arrays.plan,
+            chunk_size=setup.chunk_size,
+            remat=setup.remat,
+        )
+        return jnp.sum(w**2)
+
+    t0 = time.perf_counter()
+    grad = jax.jit(jax.grad(loss)).lower(state["params"]["generator"]).compile()
+    compile_s = time.perf_counter() - t0
+    return {
+        "compile_s": compile_s,
+        "step_s": _timed(lambda: grad(state["params"]["generator"]), steps),
+        "step_gflop": gen_step_flop / 1e9,
+        "exec_peak_rss_mib": _peak_rss_mib(),
+    }
+
+
+def _time_training(args, setup, state, arrays, ds, key, gen_step_flop: int) -> dict:
+    """Compiles and times the training step; for UHN, also the generation forward alone.
+
+    Returns:
+      ``compile_s``, ``step_s``, ``step_gflop``, for UHN ``generate_forward_s`` and
+      ``generated_weights_per_s``, then ``exec_peak_rss_mib`` (of the training step).
+    """
+    import jax.numpy as jnp
+
+    from uhn_jax.training import step as step_lib
+
+    batch = (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train))
+    out = {}
+    t0 = time.perf_counter()
+    compiled = step_lib.compiled(setup, "task", arrays).lower(state, arrays, batch, key).compile()
+    out["compile_s"] = time.perf_counter() - t0
+    holder = {"state": state}
+
+    def step():
+        holder["state"], m = compiled(holder["state"], arrays, batch, key)
+        return m
+
+    out["step_s"] = _timed(step, args.steps)
+    exec_peak = _peak_rss_mib()
+    base_flop = base_model_flops(setup.model, args.batch_size)
+    out["step_gflop"] = ((gen_step_flop if args.mode == "uhn" else 0) + base_flop) / 1e9
+    if args.mode == "uhn":
+        out["generate_forward_s"] = _time_generate_forward(
+            setup, holder["state"], arrays, args.steps
+        )
+        out["generated_weights_per_s"] = setup.layout.size / out["generate_forward_s"]
+    out["exec_peak_rss_mib"] = exec_peak
+    return out
+
+
+def _time_generate_forward(setup, state, arrays, steps: int) -> float:
+    """Median seconds of one jitted generation forward from ``state``'s generator."""
+    import jax
+
+    from uhn_jax import generator
+
+    def gen(p, c, a):
+        variables = {"params": p, "constants": c}
+        return generator.generate_planned(
+            setup.gen,
+            variables,
+            setup.plan,
+            a,
+            chunk_size=setup.chunk_size,
+            remat=setup.remat,
+        )
+
+    gen = jax.jit(gen)
+    return _timed(lambda: gen(state["params"]["generator"], state["constants"], arrays.plan), steps)
+
+
+def _rates_and_rooflines(timing: dict, num_weights: int) -> dict:
+    """Weights/s and GFLOP/s of the step, the in-run matmul rooflines, and whole-process peak RSS.
+
+    Args:
+      timing: the case's figures so far, with ``step_s`` and ``step_gflop``.
+      num_weights: the target model's parameter count.
+    """
+    achieved = timing["step_gflop"] / timing["step_s"]
+    matmul = _matmul_gflops()
+    return {
+        "weights_per_s": num_weights / timing["step_s"],
+        "achieved_gflops": achieved,
+        "matmul_2048_gflops": matmul,
+        "fraction_of_matmul": achieved / matmul,
+        "matmul_2048_bf16_gflops": _matmul_gflops(dtype="bfloat16"),
+        "peak_rss_mib": max(
+            _PROCESS_PEAK_MIB,
+            _peak_rss_mib() or 0.0,
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        ),
+    }
+
+
+def run_case(args) -> dict:
+    """Runs one case in this process and returns its figures."""
+    preset = PRESETS[args.model]
+    cfg, exp = _case_config(args, preset)
+    ds = _synthetic_dataset(cfg.data.name, preset["input"], args.batch_size)
+    setup, arrays, state, key = _init_case(exp, ds)
+    out = _case_fields(args, setup)
+    _, train_w = flops_per_weight(
         cfg.generator.n_freqs, cfg.generator.hidden, cfg.generator.num_blocks
     )
-
+    gen_step_flop = train_w * setup.layout.size
     if args.kind == "generation":
-
-        def loss(p):
-            w = generator.generate_planned(
-                setup.gen,
-                {"params": p, "constants": state["constants"]},
-                setup.plan,
-                arrays.plan,
-                chunk_size=setup.chunk_size,
-                remat=setup.remat,
-            )
-            return jnp.sum(w**2)
-
-        t0 = time.perf_counter()
-        grad = jax.jit(jax.grad(loss)).lower(state["params"]["generator"]).compile()
-        out["compile_s"] = time.perf_counter() - t0
-        out["step_s"] = _timed(lambda: grad(state["params"]["generator"]), args.steps)
-        out["step_gflop"] = train_w * num_weights / 1e9
+        out.update(_time_generation(setup, state, arrays, args.steps, gen_step_flop))
     else:
-        batch = (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train))
-        t0 = time.perf_counter()
-        compiled = (
-            step_lib.compiled(setup, "task", arrays).lower(state, arrays, batch, key).compile()
-        )
-        out["compile_s"] = time.perf_counter() - t0
-        holder = {"state": state}
-
-        def step():
-            holder["state"], m = compiled(holder["state"], arrays, batch, key)
-            return m
-
-        out["step_s"] = _timed(step, args.steps)
-        exec_peak = _peak_rss_mib()
-        base_flop = base_model_flops(setup.model, args.batch_size)
-        out["step_gflop"] = ((train_w * num_weights if args.mode == "uhn" else 0) + base_flop) / 1e9
-        if args.mode == "uhn":
-
-            def gen(p, c, a):
-                variables = {"params": p, "constants": c}
-                return generator.generate_planned(
-                    setup.gen,
-                    variables,
-                    setup.plan,
-                    a,
-                    chunk_size=setup.chunk_size,
-                    remat=setup.remat,
-                )
-
-            gen = jax.jit(gen)
-            st = holder["state"]
-            out["generate_forward_s"] = _timed(
-                lambda: gen(st["params"]["generator"], st["constants"], arrays.plan), args.steps
-            )
-            out["generated_weights_per_s"] = num_weights / out["generate_forward_s"]
-        out["exec_peak_rss_mib"] = exec_peak
-    out.setdefault("exec_peak_rss_mib", _peak_rss_mib())
-    out["weights_per_s"] = num_weights / out["step_s"]
-    out["achieved_gflops"] = out["step_gflop"] / out["step_s"]
-    out["matmul_2048_gflops"] = _matmul_gflops()
-    out["fraction_of_matmul"] = out["achieved_gflops"] / out["matmul_2048_gflops"]
-    out["matmul_2048_bf16_gflops"] = _matmul_gflops(dtype="bfloat16")
-    out["peak_rss_mib"] = max(
-        _PROCESS_PEAK_MIB,
-        _peak_rss_mib() or 0.0,
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    )
+        out.update(_time_training(args, setup, state, arrays, ds, key, gen_step_flop))
+    out.update(_rates_and_rooflines(out, setup.layout.size))
     return out
 
 
