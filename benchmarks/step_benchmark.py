@@ -139,6 +139,7 @@ def _reset_peak_rss() -> bool:
 
 
 def _peak_rss_mib() -> float | None:
+    """This process's peak resident memory (VmHWM) in MiB, or ``None`` where /proc has none."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -389,6 +390,8 @@ def run_case(args) -> dict:
 
 
 def main() -> None:
+    """Parses the flags, runs every case of the chosen models in its own subprocess and prints
+    each model's table (and the JSON, with ``--json``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--model",
@@ -497,6 +500,8 @@ def _run_model(args, model: str, chunks: list[int]) -> list[dict]:
 
 
 def _print_table(args, model: str, rows: list[dict]) -> None:
+    """Prints one model's cases as a markdown table, after a line naming the model, its
+    generator's sizes and what a step is."""
     p = dict(PRESETS[model])
     p["hidden"] = args.hidden or p["hidden"]
     p["n_freqs"] = args.n_freqs or p["n_freqs"]
