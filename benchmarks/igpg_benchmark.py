@@ -280,17 +280,6 @@ def run_case(chunk_size: int, name: str, preset: str, n: int, steps: int) -> dic
     }
 
 
-def _ints(parser: argparse.ArgumentParser, flag: str, value: str) -> tuple[int, ...]:
-    """``value``'s comma-separated positive ints, or a usage error naming ``flag``."""
-    try:
-        out = tuple(int(x) for x in value.split(","))
-    except ValueError:
-        out = ()
-    if not out or min(out) < 1:
-        parser.error(f"{flag} takes comma-separated positive ints, got {value!r}")
-    return out
-
-
 def _table(rows: list[dict], args: argparse.Namespace) -> None:
     """Prints the figures as a markdown table, after two lines saying what was run."""
     r0 = rows[0]
@@ -319,6 +308,8 @@ def _table(rows: list[dict], args: argparse.Namespace) -> None:
 
 def main() -> None:
     """Checks the flags, runs each chunk size in a subprocess and prints the table."""
+    from sne_benchmark import _ints  # comma-separated positive ints, or a usage error
+
     from configs import igpg as presets  # no jax: the parent process stays light
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
