@@ -58,6 +58,17 @@ MARKERS = {
         "hnet, beta 0: task 0's weights moved by",
         "plots/regulariser.png",
     ),
+    "09_weightspace": (
+        "/zoo: complete; 8 networks in 2 groups, 16 snapshots",
+        "step    6: 8 records, test accuracy",
+        "| same_zoo | sne |",
+        "| same_zoo | stats_gbt |",
+        "plots/sne_scatter.png",
+        "seen digits/mlp-8: generated",
+        "held out digits/mlp-8x8 random k=5:",
+        "novelty digits/mlp-8x8: nearest/zoo-typical distance",
+        "igpg/igpg_finetune.png",
+    ),
 }
 
 #: Notebooks that train on real data files: the ``UHN_DATA_DIR`` subdirectory and a file each
