@@ -26,9 +26,7 @@ Arg ``<preset>[,<zoo path>]``:
   HaCNNs, and MNIST's 8x8 HaCNNs are its transfer start) and ``digits/mlp-32x32``. Not run
   here (docs/igpg.md).
 
-Command (once ``uhn-jax igpg`` is wired to :func:`uhn_jax.training.igpg.run`; until then
-``python -c "from configs import igpg; from uhn_jax.training import igpg as e;
-e.run(igpg.get_config('digits'), 'runs/igpg_digits')"``):
+Commands (from Python: ``uhn_jax.training.igpg.run(igpg.get_config("digits"), workdir)``):
 
   uhn-jax igpg --config configs/igpg.py:tiny,runs/zoo_tiny --workdir runs/igpg_tiny
   uhn-jax igpg --config configs/igpg.py:digits,runs/zoo_cpu --workdir runs/igpg_digits
