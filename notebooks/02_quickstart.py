@@ -31,6 +31,7 @@ import numpy as np
 import uhn_jax
 from configs import digits_mlp
 from uhn_jax import plots
+from uhn_jax.analysis.figures import show
 from uhn_jax.core import descriptors
 from uhn_jax.training import experiments, tasks
 from uhn_jax.training import setup as setup_lib
@@ -39,16 +40,6 @@ from uhn_jax.training import setup as setup_lib
 TINY = os.environ.get("UHN_NOTEBOOK_TINY") == "1"
 WORKDIR = Path(os.environ.get("UHN_NOTEBOOK_WORKDIR") or tempfile.mkdtemp(prefix="uhn_notebook_"))
 print("runs go to", WORKDIR)
-
-
-def show(png):
-    """Shows a PNG the library wrote (or says where it is, outside Jupyter)."""
-    try:
-        from IPython.display import Image, display
-
-        display(Image(filename=str(png)))
-    except ImportError:
-        print("figure written to", png)
 
 
 # %% [markdown]

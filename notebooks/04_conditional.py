@@ -27,22 +27,13 @@ import uhn_jax
 from configs import digits_conditional
 from uhn_jax import plots
 from uhn_jax.analysis import figures
+from uhn_jax.analysis.figures import show
 from uhn_jax.training import experiments
 
 # The tests run this notebook with UHN_NOTEBOOK_TINY=1: a few steps each, just to exercise it.
 TINY = os.environ.get("UHN_NOTEBOOK_TINY") == "1"
 WORKDIR = Path(os.environ.get("UHN_NOTEBOOK_WORKDIR") or tempfile.mkdtemp(prefix="uhn_notebook_"))
 print("runs go to", WORKDIR)
-
-
-def show(png):
-    """Shows a PNG the library wrote (or says where it is, outside Jupyter)."""
-    try:
-        from IPython.display import Image, display
-
-        display(Image(filename=str(png)))
-    except ImportError:
-        print("figure written to", png)
 
 
 def load(conditioning):

@@ -27,6 +27,7 @@ import numpy as np
 import uhn_jax
 from configs import mnist_diverse
 from uhn_jax.analysis import figures, populations
+from uhn_jax.analysis.figures import show
 from uhn_jax.hypernets import diverse
 from uhn_jax.training import experiments, tasks
 
@@ -34,16 +35,6 @@ from uhn_jax.training import experiments, tasks
 TINY = os.environ.get("UHN_NOTEBOOK_TINY") == "1"
 WORKDIR = Path(os.environ.get("UHN_NOTEBOOK_WORKDIR") or tempfile.mkdtemp(prefix="uhn_notebook_"))
 print("runs go to", WORKDIR)
-
-
-def show(png):
-    """Shows a PNG the library wrote (or says where it is, outside Jupyter)."""
-    try:
-        from IPython.display import Image, display
-
-        display(Image(filename=str(png)))
-    except ImportError:
-        print("figure written to", png)
 
 
 # %% [markdown]

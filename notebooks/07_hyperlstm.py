@@ -61,16 +61,6 @@ if TINY:  # the first 100 sentences of each file, copied as they are
     print(f"tiny subset: {len(corpus.train):,} training and {len(corpus.test):,} test characters")
 
 
-def show(png):
-    """Shows a PNG the library wrote (or says where it is, outside Jupyter)."""
-    try:
-        from IPython.display import Image, display
-
-        display(Image(filename=str(png)))
-    except ImportError:
-        print("figure written to", png)
-
-
 # %% [markdown]
 # ## The cells and their parameters
 #
@@ -125,7 +115,7 @@ ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
 ax.set_yticks(range(len(bars)), list(bars))
 ax.invert_yaxis()
 ax.set_xlabel("parameters of the recurrent cell")
-show(figures.save(fig, WORKDIR / "plots" / "cell_params.png"))
+figures.show(figures.save(fig, WORKDIR / "plots" / "cell_params.png"))
 
 # %% [markdown]
 # ## Train: LSTM against HyperLSTM
@@ -164,7 +154,7 @@ for name, (width, run_dir) in runs.items():
 # %%
 groups = {f"LSTM, H={H_LSTM}": [runs["lstm"][1]], f"HyperLSTM, H={H}": [runs["hyperlstm"][1]]}
 title = "MR characters, equal parameter counts"
-show(plots.curves(groups, "bpc", WORKDIR / "plots" / "train_bpc.png", title=title))
+figures.show(plots.curves(groups, "bpc", WORKDIR / "plots" / "train_bpc.png", title=title))
 
 # %% [markdown]
 # ## What the hypernetwork writes
@@ -216,7 +206,7 @@ labels = [{" ": "␣", chars.UNK: "?"}.get(c, c) for c in (corpus.vocab[i] for i
 axes[-1].set_xticks(range(len(first)), labels)
 axes[-1].tick_params(axis="x", labelsize=7)
 fig.suptitle("The HyperLSTM's weight scales, character by character")
-show(figures.save(fig, WORKDIR / "plots" / "weight_scales.png"))
+figures.show(figures.save(fig, WORKDIR / "plots" / "weight_scales.png"))
 for name, d in (("d_x", d_x), ("d_h", d_h)):
     change = np.abs(np.diff(np.asarray(d), axis=0)).mean()
     print(

@@ -29,6 +29,7 @@ import numpy as np
 
 from configs import continual as continual_config
 from uhn_jax.analysis import figures
+from uhn_jax.analysis.figures import show
 from uhn_jax.core import layouts
 from uhn_jax.training import continual
 
@@ -36,16 +37,6 @@ from uhn_jax.training import continual
 TINY = os.environ.get("UHN_NOTEBOOK_TINY") == "1"
 WORKDIR = Path(os.environ.get("UHN_NOTEBOOK_WORKDIR") or tempfile.mkdtemp(prefix="uhn_notebook_"))
 print("runs go to", WORKDIR)
-
-
-def show(png):
-    """Shows a PNG the notebook wrote (or says where it is, outside Jupyter)."""
-    try:
-        from IPython.display import Image, display
-
-        display(Image(filename=str(png)))
-    except ImportError:
-        print("figure written to", png)
 
 
 # %% [markdown]

@@ -45,16 +45,6 @@ WORKDIR = Path(os.environ.get("UHN_NOTEBOOK_WORKDIR") or tempfile.mkdtemp(prefix
 print("runs go to", WORKDIR)
 
 
-def show(png):
-    """Shows a PNG the library or the notebook wrote (or says where it is, outside Jupyter)."""
-    try:
-        from IPython.display import Image, display
-
-        display(Image(filename=str(png)))
-    except ImportError:
-        print("figure written to", png)
-
-
 # %% [markdown]
 # ## 1. Build a zoo
 #
@@ -147,7 +137,7 @@ for ax, r in zip(axes[0], done, strict=True):
     tau = "n/a" if r["kendall_tau"] is None else f"{r['kendall_tau']:.2f}"
     ax.set(title=f"{r['method']}: tau {tau}", xlabel="true test accuracy", ylabel="predicted")
 fig.suptitle(f"{done[0]['test_records']} test records of {done[0]['test_networks']} networks")
-show(figures.save(fig, WORKDIR / "plots" / "sne_scatter.png"))
+figures.show(figures.save(fig, WORKDIR / "plots" / "sne_scatter.png"))
 
 # %% [markdown]
 # ## 3. Generate weights: IGPG
@@ -179,7 +169,7 @@ if not TINY:  # the tiny preset's pairs (MLPs 8 and 8x8) are not in this zoo
     igpg_cfg.finetune.steps = (0, 10, 100)
 igpg_out = igpg.run(igpg_cfg, WORKDIR / "igpg", progress=False)
 for png in igpg_report.figures(igpg_out, WORKDIR / "igpg"):
-    show(png)
+    figures.show(png)
 
 # %% [markdown]
 # ## Where next

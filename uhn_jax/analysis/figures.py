@@ -29,6 +29,17 @@ def pyplot():
     return plt
 
 
+def show(png: str | Path) -> None:
+    """Displays a saved PNG in Jupyter; outside it (no IPython), prints where the file is. The
+    notebooks show every figure they or the library write through this."""
+    try:
+        from IPython.display import Image, display
+    except ImportError:
+        print("figure written to", png)
+        return
+    display(Image(filename=str(png)))
+
+
 def save(fig, out: str | Path) -> Path:
     """Lays out (``tight_layout``, unless the figure has a layout engine of its own), writes
     (creating the parent directories) and closes ``fig``."""
