@@ -577,6 +577,22 @@ def test_the_cli_validates_an_sne_command():
         ("same_zoo", ("digits",), ())
     ]
     assert fixed.methods == ("sne", "stats_mlp", "stats_gbt") and fixed.train.steps == 1500
+    # Every ordered pair of the digits zoo's three families, the cpu preset's settings.
+    command = cli.check_command(
+        ["sne", "--config", f"{config}:cross_architecture", "--workdir", "s"]
+    )
+    cross = command.validated
+    assert cross.zoo == "runs/zoo_digits" and cross.seeds == (0, 1, 2)
+    assert sorted((t.kind, t.train, t.test, t.datasets) for t in cross.tasks) == [
+        ("cross_architecture", a, b, ("digits",))
+        for a, b in sorted(
+            [("cnn", "ha_cnn"), ("cnn", "mlp"), ("ha_cnn", "cnn")]
+            + [("ha_cnn", "mlp"), ("mlp", "cnn"), ("mlp", "ha_cnn")]
+        )
+    ]
+    assert cross.methods == ("sne", "stats_mlp", "stats_gbt") and cross.train.steps == 800
+    for field in ("chunk_size", "sne", "train"):
+        assert getattr(cross, field) == getattr(spec, field), field
     with pytest.raises(cli.CommandError, match="chunking.chunk_size"):
         cli.check_command(
             ["sne", "--config", config, "--workdir", "w", "--config.chunking.chunk_size=-1"]
