@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from conftest import CONFIG_DIR, load_config
+from conftest import load_config
 
 from uhn_jax import models
 from uhn_jax.models.ha_cnn import HaCNN
@@ -221,6 +221,45 @@ def test_layer_summary_is_each_layers_scale_and_shape_and_follows_the_batch_scal
     np.testing.assert_allclose(a["summary"], b["summary"], atol=1e-6)
     np.testing.assert_allclose(a["values"], b["values"])
     assert a["summary"][0, 1, 0] == np.float32(np.log(4.0))  # the ones kernel: RMS 1 -> 4
+
+
+def test_raw_statistics_are_the_summarys_values_at_the_weights_own_scale():
+    kernel = np.asarray([[1.0, -1.0], [3.0, -3.0]], np.float32)
+    params = {"layer_000": {"kernel": kernel, "bias": np.asarray([2.0, 2.0], np.float32)}}
+    second = np.asarray([[0.5, 1.5, -2.0], [0.25, -1.0, 4.0]], np.float32)
+    params["layer_001"] = {"kernel": second}  # no bias
+    t = chunking.tokenize(params, 4)
+    raw = np.asarray(sne.raw_statistics(t.summary))
+    assert raw.shape == (2, 2 * (len(chunking.PART_SUMMARY) - 1))
+    for layer, values in enumerate((kernel, second)):
+        v = values.reshape(-1).astype(np.float64)
+        expect = [v.mean(), v.std(), *np.quantile(v, [0, 0.25, 0.5, 0.75, 1])]
+        np.testing.assert_allclose(raw[layer, :7], expect, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(raw[0, 7:], [2, 0, 2, 2, 2, 2, 2], atol=1e-6)  # the bias
+    np.testing.assert_array_equal(raw[1, 7:], 0)  # no bias: zeros
+    # SNE with them: the summary layer reads 16 + 14 features; a permuted network still
+    # gives the same prediction.
+    net = sne.SNE(dataclasses.replace(SETTINGS, raw_summary=True))
+    _, p, q = _mlp_and_permuted()
+    batch = chunking.collate(
+        [chunking.tokenize(p, 8), chunking.tokenize(q, 8)], max_layers=8, max_classes=10
+    )
+    v = net.init(jax.random.key(0), batch)
+    assert v["params"]["layer_summary"]["kernel"].shape[0] == 30
+    pred = net.apply(v, batch)
+    assert pred[0] == pred[1]
+
+
+def test_without_layer_positions_a_layer_is_placed_by_its_roles_alone():
+    _, p, _ = _mlp_and_permuted()
+    batch = chunking.collate([chunking.tokenize(p, 8)], max_layers=8, max_classes=10)
+    moved = {**batch, "depth": batch["depth"] + 1}  # other indices, same roles
+    for positions in (True, False):
+        net = sne.SNE(dataclasses.replace(SETTINGS, layer_positions=positions))
+        v = net.init(jax.random.key(0), batch)
+        assert ("layer_position" in v["params"]) is positions
+        same = np.array_equal(net.apply(v, batch), net.apply(v, moved))
+        assert same is not positions
 
 
 def test_with_the_summary_chunks_are_read_relative_to_their_layers_scale():
@@ -535,6 +574,12 @@ def test_bad_configs_are_refused_naming_the_field(tiny, tmp_path):
     c["sne"]["layer_summary"] = 1
     with pytest.raises(ValueError, match=r"sne\.layer_summary must be True or False, got 1"):
         sne_config.validate(c)
+    c["sne"].update(layer_summary=False, raw_summary=True)
+    with pytest.raises(ValueError, match=r"sne\.raw_summary .* needs sne\.layer_summary=True"):
+        sne_config.validate(c)
+    c["sne"].update(layer_summary=True, raw_summary=True, layer_positions="no")
+    with pytest.raises(ValueError, match=r"sne\.layer_positions must be True or False"):
+        sne_config.validate(c)
     # Against the zoo, before anything trains: an unknown dataset, an empty side, a partial zoo.
     c = _config(root / "zoo", x=presets.task("cross_dataset", train="digits", test="mnist"))
     with pytest.raises(ValueError, match=r"tasks\.x\.test: dataset 'mnist' has no network"):
@@ -547,53 +592,3 @@ def test_bad_configs_are_refused_naming_the_field(tiny, tmp_path):
     with pytest.raises(ValueError, match="allow_partial is False but the zoo .* is partial"):
         experiment.run(_config(tmp_path / "partial"), tmp_path / "c", progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
-
-
-def test_the_cli_validates_an_sne_command():
-    from uhn_jax import cli
-
-    config = str(CONFIG_DIR / "sne.py")
-    command = cli.check_command(["sne", "--config", f"{config}:cpu", "--workdir", "runs/s"])
-    spec = command.validated
-    assert isinstance(spec, sne_config.Spec) and len(spec.tasks) == 5
-    kinds = {t.kind for t in spec.tasks}  # the table: one task of each kind at least
-    assert kinds == {"same_zoo", "cross_dataset", "cross_architecture"}
-    assert spec.train.rank_weight == 1.0 and spec.train.select == "tau"
-    # The large same-zoo population: its one task, the cpu preset's settings otherwise.
-    command = cli.check_command(["sne", "--config", f"{config}:fashion_mlp", "--workdir", "s"])
-    fashion = command.validated
-    assert [(t.kind, t.datasets, t.families) for t in fashion.tasks] == [
-        ("same_zoo", ("fashion_mnist",), ("mlp",))
-    ]
-    assert fashion.methods == ("sne", "stats_mlp", "stats_gbt")
-    assert fashion.train.steps == 2400
-    for field in ("chunk_size", "sne"):
-        assert getattr(fashion, field) == getattr(spec, field), field
-    # The fixed-seed zoo: one same-zoo task over all its digits MLPs, the digits settings.
-    command = cli.check_command(["sne", "--config", f"{config}:digits_fixed", "--workdir", "s"])
-    fixed = command.validated
-    assert fixed.zoo == "runs/zoo_digits_fixed" and fixed.seeds == (0, 1, 2)
-    assert [(t.kind, t.datasets, t.families) for t in fixed.tasks] == [
-        ("same_zoo", ("digits",), ())
-    ]
-    assert fixed.methods == ("sne", "stats_mlp", "stats_gbt") and fixed.train.steps == 1500
-    # Every ordered pair of the digits zoo's three families, the cpu preset's settings.
-    command = cli.check_command(
-        ["sne", "--config", f"{config}:cross_architecture", "--workdir", "s"]
-    )
-    cross = command.validated
-    assert cross.zoo == "runs/zoo_digits" and cross.seeds == (0, 1, 2)
-    assert sorted((t.kind, t.train, t.test, t.datasets) for t in cross.tasks) == [
-        ("cross_architecture", a, b, ("digits",))
-        for a, b in sorted(
-            [("cnn", "ha_cnn"), ("cnn", "mlp"), ("ha_cnn", "cnn")]
-            + [("ha_cnn", "mlp"), ("mlp", "cnn"), ("mlp", "ha_cnn")]
-        )
-    ]
-    assert cross.methods == ("sne", "stats_mlp", "stats_gbt") and cross.train.steps == 800
-    for field in ("chunk_size", "sne", "train"):
-        assert getattr(cross, field) == getattr(spec, field), field
-    with pytest.raises(cli.CommandError, match="chunking.chunk_size"):
-        cli.check_command(
-            ["sne", "--config", config, "--workdir", "w", "--config.chunking.chunk_size=-1"]
-        )

@@ -271,8 +271,9 @@ def _fake_data_dir(name, tmp_path):
 
 # Single-run configs. configs/multitask.py is tested in test_multitask, configs/continual.py in
 # test_continual, configs/adapt_text.py (which needs a source run) in test_adapt, configs/sne.py
-# (which needs a zoo) in test_sne, configs/igpg.py (the same) in test_igpg; cifar10_resnet and
-# fashion_mnist_cnn only derive from cifar10_resnet20 and mnist_cnn (tested below).
+# (which needs a zoo) in test_sne and test_sne_config, configs/igpg.py (the same) in test_igpg;
+# cifar10_resnet and fashion_mnist_cnn only derive from cifar10_resnet20 and mnist_cnn (tested
+# below).
 # configs/digits_flax.py, as written (Linen and NNX), trains direct and UHN through the command
 # line in test_open_core: a step of it here would only repeat that run's start.
 NOT_SINGLE_RUN = (

@@ -34,7 +34,9 @@ A zoo of one architecture family teaches little about another's raw chunk values
 summaries are comparable across families (on the ``cpu`` zoo they take HaCNN -> MLP from
 chance to tau 0.36 and MLP -> HaCNN from 0.35 to 0.51; docs/sne.md). With
 ``layer_summary=False`` the chunks are read at the zoo's global scale and the layers get no
-summary (the encoder before that option).
+summary (the encoder before that option). ``raw_summary`` adds the summary's values at the
+weights' own scale (:func:`raw_statistics`); ``layer_positions=False`` places each layer by its
+roles alone, without its index (both for transfer between families; docs/sne.md).
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ from uhn_jax.weightspace import chunking
 _MASKED = -1e30
 
 
+#: The on / off fields of :class:`Settings`.
+FLAGS = ("layer_summary", "raw_summary", "layer_positions")
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """SNE's sizes.
@@ -69,6 +75,11 @@ class Settings:
       max_layers: the most layers a network may have (the batch's padded layer count).
       layer_summary: add each layer's summary statistics to its vector and read its chunks
         relative to its kernel's RMS (see the module docstring).
+      raw_summary: with ``layer_summary``, also give each layer the summary's mean, std and
+        quantiles at the weights' own scale (:func:`raw_statistics`).
+      layer_positions: add each layer's index from the first and from the last layer to its
+        vector (sinusoids); without them a layer is placed by its roles alone (first, last,
+        conv or dense), so a network of another depth reads like the training networks.
     """
 
     dim: int = 32
@@ -81,13 +92,21 @@ class Settings:
     max_classes: int = 10
     max_layers: int = 8
     layer_summary: bool = True
+    raw_summary: bool = False
+    layer_positions: bool = True
 
     def check(self, prefix: str = "sne") -> None:
         """Raises ``ValueError`` naming ``<prefix>.<field>`` for a bad size or flag."""
-        checks.flag(f"{prefix}.layer_summary", self.layer_summary)
+        for flag in FLAGS:
+            checks.flag(f"{prefix}.{flag}", getattr(self, flag))
+        if self.raw_summary and not self.layer_summary:
+            raise ValueError(
+                f"{prefix}.raw_summary reads the layer summary: it needs "
+                f"{prefix}.layer_summary=True"
+            )
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "layer_summary":
+            if f.name in FLAGS:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{prefix}.{f.name} must be a positive int, got {value!r}")
@@ -97,6 +116,20 @@ class Settings:
             )
         if self.chunk_features % 2:
             raise ValueError(f"{prefix}.chunk_features must be even, got {self.chunk_features}")
+
+
+def raw_statistics(summary: jax.Array) -> jax.Array:
+    """``[..., 14]``: the mean, std and quantiles of a layer summary ``[..., 16]``
+    (:data:`chunking.SUMMARY_FEATURES`) at the weights' own scale, kernel then bias: each
+    ratio times its part's RMS (zeros for a missing part, whose ratios are zeros).
+
+    The summary reads a layer's scale and its shape apart; these are the values Unterthiner
+    et al.'s statistics read (``statistics.features``). Which of the two views ranks
+    networks depends on the zoo: docs/sne.md measures both.
+    """
+    n = len(chunking.PART_SUMMARY)
+    parts = summary.reshape(*summary.shape[:-1], -1, n)
+    return (parts[..., 1:] * jnp.exp(parts[..., :1])).reshape(*summary.shape[:-1], -1)
 
 
 def sinusoid(position: jax.Array, width: int) -> jax.Array:
@@ -257,13 +290,18 @@ class SNE(nn.Module):
         for _ in range(self.s.token_blocks):
             x_BTD = TokenISAB(self.s)(x_BTD, member_BTL)
         z_BLD = SegmentPool(self.s, 1, name="layer_pool")(x_BTD, member_BTL)[:, :, 0]
-        pos = jnp.concatenate(
-            [sinusoid(batch["depth"][..., 0], 16), sinusoid(batch["depth"][..., 1], 16)], -1
-        )
         z_BLD = z_BLD + nn.Dense(self.s.dim, name="layer_roles")(batch["roles"])
         if self.s.layer_summary:
-            z_BLD = z_BLD + nn.Dense(self.s.dim, name="layer_summary")(batch["summary"])
-        z_BLD = nn.LayerNorm()(z_BLD + nn.Dense(self.s.dim, name="layer_position")(pos))
+            summary = batch["summary"]
+            if self.s.raw_summary:
+                summary = jnp.concatenate([summary, raw_statistics(summary)], -1)
+            z_BLD = z_BLD + nn.Dense(self.s.dim, name="layer_summary")(summary)
+        if self.s.layer_positions:
+            pos = jnp.concatenate(
+                [sinusoid(batch["depth"][..., 0], 16), sinusoid(batch["depth"][..., 1], 16)], -1
+            )
+            z_BLD = z_BLD + nn.Dense(self.s.dim, name="layer_position")(pos)
+        z_BLD = nn.LayerNorm()(z_BLD)
         mask_BL = batch["layer_mask"]
         for _ in range(self.s.layer_blocks):
             z_BLD = LayerSAB(self.s)(z_BLD, mask_BL)
