@@ -23,7 +23,6 @@
 # `uhn-jax igpg`) called with a preset from `configs/`.
 
 # %%
-import json
 import os
 import tempfile
 from collections import defaultdict
@@ -119,25 +118,17 @@ sne_out = sne.run(sne_cfg, WORKDIR / "sne", progress=False)
 print(sne_report.format_table(sne_out))
 
 # %% [markdown]
-# Each part writes its test predictions to `runs/<task>/<method>/seed_<s>/result.json`.
-# Predicted against true test accuracy, one panel per method (the grey line is a perfect
-# prediction; the run also draws SNE's panel alone, `sne_scatter.png`). In normal mode (seed 0,
+# Each part writes its test predictions to `runs/<task>/<method>/seed_<s>/result.json`
+# (`sne.part_results` reads them). Predicted against true test accuracy, one panel per method
+# (the grey line is a perfect prediction; the run also draws SNE's panel alone,
+# `sne_scatter.png`). In normal mode (seed 0,
 # 65 training networks) SNE ranks the 19 test networks' 76 records at tau 0.74, level with the
 # statistics MLP (0.74) and above the trees (0.64); docs/sne.md has SNE ahead on larger zoos.
 
 # %%
-done = [r for r in sne_out["runs"] if r["status"] == "done"]
-plt = figures.pyplot()
-fig, axes = plt.subplots(1, len(done), figsize=(3.4 * len(done), 3.4), squeeze=False)
-for ax, r in zip(axes[0], done, strict=True):
-    part = WORKDIR / "sne" / sne.RUNS_DIR / r["task"] / r["method"] / f"seed_{r['seed']}"
-    result = json.loads((part / sne.PART_RESULT).read_text())
-    ax.scatter(result["targets"], result["predictions"], s=8, alpha=0.6)
-    ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
-    tau = "n/a" if r["kendall_tau"] is None else f"{r['kendall_tau']:.2f}"
-    ax.set(title=f"{r['method']}: tau {tau}", xlabel="true test accuracy", ylabel="predicted")
-fig.suptitle(f"{done[0]['test_records']} test records of {done[0]['test_networks']} networks")
-figures.show(figures.save(fig, WORKDIR / "plots" / "sne_scatter.png"))
+parts = sne.part_results(WORKDIR / "sne", sne_out)  # each part's result.json, predictions too
+scatter = WORKDIR / "plots" / "sne_scatter.png"
+figures.show(sne_report.figure(parts, scatter, methods=sne_cfg.methods))
 
 # %% [markdown]
 # ## 3. Generate weights: IGPG

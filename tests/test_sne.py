@@ -17,6 +17,7 @@ import pytest
 from conftest import load_config
 
 from uhn_jax import models
+from uhn_jax.analysis import figures
 from uhn_jax.models.ha_cnn import HaCNN
 from uhn_jax.training import predictor, sne_config, sne_report
 from uhn_jax.training import sne as experiment
@@ -477,6 +478,11 @@ def test_end_to_end_writes_every_method_with_a_finite_tau(tiny):
     assert (part / "metrics.jsonl").exists() and not (part / "checkpoints").exists()
     assert 0 < result["chosen_step"] <= 20 and result["val_mse"] is not None
     assert (root / "run" / sne_report.FIGURE).stat().st_size > 0
+    parts = experiment.part_results(root / "run", out)  # 7: flat_mlp does not apply to one
+    assert len(parts) == 7 and result in parts and all(p["predictions"] for p in parts)
+    both = sne_report.figure(parts, root / "both.png", methods=("sne", "stats_gbt"))
+    w = [figures.pyplot().imread(p).shape[1] for p in (both, root / "run" / sne_report.FIGURE)]
+    assert w[0] == 2 * w[1]  # two methods x two tasks: 4 panels a row, SNE's alone 2
     table = sne_report.format_table(out)
     assert "| mlp | sne |" in table and "| mlp_to_ha_cnn | flat_mlp | n/a |" in table
 

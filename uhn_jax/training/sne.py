@@ -269,7 +269,7 @@ def run_part(feats: Features, task, split, method: str, seed: int, ctx: dict):
     """One (task, method, seed): its result (read back when finished before, ``None`` when
     the budget stopped it) and the steps it took."""
     spec, records = feats.spec, feats.records
-    part = Path(ctx["workdir"]) / RUNS_DIR / part_name(task, method, seed)
+    part = Path(ctx["workdir"]) / RUNS_DIR / part_name(task.name, method, seed)
     cfg = part_config(spec, task, method, seed, split_digest(records, split))
     _check_part(part, cfg)
     if (part / PART_RESULT).exists():
@@ -311,18 +311,32 @@ def _plan(spec, records) -> list[tuple[Any, splits.Split, str, int]]:
     return parts
 
 
-def part_name(task, method: str, seed: int) -> str:
+def part_name(task: str, method: str, seed: int) -> str:
     """``<task>/<method>/seed_<s>``: a part's directory under ``W/runs``."""
-    return f"{task.name}/{method}/seed_{seed}"
+    return f"{task}/{method}/seed_{seed}"
+
+
+def part_results(workdir: str | Path, out: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``result.json`` of each finished part of ``out["runs"]`` (:func:`run`'s results, or
+    ``W/results.json``), with its test ``predictions``, ``targets`` and ``test_ids``: what
+    :func:`uhn_jax.training.sne_report.figure` draws."""
+    return [
+        workdir_lib.read_json(
+            Path(workdir) / RUNS_DIR / part_name(r["task"], r["method"], r["seed"]) / PART_RESULT,
+            "Rerun the command to redo the part.",
+        )
+        for r in out["runs"]
+        if r["status"] == "done"
+    ]
 
 
 def _prepare(feats: Features, parts, workdir: Path) -> set[str]:
     """The names of the unfinished parts; every input they need computed (before anything
     trains, so a network SNE cannot take is refused first)."""
     todo = {
-        part_name(t, m, seed): (s, m)
+        part_name(t.name, m, seed): (s, m)
         for t, s, m, seed in parts
-        if not (workdir / RUNS_DIR / part_name(t, m, seed) / PART_RESULT).exists()
+        if not (workdir / RUNS_DIR / part_name(t.name, m, seed) / PART_RESULT).exists()
     }
     needs: dict[str, set[int]] = {"sne": set(), "stats": set()}
     for split, method in todo.values():
@@ -372,7 +386,7 @@ def run(
     ctx = {"workdir": workdir, "progress": progress, "budget": stop_after}
     done, trained, skipped = [], [], []
     for n, (task, split, method, seed) in enumerate(parts):
-        name = part_name(task, method, seed)
+        name = part_name(task.name, method, seed)
         if name in todo and ctx["budget"] is not None and ctx["budget"] <= 0:
             break
         out, taken = run_part(feats, task, split, method, seed, ctx)

@@ -133,31 +133,38 @@ def part_line(n: int, total: int, out: dict[str, Any]) -> str:
     return f"{where}: tau {tau}, MSE {out['mse']:.5f}, {out['wall_s']:.1f} s"
 
 
-def figure(done: list[dict], out: Path, method: str = "sne") -> Path | None:
-    """Predicted against true test accuracy, one panel per task, seeds in colours: ``method``'s
-    parts (the first method with predictions when ``method`` has none)."""
+def figure(done: list[dict], out: Path, methods: tuple[str, ...] = ("sne",)) -> Path | None:
+    """Predicted against true test accuracy of finished parts (with ``predictions``:
+    :func:`uhn_jax.training.sne.part_results`), one panel per method and task (each method's
+    tasks in turn, four panels a row), seeds in colours: the ``methods`` that have predictions
+    (the first method with predictions when none of them has)."""
     from uhn_jax.analysis import figures
 
     with_pred = [r for r in done if r.get("predictions")]
-    if not any(r["method"] == method for r in with_pred):
-        method = with_pred[0]["method"]
-    rows = [r for r in with_pred if r["method"] == method]
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    cols = min(4, len(tasks))
+    shown = [m for m in methods if any(r["method"] == m for r in with_pred)]
+    shown = shown or [with_pred[0]["method"]]
+    panels = [
+        (m, t)
+        for m in shown
+        for t in dict.fromkeys(r["task"] for r in with_pred if r["method"] == m)
+    ]
+    cols = min(4, len(panels))
     plt = figures.pyplot()
-    rows_n = -(-len(tasks) // cols)  # one task still leaves room for the title
+    rows_n = -(-len(panels) // cols)  # one panel still leaves room for the title
     fig, axes = plt.subplots(rows_n, cols, figsize=(max(3.2 * cols, 4.8), 3.1 * rows_n))
     axes = np.atleast_1d(axes).reshape(-1)
-    for ax, task in zip(axes, tasks, strict=False):
+    for ax, (method, task) in zip(axes, panels, strict=False):
         taus = []
-        for r in (r for r in rows if r["task"] == task):
+        for r in (r for r in with_pred if r["task"] == task and r["method"] == method):
             ax.scatter(r["targets"], r["predictions"], s=6, alpha=0.6, label=f"seed {r['seed']}")
             taus.append(r["kendall_tau"])
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
-        shown = ", ".join("n/a" if t is None else f"{t:.2f}" for t in taus)
-        ax.set(title=f"{task}\ntau {shown}", xlabel="true test accuracy", ylabel="predicted")
+        shown_taus = ", ".join("n/a" if t is None else f"{t:.2f}" for t in taus)
+        head = f"{task}\n{method}: " if len(shown) > 1 else f"{task}\n"
+        ax.set(title=f"{head}tau {shown_taus}", xlabel="true test accuracy", ylabel="predicted")
         ax.title.set_fontsize(9)
-    for ax in axes[len(tasks) :]:
+    for ax in axes[len(panels) :]:
         ax.set_axis_off()
-    fig.suptitle(f"{method}: predicted vs true test accuracy (test networks)", fontsize=10)
+    title = ", ".join(shown)
+    fig.suptitle(f"{title}: predicted vs true test accuracy (test networks)", fontsize=10)
     return figures.save(fig, out)
