@@ -15,8 +15,8 @@ for MLPs, cross-architecture MLP <-> HaCNN on digits; 800 steps), ``fashion_mlp`
 of ``configs/zoo.py:digits_fixed``, default ``runs/zoo_digits_fixed``: same-zoo over its 768
 digits MLPs, the ``digits`` settings), ``cross_architecture`` (the digits zoo, default
 ``runs/zoo_digits``: cross-architecture between every ordered pair of its families, MLP, CNN
-and HaCNN, the ``cpu`` preset's settings, with SNE's ``raw_summary`` on and
-``layer_positions`` off).
+and HaCNN, the ``cpu`` preset's settings, with SNE's ``raw_summary`` and ``network_size`` on
+and ``layer_positions`` off).
 
 The neural predictors train on the MSE plus a pairwise ranking loss and keep the params of the
 best validation Kendall tau (``train.rank_weight``, ``train.select``; docs/sne.md).
@@ -104,6 +104,7 @@ def base():
     c.sne.layer_summary = True  # each layer's weight statistics; chunks read at its scale
     c.sne.raw_summary = False  # + the summary's statistics at the weights' own scale
     c.sne.layer_positions = True  # each layer's index from the first and from the last
+    c.sne.network_size = False  # + log10 params and layers, standardised over training
     c.mlp = ml_collections.ConfigDict({"hidden": (64, 64)})
     c.gbt = ml_collections.ConfigDict(
         {"max_iter": 200, "learning_rate": 0.05, "max_leaf_nodes": 31, "min_samples_leaf": 20}
@@ -157,7 +158,8 @@ def get_config(arg: str = "digits_tiny"):
     c.train.steps = 800
     if name == "cross_architecture":
         c.methods = ("sne", "stats_mlp", "stats_gbt")  # several layouts: no flat MLP
-        c.sne.raw_summary, c.sne.layer_positions = True, False  # docs/sne.md measures both
+        c.sne.raw_summary, c.sne.layer_positions = True, False  # docs/sne.md measures each
+        c.sne.network_size = True
         for a, b in itertools.permutations(("mlp", "cnn", "ha_cnn"), 2):
             c.tasks[f"digits_{a}_to_{b}"] = task(
                 "cross_architecture", train=a, test=b, datasets=("digits",)

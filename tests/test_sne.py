@@ -7,7 +7,6 @@ digits MLPs and HaCNNs whose weights are scaled per network and snapshot, with a
 that is a function of the scale (training a real zoo would take most of this file's time).
 """
 
-import dataclasses
 import json
 
 import jax
@@ -134,6 +133,7 @@ def test_sne_ignores_padding_and_the_order_of_tokens_and_of_a_batch(encode):
         roles=t.roles,
         summary=t.summary,
         layer_names=t.layer_names,
+        num_params=t.num_params,
     )
     np.testing.assert_allclose(encode([shuffled, u]), pred, rtol=1e-5)
 
@@ -199,94 +199,6 @@ def test_statistics_of_a_hand_made_network():
     assert two["has_hidden"] == 0 and two["hidden_kernel_q100"] == 0 and two["num_layers"] == 2
     with pytest.raises(ValueError, match="one layout"):
         statistics.flat_weights([params, {"layer_000": params["layer_000"]}])
-
-
-def test_layer_summary_is_each_layers_scale_and_shape_and_follows_the_batch_scale():
-    kernel = np.asarray([[1.0, -1.0], [3.0, -3.0]], np.float32)  # RMS sqrt(5)
-    params = {"layer_000": {"kernel": kernel, "bias": np.asarray([2.0, 2.0], np.float32)}}
-    params["layer_001"] = {"kernel": np.ones((2, 3), np.float32)}  # no bias
-    t = chunking.tokenize(params, 4)
-    f = dict(zip(chunking.SUMMARY_FEATURES, t.summary[0], strict=True))
-    r = np.sqrt(5.0)
-    expect = {"kernel_log_rms": np.log(r), "kernel_mean": 0.0, "kernel_std": 1.0}
-    expect |= {"kernel_q0": -3 / r, "kernel_q50": 0.0, "kernel_q100": 3 / r}
-    expect |= {"bias_log_rms": np.log(2.0), "bias_mean": 1.0, "bias_std": 0.0, "bias_q25": 1.0}
-    for name, value in expect.items():
-        np.testing.assert_allclose(f[name], value, atol=1e-6, err_msg=name)
-    np.testing.assert_array_equal(t.summary[1, len(chunking.PART_SUMMARY) :], 0)  # no bias
-    # The batch's summary is that of the scaled values: its log RMS shifts, the ratios stay;
-    # a missing part stays zeros.
-    scaled = jax.tree.map(lambda x: 4 * x, params)
-    a = chunking.collate([t], max_layers=3, max_classes=10, scale=4.0)
-    b = chunking.collate([chunking.tokenize(scaled, 4)], max_layers=3, max_classes=10)
-    np.testing.assert_allclose(a["summary"], b["summary"], atol=1e-6)
-    np.testing.assert_allclose(a["values"], b["values"])
-    assert a["summary"][0, 1, 0] == np.float32(np.log(4.0))  # the ones kernel: RMS 1 -> 4
-
-
-def test_raw_statistics_are_the_summarys_values_at_the_weights_own_scale():
-    kernel = np.asarray([[1.0, -1.0], [3.0, -3.0]], np.float32)
-    params = {"layer_000": {"kernel": kernel, "bias": np.asarray([2.0, 2.0], np.float32)}}
-    second = np.asarray([[0.5, 1.5, -2.0], [0.25, -1.0, 4.0]], np.float32)
-    params["layer_001"] = {"kernel": second}  # no bias
-    t = chunking.tokenize(params, 4)
-    raw = np.asarray(sne.raw_statistics(t.summary))
-    assert raw.shape == (2, 2 * (len(chunking.PART_SUMMARY) - 1))
-    for layer, values in enumerate((kernel, second)):
-        v = values.reshape(-1).astype(np.float64)
-        expect = [v.mean(), v.std(), *np.quantile(v, [0, 0.25, 0.5, 0.75, 1])]
-        np.testing.assert_allclose(raw[layer, :7], expect, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(raw[0, 7:], [2, 0, 2, 2, 2, 2, 2], atol=1e-6)  # the bias
-    np.testing.assert_array_equal(raw[1, 7:], 0)  # no bias: zeros
-    # SNE with them: the summary layer reads 16 + 14 features; a permuted network still
-    # gives the same prediction.
-    net = sne.SNE(dataclasses.replace(SETTINGS, raw_summary=True))
-    _, p, q = _mlp_and_permuted()
-    batch = chunking.collate(
-        [chunking.tokenize(p, 8), chunking.tokenize(q, 8)], max_layers=8, max_classes=10
-    )
-    v = net.init(jax.random.key(0), batch)
-    assert v["params"]["layer_summary"]["kernel"].shape[0] == 30
-    pred = net.apply(v, batch)
-    assert pred[0] == pred[1]
-
-
-def test_without_layer_positions_a_layer_is_placed_by_its_roles_alone():
-    _, p, _ = _mlp_and_permuted()
-    batch = chunking.collate([chunking.tokenize(p, 8)], max_layers=8, max_classes=10)
-    moved = {**batch, "depth": batch["depth"] + 1}  # other indices, same roles
-    for positions in (True, False):
-        net = sne.SNE(dataclasses.replace(SETTINGS, layer_positions=positions))
-        v = net.init(jax.random.key(0), batch)
-        assert ("layer_position" in v["params"]) is positions
-        same = np.array_equal(net.apply(v, batch), net.apply(v, moved))
-        assert same is not positions
-
-
-def test_with_the_summary_chunks_are_read_relative_to_their_layers_scale():
-    _, p, _ = _mlp_and_permuted()
-    scaled = {**p, "layer_001": jax.tree.map(lambda x: 3 * x, p["layer_001"])}
-
-    def batch(params):
-        return chunking.collate([chunking.tokenize(params, 8)], max_layers=8, max_classes=10)
-
-    net = sne.SNE(SETTINGS)
-    v = net.init(jax.random.key(0), batch(p))
-    assert not np.allclose(net.apply(v, batch(p)), net.apply(v, batch(scaled)))
-
-    # Without the summary, which carries the layer's scale, its chunks look the same.
-    def zero(tree, *names):
-        return jax.tree_util.tree_map_with_path(
-            lambda path, x: 0 * x if any(n in str(path) for n in names) else x, tree
-        )
-
-    blind = zero(v, "layer_summary")
-    np.testing.assert_allclose(net.apply(blind, batch(p)), net.apply(blind, batch(scaled)), 1e-5)
-    off = sne.SNE(dataclasses.replace(SETTINGS, layer_summary=False))
-    w = off.init(jax.random.key(0), batch(p))
-    assert "layer_summary" not in w["params"]
-    w = zero(w, "chunk_scale")
-    assert not np.allclose(off.apply(w, batch(p)), off.apply(w, batch(scaled)))
 
 
 def _records():
@@ -542,10 +454,22 @@ def test_rerun_skips_finished_parts_and_an_interrupted_part_resumes(tiny):
     )
     second = json.loads((part / experiment.PART_RESULT).read_text())
     assert second["predictions"] == first["predictions"]
-    # A part trained with other settings is refused, naming the field.
-    cfg.train.lr = 0.5
-    with pytest.raises(ValueError, match=r"fields differ: train\.lr"):
+    # A part saved before an SNE option existed was trained without it: it is kept ...
+    saved = json.loads((part / "config.json").read_text())
+    del saved["sne"]["network_size"]
+    (part / "config.json").write_text(json.dumps(saved))
+    kept = experiment.run(cfg, root / "resumed", progress=False, log=print)
+    assert kept["skipped"] == ["mlp/sne/seed_0"] and kept["table"] == done["table"]
+    # ... and a part trained with other settings is refused, naming the field.
+    cfg.sne.network_size = True
+    with pytest.raises(ValueError, match=r"fields differ: sne\.network_size"):
         experiment.run(cfg, root / "resumed", progress=False)
+    # With the size it trains (the sizes standardised over its training networks).
+    cfg.train.steps = 6
+    out = experiment.run(cfg, root / "sized", progress=False, log=print)
+    assert out["complete"] and out["trained"] == ["mlp/sne/seed_0"]
+    result = root / "sized" / "runs" / "mlp" / "sne" / "seed_0" / experiment.PART_RESULT
+    assert np.isfinite(json.loads(result.read_text())["predictions"]).all()
 
 
 def test_bad_configs_are_refused_naming_the_field(tiny, tmp_path):

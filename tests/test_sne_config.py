@@ -52,7 +52,9 @@ def test_the_cli_validates_an_sne_command():
     ]
     assert cross.methods == ("sne", "stats_mlp", "stats_gbt") and cross.train.steps == 800
     assert cross.chunk_size == spec.chunk_size and cross.train == spec.train
-    assert cross.sne == dataclasses.replace(spec.sne, raw_summary=True, layer_positions=False)
+    assert cross.sne == dataclasses.replace(
+        spec.sne, raw_summary=True, layer_positions=False, network_size=True
+    )
     with pytest.raises(cli.CommandError, match="chunking.chunk_size"):
         cli.check_command(
             ["sne", "--config", config, "--workdir", "w", "--config.chunking.chunk_size=-1"]

@@ -22,6 +22,7 @@ wall time) and ``W/sne_scatter.png`` SNE's predicted against true test accuracy 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -147,10 +148,13 @@ def _inputs(method: str, feats: Features, split: splits.Split):
     if method == "sne":
         values = np.concatenate([feats.tokens[i].values.reshape(-1) for i in split.train])
         scale = float(1.0 / max(np.sqrt(np.mean(values.astype(np.float64) ** 2)), 1e-8))
+        norm = None
+        if spec.sne.network_size:
+            norm = sne.size_norm([chunking.network_size(feats.tokens[i]) for i in split.train])
 
         def sne_inputs(idx):
             toks = [feats.tokens[i] for i in idx]
-            make = _collate(toks, spec.sne, scale)
+            make = _collate(toks, spec.sne, scale, norm)
             sizes = np.asarray([t.num_tokens for t in toks])
             return predictor.Inputs(_targets(records, idx), make, sizes)
 
@@ -175,12 +179,13 @@ def _inputs(method: str, feats: Features, split: splits.Split):
     return statistics.FeatureMLP(spec.mlp_hidden), out
 
 
-def _collate(toks: list[chunking.Tokens], s: sne.Settings, scale: float) -> Callable:
+def _collate(toks: list[chunking.Tokens], s: sne.Settings, scale: float, norm=None) -> Callable:
     def make(idx):
         batch = [toks[i] for i in idx]
-        return chunking.collate(
+        out = chunking.collate(
             batch, max_layers=s.max_layers, max_classes=s.max_classes, scale=scale
         )
+        return sne.with_size_norm(out, norm) if norm is not None else out
 
     return make
 
@@ -222,6 +227,9 @@ def _check_part(part: Path, cfg: dict) -> None:
     if not saved.exists():
         return
     old = workdir_lib.flat(workdir_lib.read_json(saved, "Delete the part's directory to redo it."))
+    # A part saved before an SNE option existed was trained without it: its default.
+    if cfg["method"] == "sne":
+        old = {**workdir_lib.flat({"sne": dataclasses.asdict(sne.Settings())}), **old}
     new = workdir_lib.flat(cfg)
     differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if differ:

@@ -108,6 +108,7 @@ class Tokens:
       roles: ``[L, R]`` float32, each layer's :data:`ROLE_FEATURES`.
       summary: ``[L, S]`` float32, each layer's :data:`SUMMARY_FEATURES`.
       layer_names: the layers' names.
+      num_params: the network's parameter count (kernels and per-unit leaves).
     """
 
     values: np.ndarray
@@ -117,6 +118,7 @@ class Tokens:
     roles: np.ndarray
     summary: np.ndarray
     layer_names: tuple[str, ...]
+    num_params: int
 
     @property
     def num_tokens(self) -> int:
@@ -322,7 +324,16 @@ def tokenize(params: Any, chunk_size: int, *, max_tokens_per_layer: int | None =
         summary.append(layer_summary(layer))
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     names = tuple(x.name for x in layers)
-    return Tokens(**arrays, roles=np.stack(roles), summary=np.stack(summary), layer_names=names)
+    size = sum(x.kernel.size + x.extras.size for x in layers)
+    return Tokens(
+        **arrays, roles=np.stack(roles), summary=np.stack(summary), layer_names=names,
+        num_params=int(size),
+    )  # fmt: skip
+
+
+def network_size(tokens: Tokens) -> np.ndarray:
+    """``[2]``: log10 of a network's params and its number of layers."""
+    return np.asarray([math.log10(max(tokens.num_params, 1)), tokens.num_layers], np.float32)
 
 
 def _scaled_summary(summary_LS: np.ndarray, scale: float) -> np.ndarray:
@@ -355,8 +366,9 @@ def collate(
       ``values [B, T, c]`` (times ``scale``), ``layer``, ``chunk``, ``label`` ``[B, T]``
       int32, ``mask [B, T]`` (real tokens), ``roles [B, L, R]``, ``summary [B, L, S]`` (its
       log RMS features shifted by ``log(scale)``, as the values are scaled), ``layer_mask
-      [B, L]`` and ``depth [B, L, 2]`` (each layer's index from the first and from the last
-      layer), with ``L = max_layers``.
+      [B, L]``, ``depth [B, L, 2]`` (each layer's index from the first and from the last
+      layer), with ``L = max_layers``, and ``size [B, 2]``: log10 of each network's params
+      and its number of layers.
 
     Raises:
       ValueError: for an empty batch, networks of different chunk sizes, a network with more
@@ -377,6 +389,7 @@ def collate(
         "summary": np.zeros((b, max_layers, f), np.float32),
         "layer_mask": np.zeros((b, max_layers), bool),
         "depth": np.zeros((b, max_layers, 2), np.int32),
+        "size": np.zeros((b, 2), np.float32),
     }
     for i, x in enumerate(batch):
         if x.chunk_size != c:
@@ -400,4 +413,5 @@ def collate(
         out["layer_mask"][i, :depth] = True
         out["depth"][i, :depth, 0] = np.arange(depth)
         out["depth"][i, :depth, 1] = np.arange(depth)[::-1]
+        out["size"][i] = network_size(x)
     return out

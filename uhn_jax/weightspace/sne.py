@@ -14,7 +14,8 @@ The pipeline, for a batch of networks padded by :func:`chunking.collate`::
       -> layer vectors + Linear(layer roles) + Linear(layer summary statistics)
          + Linear(sinusoid(index from the first layer), sinusoid(index from the last layer))
       -> over layers, set to set: SAB blocks (masked self-attention; L is small)
-      -> PMA over the layers -> network vector -> MLP head -> sigmoid: accuracy in [0, 1]
+      -> PMA over the layers -> network vector (+ Linear(standardised size), with
+         ``network_size``) -> MLP head -> sigmoid: accuracy in [0, 1]
 
 A network's tokens are one padded axis ``T``; each belongs to a segment, its layer (a one-hot
 over the ``L`` layer slots, zero for a padding token), so a layer's attention is a softmax over
@@ -36,7 +37,8 @@ chance to tau 0.36 and MLP -> HaCNN from 0.35 to 0.51; docs/sne.md). With
 ``layer_summary=False`` the chunks are read at the zoo's global scale and the layers get no
 summary (the encoder before that option). ``raw_summary`` adds the summary's values at the
 weights' own scale (:func:`raw_statistics`); ``layer_positions=False`` places each layer by its
-roles alone, without its index (both for transfer between families; docs/sne.md).
+roles alone, without its index; ``network_size`` gives the network vector the size the
+statistics baseline reads (all three for transfer between families; docs/sne.md).
 """
 
 from __future__ import annotations
@@ -49,14 +51,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from uhn_jax.core import checks
-from uhn_jax.weightspace import chunking
+from uhn_jax.weightspace import chunking, statistics
 
 #: The masked-out logit: finite, so an all-masked row gives zeros, never NaN.
 _MASKED = -1e30
 
 
 #: The on / off fields of :class:`Settings`.
-FLAGS = ("layer_summary", "raw_summary", "layer_positions")
+FLAGS = ("layer_summary", "raw_summary", "layer_positions", "network_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +82,10 @@ class Settings:
       layer_positions: add each layer's index from the first and from the last layer to its
         vector (sinusoids); without them a layer is placed by its roles alone (first, last,
         conv or dense), so a network of another depth reads like the training networks.
+      network_size: add the network's size (log10 of its params, its number of layers),
+        standardised over the training networks, to its vector, as the statistics baseline
+        reads it; the training networks' mean and std come with the batch
+        (:func:`size_norm`, :func:`with_size_norm`).
     """
 
     dim: int = 32
@@ -94,6 +100,7 @@ class Settings:
     layer_summary: bool = True
     raw_summary: bool = False
     layer_positions: bool = True
+    network_size: bool = False
 
     def check(self, prefix: str = "sne") -> None:
         """Raises ``ValueError`` naming ``<prefix>.<field>`` for a bad size or flag."""
@@ -130,6 +137,19 @@ def raw_statistics(summary: jax.Array) -> jax.Array:
     n = len(chunking.PART_SUMMARY)
     parts = summary.reshape(*summary.shape[:-1], -1, n)
     return (parts[..., 1:] * jnp.exp(parts[..., :1])).reshape(*summary.shape[:-1], -1)
+
+
+def size_norm(sizes) -> np.ndarray:
+    """``[2, 2]``: the mean and std of the training networks' sizes ``[n, 2]`` (the
+    :func:`chunking.collate` batches' ``size``); a size constant in training (one depth) is
+    only centred (:class:`statistics.Standardizer`)."""
+    norm = statistics.Standardizer.fit(np.asarray(sizes))
+    return np.stack([norm.mean, norm.std]).astype(np.float32)
+
+
+def with_size_norm(batch: dict, norm: np.ndarray) -> dict:
+    """``batch`` with :func:`size_norm`'s mean and std as ``size_norm [B, 2, 2]``."""
+    return {**batch, "size_norm": np.broadcast_to(norm, (len(batch["size"]), *norm.shape))}
 
 
 def sinusoid(position: jax.Array, width: int) -> jax.Array:
@@ -284,6 +304,11 @@ class SNE(nn.Module):
 
     @nn.compact
     def __call__(self, batch) -> jax.Array:
+        if self.s.network_size and "size_norm" not in batch:
+            raise ValueError(
+                "SNE(network_size=True) reads the training networks' sizes from the batch: add "
+                "them with sne.with_size_norm(batch, sne.size_norm(training sizes))"
+            )
         num_layers = batch["roles"].shape[1]
         member_BTL = jax.nn.one_hot(batch["layer"], num_layers) * batch["mask"][..., None]
         x_BTD = TokenEmbed(self.s)(batch, member_BTL)
@@ -307,14 +332,9 @@ class SNE(nn.Module):
             z_BLD = LayerSAB(self.s)(z_BLD, mask_BL)
         one = mask_BL[..., None].astype(jnp.float32)
         net_BD = SegmentPool(self.s, 1, name="network_pool")(z_BLD, one)[:, 0, 0]
+        if self.s.network_size:
+            norm = batch["size_norm"]
+            size = (batch["size"] - norm[:, 0]) / norm[:, 1]
+            net_BD = net_BD + nn.Dense(self.s.dim, name="network_size")(size)
         hidden = nn.gelu(nn.Dense(self.s.hidden, name="head_hidden")(net_BD))
         return jax.nn.sigmoid(nn.Dense(1, name="head")(hidden)[:, 0])
-
-
-def example_batch(settings: Settings, chunk_size: int) -> dict[str, np.ndarray]:
-    """A batch of one tiny network, to initialise the module's params."""
-    params = {"layer_000": {"kernel": np.zeros((2, 2), np.float32), "bias": np.zeros(2)}}
-    tokens = chunking.tokenize(params, chunk_size)
-    return chunking.collate(
-        [tokens], max_layers=settings.max_layers, max_classes=settings.max_classes
-    )
