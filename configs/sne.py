@@ -40,9 +40,10 @@ cores; ``--config.sne.layer_summary=False``: 0.72, 0.64, 0.64, 0.35, 0.07).
 ``fashion_mlp``: SNE / statistics MLP / statistics trees 0.78 / 0.69 / 0.70 (3 seeds, SNE about
 10 min a seed).
 ``digits_fixed``: 0.89 / 0.86 / 0.85 (3 seeds, SNE 2 min).
-``cross_architecture`` (train -> test): MLP -> HaCNN 0.58 / 0.03 / 0.28, MLP -> CNN
-0.70 / 0.48 / 0.29, HaCNN -> CNN 0.60 / 0.45 / 0.46, CNN -> HaCNN 0.54 / 0.38 / 0.51, HaCNN -> MLP
-0.38 / 0.42 / 0.28, CNN -> MLP 0.23 / 0.40 / 0.25 (3 seeds, about 11 min in all).
+``cross_architecture`` (train -> test): MLP -> HaCNN 0.60 / 0.03 / 0.28, MLP -> CNN
+0.72 / 0.48 / 0.29, HaCNN -> CNN 0.51 / 0.45 / 0.46, CNN -> HaCNN 0.51 / 0.38 / 0.51, HaCNN -> MLP
+0.40 / 0.42 / 0.28, CNN -> MLP 0.47 / 0.40 / 0.25 (3 seeds, about 11 min in all; SNE's parts 7
+min).
 ``digits_tiny``: about a minute, mostly compilation.
 """
 

@@ -454,9 +454,9 @@ def test_rerun_skips_finished_parts_and_an_interrupted_part_resumes(tiny):
     )
     second = json.loads((part / experiment.PART_RESULT).read_text())
     assert second["predictions"] == first["predictions"]
-    # A part saved before an SNE option existed was trained without it: it is kept ...
+    # A part saved before a settings field existed was trained without it: it is kept ...
     saved = json.loads((part / "config.json").read_text())
-    del saved["sne"]["network_size"]
+    del saved["sne"]["network_size"], saved["train"]["grad_clip"]  # both at their defaults
     (part / "config.json").write_text(json.dumps(saved))
     kept = experiment.run(cfg, root / "resumed", progress=False, log=print)
     assert kept["skipped"] == ["mlp/sne/seed_0"] and kept["table"] == done["table"]

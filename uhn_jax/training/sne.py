@@ -221,15 +221,19 @@ def part_config(spec, task, method: str, seed: int, digest: str) -> dict[str, An
     )
 
 
+#: The settings dataclasses of :func:`part_config`'s groups.
+_SETTINGS = {"sne": sne.Settings, "gbt": statistics.GbtSettings, "train": predictor.Settings}
+
+
 def _check_part(part: Path, cfg: dict) -> None:
     """Refuses a part workdir trained with another config or split, naming the fields."""
     saved = part / workdir_lib.CONFIG_FILE
     if not saved.exists():
         return
     old = workdir_lib.flat(workdir_lib.read_json(saved, "Delete the part's directory to redo it."))
-    # A part saved before an SNE option existed was trained without it: its default.
-    if cfg["method"] == "sne":
-        old = {**workdir_lib.flat({"sne": dataclasses.asdict(sne.Settings())}), **old}
+    # A part saved before a settings field existed was trained without it: its default.
+    defaults = {k: dataclasses.asdict(v()) for k, v in _SETTINGS.items() if k in cfg}
+    old = {**workdir_lib.flat(defaults), **old}
     new = workdir_lib.flat(cfg)
     differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if differ:
