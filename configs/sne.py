@@ -104,6 +104,8 @@ def base():
     c.sne.max_layers = 8
     c.sne.layer_summary = True  # each layer's weight statistics; chunks read at its scale
     c.sne.raw_summary = False  # + the summary's statistics at the weights' own scale
+    c.sne.fan_in_scale = False  # kernels' scale in units of 1 / sqrt(fan-in)
+    c.sne.last_layer = False  # + the last layer's summary on the network vector
     c.sne.layer_positions = True  # each layer's index from the first and from the last
     c.sne.network_size = False  # + log10 params and layers, standardised over training
     c.mlp = ml_collections.ConfigDict({"hidden": (64, 64)})
@@ -160,7 +162,7 @@ def get_config(arg: str = "digits_tiny"):
     if name == "cross_architecture":
         c.methods = ("sne", "stats_mlp", "stats_gbt")  # several layouts: no flat MLP
         c.sne.raw_summary, c.sne.layer_positions = True, False  # docs/sne.md measures each
-        c.sne.network_size = True
+        c.sne.network_size = c.sne.fan_in_scale = c.sne.last_layer = True
         for a, b in itertools.permutations(("mlp", "cnn", "ha_cnn"), 2):
             c.tasks[f"digits_{a}_to_{b}"] = task(
                 "cross_architecture", train=a, test=b, datasets=("digits",)

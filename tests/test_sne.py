@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 from conftest import load_config
+from scipy import stats as scipy_stats
 
 from uhn_jax import models
 from uhn_jax.analysis import figures
@@ -397,6 +398,25 @@ def test_end_to_end_writes_every_method_with_a_finite_tau(tiny):
     assert w[0] == 2 * w[1]  # two methods x two tasks: 4 panels a row, SNE's alone 2
     table = sne_report.format_table(out)
     assert "| mlp | sne |" in table and "| mlp_to_ha_cnn | flat_mlp | n/a |" in table
+    run = next(r for r in saved["runs"] if r["task"] == "mlp" and r["method"] == "sne")
+    assert set(run["tau_by_snapshot"]) == {"0", "1"}  # the tiny zoo's two snapshots
+
+
+def test_snapshot_scores_rank_within_each_snapshot_and_by_training_stage():
+    ids = ["a/s0", "b/s0", "c/s0", "a/s1", "b/s1", "c/s1"]
+    snapshot_of = {i: int(i[-1]) for i in ids}
+    run = {"test_ids": ids, "targets": [0.1, 0.2, 0.3, 0.5, 0.6, 0.7]}
+    run["predictions"] = [0.1, 0.2, 0.3, 0.3, 0.2, 0.1]  # right at s0, reversed at s1
+    got = sne_report.snapshot_scores(run, snapshot_of)
+    assert got["tau_by_snapshot"] == pytest.approx({"0": 1.0, "1": -1.0})
+    assert got["tau_within_snapshots"] == pytest.approx(0.0)
+    expect = scipy_stats.kendalltau(run["predictions"], [0, 0, 0, 1, 1, 1]).statistic
+    assert got["tau_snapshot_order"] == pytest.approx(expect)
+    flat = {**run, "predictions": [0.1, 0.2, 0.3, 0.4, 0.4, 0.4]}  # s1 constant: undefined
+    got = sne_report.snapshot_scores(flat, snapshot_of)
+    assert got["tau_by_snapshot"]["1"] is None and got["tau_within_snapshots"] is None
+    assert got["tau_snapshot_order"] > 0.8
+    assert sne_report.snapshot_scores({"status": "not_applicable"}, snapshot_of) == {}
 
 
 def test_rank_loss_scores_the_order_of_pairs_only():

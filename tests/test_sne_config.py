@@ -53,7 +53,12 @@ def test_the_cli_validates_an_sne_command():
     assert cross.methods == ("sne", "stats_mlp", "stats_gbt") and cross.train.steps == 800
     assert cross.chunk_size == spec.chunk_size and cross.train == spec.train
     assert cross.sne == dataclasses.replace(
-        spec.sne, raw_summary=True, layer_positions=False, network_size=True
+        spec.sne,
+        raw_summary=True,
+        fan_in_scale=True,
+        last_layer=True,
+        layer_positions=False,
+        network_size=True,
     )
     with pytest.raises(cli.CommandError, match="chunking.chunk_size"):
         cli.check_command(

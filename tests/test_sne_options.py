@@ -1,6 +1,6 @@
 """SNE's encoder options (issue 26, part 2): the layer summary and the chunks read at their
-layer's scale, the raw statistics, layer positions, and standardised inputs with the network's
-size (``sne.Settings``; docs/sne.md)."""
+layer's scale, the raw statistics, kernels read at their init's scale, layer positions, and
+standardised inputs with the network's size (``sne.Settings``; docs/sne.md)."""
 
 import dataclasses
 
@@ -132,3 +132,64 @@ def test_network_size_is_read_against_the_training_networks_and_needs_their_norm
     assert "network_size" not in w["params"]
     larger = {**batch, "size": batch["size"] + 1}
     np.testing.assert_array_equal(plain.apply(w, larger), plain.apply(w, batch))
+
+
+def test_fan_in_scale_reads_each_kernels_scale_in_units_of_its_init():
+    _, p, q = _ha_cnn_and_permuted()  # convs, a dense head over a flattened map, a dense
+    batch = chunking.collate([chunking.tokenize(p, 8)], max_layers=8, max_classes=10)
+    read = np.asarray(sne.fan_in_summary(batch["summary"], batch["roles"]))[0]
+    kernels = [p[name]["kernel"] for name in sorted(p)]
+    for i, k in enumerate(kernels):  # fan-in from the params tree, not from the roles
+        rms, fan_in = np.sqrt(np.mean(np.square(k, dtype=np.float64))), np.prod(k.shape[:-1])
+        np.testing.assert_allclose(read[i, 0], np.log(rms * np.sqrt(fan_in)), atol=1e-5)
+    np.testing.assert_array_equal(read[:, 1:], batch["summary"][0, :, 1:])  # ratios, bias
+    np.testing.assert_array_equal(read[len(kernels) :], 0)  # padding layers
+    # Unit-variance inits of fan-in 16 and 1,024 differ by 1.7 in log RMS, not in this scale.
+    rng = np.random.default_rng(0)
+    wide = {
+        "layer_000": {"kernel": rng.normal(0, 1 / 4, (16, 64)).astype(np.float32)},
+        "layer_001": {"kernel": rng.normal(0, 1 / 32, (1024, 10)).astype(np.float32)},
+    }
+    b = chunking.collate([chunking.tokenize(wide, 8)], max_layers=8, max_classes=10)
+    assert abs(b["summary"][0, 0, 0] - b["summary"][0, 1, 0]) > 1.5
+    np.testing.assert_allclose(sne.fan_in_summary(b["summary"], b["roles"])[0, :2, 0], 0, atol=0.05)
+    # SNE with it: a permuted network gives the same prediction, and the same params read
+    # the network differently without it.
+    s = dataclasses.replace(SETTINGS, raw_summary=True, fan_in_scale=True)
+    pair = chunking.collate([chunking.tokenize(x, 8) for x in (p, q)], max_layers=8, max_classes=10)
+    v = sne.SNE(s).init(jax.random.key(0), pair)
+    out = sne.SNE(s).apply(v, pair)
+    assert out[0] == out[1]
+    plain = sne.SNE(dataclasses.replace(s, fan_in_scale=False)).apply(v, pair)
+    assert not np.allclose(plain, out)
+    with pytest.raises(ValueError, match=r"sne\.fan_in_scale .*sne\.layer_summary=True"):
+        dataclasses.replace(s, layer_summary=False, raw_summary=False).check()
+
+
+def test_last_layer_adds_only_the_last_real_layers_summary_to_the_network_vector():
+    nets = [_mlp_and_permuted()[1], _ha_cnn_and_permuted()[1]]
+    toks = [chunking.tokenize(x, 8) for x in nets]
+    batch = chunking.collate(toks, max_layers=8, max_classes=10)
+    s = dataclasses.replace(SETTINGS, raw_summary=True, fan_in_scale=True, last_layer=True)
+    net = sne.SNE(s)
+    v = net.init(jax.random.key(0), batch)
+    assert v["params"]["last_layer"]["kernel"].shape[0] == 30
+    # With the layers' own summary weights zeroed, a summary reaches the prediction only
+    # through the last layer's: changing it moves the prediction, changing another's does not.
+    blind = jax.tree_util.tree_map_with_path(
+        lambda path, x: 0 * x if "layer_summary" in str(path) else x, v
+    )
+    pred = net.apply(blind, batch)
+    for b, depth in enumerate(x.num_layers for x in toks):
+        for layer in range(depth):
+            summary = batch["summary"].copy()
+            summary[b, layer, 1] += 1.0  # the kernel's mean over its RMS
+            moved = net.apply(blind, {**batch, "summary": summary})
+            assert np.array_equal(moved[1 - b], pred[1 - b])
+            assert bool(moved[b] != pred[b]) is (layer == depth - 1), (b, layer)
+    # Each network reads alike alone and in a batch padded to another's layers and tokens.
+    for b, t in enumerate(toks):
+        alone = chunking.collate([t], max_layers=8, max_classes=10)
+        np.testing.assert_allclose(net.apply(v, alone)[0], net.apply(v, batch)[b], rtol=1e-5)
+    with pytest.raises(ValueError, match=r"sne\.last_layer .*sne\.layer_summary=True"):
+        dataclasses.replace(s, layer_summary=False, raw_summary=False, fan_in_scale=False).check()

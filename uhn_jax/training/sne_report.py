@@ -6,9 +6,12 @@ done), ``zoo`` (path, whether complete, records, networks, datasets, families), 
 (each task's fields), ``runs`` (one per task x method x seed: ``status`` ``done`` or
 ``not_applicable`` with its ``reason``, ``kendall_tau``, ``mse``, the networks and records on
 each side, ``chosen_step``, ``val_mse`` and ``val_tau`` of the params chosen on validation,
-``num_params``, ``wall_s``) and ``table`` (one row per task x method: ``tau_mean``,
-``tau_std``, ``mse_mean``, ``mse_std`` over the seeds (std with ddof 1; ``null`` for one
-seed), ``seeds``, the first seed's sizes, ``wall_s`` summed over the seeds).
+``num_params``, ``wall_s``, and from its test predictions :func:`snapshot_scores`:
+``tau_by_snapshot``, ``tau_within_snapshots``, ``tau_snapshot_order``) and ``table`` (one row
+per task x method: ``tau_mean``, ``tau_std``, ``mse_mean``, ``mse_std``, ``within_mean``,
+``within_std`` (of ``tau_within_snapshots``), ``order_mean``, ``order_std`` (of
+``tau_snapshot_order``) over the seeds (std with ddof 1; ``null`` for one seed), ``seeds``,
+the first seed's sizes, ``wall_s`` summed over the seeds).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from uhn_jax.training import predictor
 from uhn_jax.training import workdir as workdir_lib
 
 FORMAT = "uhn_jax.sne_results"
@@ -41,6 +45,28 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     return float(a.mean()), (float(a.std(ddof=1)) if len(a) > 1 else None)
 
 
+def _tau(pred: np.ndarray, y: np.ndarray) -> float | None:
+    tau = predictor.mse_and_tau(pred, y)[1]
+    return tau if np.isfinite(tau) else None
+
+
+def snapshot_scores(run: dict, snapshot_of: dict[str, int]) -> dict[str, Any]:
+    """A finished part's tau by training stage, from its test predictions (``{}`` without):
+    ``tau_by_snapshot`` (Kendall's tau among the test records of each snapshot index: networks
+    ranked at one stage of their training), ``tau_within_snapshots`` (its mean; ``None`` if one
+    is undefined) and ``tau_snapshot_order`` (the tau between the predictions and the snapshot
+    index: how far the predictor orders a record by how long it trained). ``snapshot_of`` maps
+    a record id to its snapshot index."""
+    if not run.get("predictions"):
+        return {}
+    snap = np.asarray([snapshot_of[i] for i in run["test_ids"]])
+    pred, y = np.asarray(run["predictions"]), np.asarray(run["targets"])
+    by = {str(int(k)): _tau(pred[snap == k], y[snap == k]) for k in np.unique(snap)}
+    within = None if None in by.values() else float(np.mean(list(by.values())))
+    order = _tau(pred, snap) if len(by) > 1 else None
+    return {"tau_by_snapshot": by, "tau_within_snapshots": within, "tau_snapshot_order": order}
+
+
 def table(runs: list[dict]) -> list[dict[str, Any]]:
     """One row per (task, method), in the order the runs came, over their seeds."""
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -55,6 +81,10 @@ def table(runs: list[dict]) -> list[dict[str, Any]]:
             continue
         row["tau_mean"], row["tau_std"] = _mean_std([r["kendall_tau"] for r in rs])
         row["mse_mean"], row["mse_std"] = _mean_std([r["mse"] for r in rs])
+        row["within_mean"], row["within_std"] = _mean_std(
+            [r.get("tau_within_snapshots") for r in rs]
+        )
+        row["order_mean"], row["order_std"] = _mean_std([r.get("tau_snapshot_order") for r in rs])
         row["wall_s"] = round(sum(r.get("wall_s", 0.0) for r in rs), 1)
         rows.append(row)
     return rows
@@ -62,7 +92,11 @@ def table(runs: list[dict]) -> list[dict[str, Any]]:
 
 def results(spec, zoo, records: list[dict], parts, done: list[dict], *, complete: bool):
     """The ``results.json`` content of the finished parts ``done``."""
-    runs = [{k: r.get(k) for k in RUN_KEYS if k in r} for r in done]
+    snapshot_of = {r["id"]: r["snapshot"] for r in records}
+    runs = [
+        {**{k: r.get(k) for k in RUN_KEYS if k in r}, **snapshot_scores(r, snapshot_of)}
+        for r in done
+    ]
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -107,18 +141,21 @@ def format_table(out: dict[str, Any]) -> str:
         + ("" if z["complete"] else f"; zoo partial, {z['missing_groups']} groups missing")
         + state,
         "",
-        "| task | method | Kendall tau | MSE (x1e-3) | seeds | networks train/val/test | s |",
-        "|---|---|---|---|---|---|---|",
+        "| task | method | Kendall tau | within snapshots | snapshot order | MSE (x1e-3) | seeds "
+        "| networks train/val/test | s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in out["table"]:
         sizes = f"{r['train_networks']}/{r['val_networks']}/{r['test_networks']}"
         if r["status"] != "done":
-            lines.append(f"| {r['task']} | {r['method']} | n/a | n/a | - | {sizes} | - |")
+            lines.append(
+                f"| {r['task']} | {r['method']} | n/a | n/a | n/a | n/a | - | {sizes} | - |"
+            )
             continue
-        tau = _fmt(r["tau_mean"], r["tau_std"])
+        taus = " | ".join(_fmt(r[f"{k}_mean"], r[f"{k}_std"]) for k in ("tau", "within", "order"))
         mse = _fmt(r["mse_mean"], r["mse_std"], 1e3, 2)
         lines.append(
-            f"| {r['task']} | {r['method']} | {tau} | {mse} | {r['seeds']} | {sizes} | "
+            f"| {r['task']} | {r['method']} | {taus} | {mse} | {r['seeds']} | {sizes} | "
             f"{r['wall_s']:.0f} |"
         )
     return "\n".join(lines)

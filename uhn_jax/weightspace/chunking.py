@@ -46,6 +46,8 @@ import numpy as np
 ROLE_FEATURES = (
     "conv", "first", "last", "log_positions", "log_inputs", "log_units", "log_chunks", "extras",
 )  # fmt: skip
+#: The divisors that bring the log2 sizes among :data:`ROLE_FEATURES` to about [0, 1].
+LOG_SIZE_DIVISORS = {"log_positions": 8, "log_inputs": 12, "log_units": 12, "log_chunks": 8}
 #: The statistics of one part of a layer (:func:`part_summary`): the log RMS of its values,
 #: then their mean, standard deviation and 0, 25, 50, 75, 100 % quantiles over the RMS.
 PART_SUMMARY = ("log_rms", "mean", "std", "q0", "q25", "q50", "q75", "q100")
@@ -240,19 +242,20 @@ def unit_vectors(layer: Layer, *, classes: bool) -> np.ndarray:
 def role_features(layer: Layer, index: int, num_layers: int, chunks: int) -> np.ndarray:
     """A layer's :data:`ROLE_FEATURES`: conv or dense, first, last, then log sizes scaled to
     about [0, 1]."""
-    return np.asarray(
-        [
-            float(layer.kind == "conv"),
-            float(index == 0),
-            float(index == num_layers - 1),
-            math.log2(layer.positions) / 8,
-            math.log2(layer.inputs) / 12,
-            math.log2(layer.units) / 12,
-            math.log2(chunks) / 8,
-            layer.extras.shape[0] / 4,
-        ],
-        np.float32,
-    )
+    sizes = {"positions": layer.positions, "inputs": layer.inputs, "units": layer.units}
+    sizes["chunks"] = chunks
+    logs = [math.log2(n) / LOG_SIZE_DIVISORS[f"log_{k}"] for k, n in sizes.items()]
+    flags = [layer.kind == "conv", index == 0, index == num_layers - 1]
+    return np.asarray([*flags, *logs, layer.extras.shape[0] / 4], np.float32)
+
+
+def log_fan_in(roles):
+    """``[...]``: the natural log of each layer's fan-in (kernel positions x inputs), read
+    back from its role features ``[..., R]`` (numpy or jax; 0 for a padding layer)."""
+    total = 0.0
+    for name in ("log_positions", "log_inputs"):
+        total = total + roles[..., ROLE_FEATURES.index(name)] * LOG_SIZE_DIVISORS[name]
+    return math.log(2.0) * total
 
 
 def part_summary(values: np.ndarray) -> np.ndarray:

@@ -36,9 +36,11 @@ summaries are comparable across families (on the ``cpu`` zoo they take HaCNN -> 
 chance to tau 0.36 and MLP -> HaCNN from 0.35 to 0.51; docs/sne.md). With
 ``layer_summary=False`` the chunks are read at the zoo's global scale and the layers get no
 summary (the encoder before that option). ``raw_summary`` adds the summary's values at the
-weights' own scale (:func:`raw_statistics`); ``layer_positions=False`` places each layer by its
-roles alone, without its index; ``network_size`` gives the network vector the size the
-statistics baseline reads (all three for transfer between families; docs/sne.md).
+weights' own scale (:func:`raw_statistics`); ``fan_in_scale`` reads each kernel's scale in
+units of its init's, ``1 / sqrt(fan-in)`` (:func:`fan_in_summary`); ``layer_positions=False``
+places each layer by its roles alone, without its index; ``network_size`` gives the network
+vector the size the statistics baseline reads; ``last_layer`` gives it the last layer's
+summary directly (all five for transfer between families; docs/sne.md).
 """
 
 from __future__ import annotations
@@ -58,7 +60,12 @@ _MASKED = -1e30
 
 
 #: The on / off fields of :class:`Settings`.
-FLAGS = ("layer_summary", "raw_summary", "layer_positions", "network_size")
+FLAGS = (
+    "layer_summary", "raw_summary", "fan_in_scale", "last_layer", "layer_positions",
+    "network_size",
+)  # fmt: skip
+#: The last layer's flag among the role features.
+_LAST = chunking.ROLE_FEATURES.index("last")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +86,13 @@ class Settings:
         relative to its kernel's RMS (see the module docstring).
       raw_summary: with ``layer_summary``, also give each layer the summary's mean, std and
         quantiles at the weights' own scale (:func:`raw_statistics`).
+      fan_in_scale: with ``layer_summary``, read each kernel's scale in units of its init's,
+        ``1 / sqrt(fan-in)`` (:func:`fan_in_summary`): its log RMS, and with ``raw_summary``
+        its raw statistics, times ``sqrt(fan-in)``, so a conv of 9 x 16 inputs and a dense
+        layer of 64 read alike.
+      last_layer: with ``layer_summary``, also add the last layer's summary features (as the
+        layers read them) to the network vector: the one layer whose job (features to classes)
+        is the same in every family.
       layer_positions: add each layer's index from the first and from the last layer to its
         vector (sinusoids); without them a layer is placed by its roles alone (first, last,
         conv or dense), so a network of another depth reads like the training networks.
@@ -99,6 +113,8 @@ class Settings:
     max_layers: int = 8
     layer_summary: bool = True
     raw_summary: bool = False
+    fan_in_scale: bool = False
+    last_layer: bool = False
     layer_positions: bool = True
     network_size: bool = False
 
@@ -106,11 +122,11 @@ class Settings:
         """Raises ``ValueError`` naming ``<prefix>.<field>`` for a bad size or flag."""
         for flag in FLAGS:
             checks.flag(f"{prefix}.{flag}", getattr(self, flag))
-        if self.raw_summary and not self.layer_summary:
-            raise ValueError(
-                f"{prefix}.raw_summary reads the layer summary: it needs "
-                f"{prefix}.layer_summary=True"
-            )
+        for flag in ("raw_summary", "fan_in_scale", "last_layer"):
+            if getattr(self, flag) and not self.layer_summary:
+                raise ValueError(
+                    f"{prefix}.{flag} reads the layer summary: it needs {prefix}.layer_summary=True"
+                )
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name in FLAGS:
@@ -137,6 +153,31 @@ def raw_statistics(summary: jax.Array) -> jax.Array:
     n = len(chunking.PART_SUMMARY)
     parts = summary.reshape(*summary.shape[:-1], -1, n)
     return (parts[..., 1:] * jnp.exp(parts[..., :1])).reshape(*summary.shape[:-1], -1)
+
+
+def fan_in_summary(summary: jax.Array, roles: jax.Array) -> jax.Array:
+    """A layer summary ``[..., 16]`` with its kernel's log RMS plus half its log fan-in
+    (:func:`chunking.log_fan_in` of the layer's roles ``[..., R]``): the kernel's scale in
+    units of ``1 / sqrt(fan-in)``, the scale of a unit-variance (LeCun) init, which is
+    comparable between layers of any shape where the raw scale is not. A missing kernel
+    (a padding layer) stays zeros; the other features are ratios and do not change.
+    """
+    summary = jnp.asarray(summary)
+    present = jnp.any(summary[..., : len(chunking.PART_SUMMARY)] != 0, -1)
+    shifted = summary[..., 0] + 0.5 * chunking.log_fan_in(roles)
+    return summary.at[..., 0].set(jnp.where(present, shifted, 0.0))
+
+
+def summary_features(s: Settings, batch: dict) -> jax.Array:
+    """``[B, L, F]``: each layer's summary as SNE reads it: the batch's ``summary``, its
+    kernel scale in init units with ``s.fan_in_scale`` (:func:`fan_in_summary`), then its
+    raw statistics with ``s.raw_summary`` (:func:`raw_statistics`)."""
+    summary = batch["summary"]
+    if s.fan_in_scale:
+        summary = fan_in_summary(summary, batch["roles"])
+    if s.raw_summary:
+        summary = jnp.concatenate([summary, raw_statistics(summary)], -1)
+    return summary
 
 
 def size_norm(sizes) -> np.ndarray:
@@ -317,10 +358,8 @@ class SNE(nn.Module):
         z_BLD = SegmentPool(self.s, 1, name="layer_pool")(x_BTD, member_BTL)[:, :, 0]
         z_BLD = z_BLD + nn.Dense(self.s.dim, name="layer_roles")(batch["roles"])
         if self.s.layer_summary:
-            summary = batch["summary"]
-            if self.s.raw_summary:
-                summary = jnp.concatenate([summary, raw_statistics(summary)], -1)
-            z_BLD = z_BLD + nn.Dense(self.s.dim, name="layer_summary")(summary)
+            summary_BLS = summary_features(self.s, batch)
+            z_BLD = z_BLD + nn.Dense(self.s.dim, name="layer_summary")(summary_BLS)
         if self.s.layer_positions:
             pos = jnp.concatenate(
                 [sinusoid(batch["depth"][..., 0], 16), sinusoid(batch["depth"][..., 1], 16)], -1
@@ -332,6 +371,10 @@ class SNE(nn.Module):
             z_BLD = LayerSAB(self.s)(z_BLD, mask_BL)
         one = mask_BL[..., None].astype(jnp.float32)
         net_BD = SegmentPool(self.s, 1, name="network_pool")(z_BLD, one)[:, 0, 0]
+        if self.s.last_layer:
+            last_BL = batch["roles"][..., _LAST] * mask_BL
+            last_BS = jnp.einsum("bl,bls->bs", last_BL, summary_BLS)
+            net_BD = net_BD + nn.Dense(self.s.dim, name="last_layer")(last_BS)
         if self.s.network_size:
             norm = batch["size_norm"]
             size = (batch["size"] - norm[:, 0]) / norm[:, 1]
