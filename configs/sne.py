@@ -15,8 +15,8 @@ for MLPs, cross-architecture MLP <-> HaCNN on digits; 800 steps), ``fashion_mlp`
 of ``configs/zoo.py:digits_fixed``, default ``runs/zoo_digits_fixed``: same-zoo over its 768
 digits MLPs, the ``digits`` settings), ``cross_architecture`` (the digits zoo, default
 ``runs/zoo_digits``: cross-architecture between every ordered pair of its families, MLP, CNN
-and HaCNN, the ``cpu`` preset's settings, with SNE's ``raw_summary`` and ``network_size`` on
-and ``layer_positions`` off).
+and HaCNN, the ``cpu`` preset's settings, with SNE's ``raw_summary``, ``fan_in_scale``,
+``last_layer`` and ``network_size`` on and ``layer_positions`` off).
 
 The neural predictors train on the MSE plus a pairwise ranking loss and keep the params of the
 best validation Kendall tau (``train.rank_weight``, ``train.select``; docs/sne.md).
@@ -40,9 +40,9 @@ cores; ``--config.sne.layer_summary=False``: 0.72, 0.64, 0.64, 0.35, 0.07).
 ``fashion_mlp``: SNE / statistics MLP / statistics trees 0.78 / 0.69 / 0.70 (3 seeds, SNE about
 10 min a seed).
 ``digits_fixed``: 0.89 / 0.86 / 0.85 (3 seeds, SNE 2 min).
-``cross_architecture`` (train -> test): MLP -> HaCNN 0.60 / 0.03 / 0.28, MLP -> CNN
-0.72 / 0.48 / 0.29, HaCNN -> CNN 0.51 / 0.45 / 0.46, CNN -> HaCNN 0.51 / 0.38 / 0.51, HaCNN -> MLP
-0.40 / 0.42 / 0.28, CNN -> MLP 0.47 / 0.40 / 0.25 (3 seeds, about 11 min in all; SNE's parts 7
+``cross_architecture`` (train -> test): MLP -> HaCNN 0.59 / 0.03 / 0.28, MLP -> CNN
+0.74 / 0.48 / 0.29, HaCNN -> CNN 0.65 / 0.45 / 0.46, CNN -> HaCNN 0.63 / 0.38 / 0.51, HaCNN -> MLP
+0.49 / 0.42 / 0.28, CNN -> MLP 0.59 / 0.40 / 0.25 (3 seeds, about 11 min in all; SNE's parts 7
 min).
 ``digits_tiny``: about a minute, mostly compilation.
 """
