@@ -158,8 +158,8 @@ def raw_statistics(summary: jax.Array) -> jax.Array:
 def fan_in_summary(summary: jax.Array, roles: jax.Array) -> jax.Array:
     """A layer summary ``[..., 16]`` with its kernel's log RMS plus half its log fan-in
     (:func:`chunking.log_fan_in` of the layer's roles ``[..., R]``): the kernel's scale in
-    units of ``1 / sqrt(fan-in)``, the scale of a unit-variance (LeCun) init, which is
-    comparable between layers of any shape where the raw scale is not. A missing kernel
+    units of ``1 / sqrt(fan-in)``, the scale of a LeCun init (variance ``1 / fan-in``), which
+    is comparable between layers of any shape where the raw scale is not. A missing kernel
     (a padding layer) stays zeros; the other features are ratios and do not change.
     """
     summary = jnp.asarray(summary)
