@@ -191,5 +191,8 @@ def test_last_layer_adds_only_the_last_real_layers_summary_to_the_network_vector
     for b, t in enumerate(toks):
         alone = chunking.collate([t], max_layers=8, max_classes=10)
         np.testing.assert_allclose(net.apply(v, alone)[0], net.apply(v, batch)[b], rtol=1e-5)
+    bad = dataclasses.replace(s, layer_summary=False, raw_summary=False, fan_in_scale=False)
     with pytest.raises(ValueError, match=r"sne\.last_layer .*sne\.layer_summary=True"):
-        dataclasses.replace(s, layer_summary=False, raw_summary=False, fan_in_scale=False).check()
+        bad.check()
+    with pytest.raises(ValueError, match=r"sne\.last_layer .*sne\.layer_summary=True"):
+        sne.SNE(bad).init(jax.random.key(0), batch)  # the module checks its settings too

@@ -242,9 +242,11 @@ def unit_vectors(layer: Layer, *, classes: bool) -> np.ndarray:
 def role_features(layer: Layer, index: int, num_layers: int, chunks: int) -> np.ndarray:
     """A layer's :data:`ROLE_FEATURES`: conv or dense, first, last, then log sizes scaled to
     about [0, 1]."""
-    sizes = {"positions": layer.positions, "inputs": layer.inputs, "units": layer.units}
-    sizes["chunks"] = chunks
-    logs = [math.log2(n) / LOG_SIZE_DIVISORS[f"log_{k}"] for k, n in sizes.items()]
+    sizes = {
+        "log_positions": layer.positions, "log_inputs": layer.inputs,
+        "log_units": layer.units, "log_chunks": chunks,
+    }  # fmt: skip
+    logs = [math.log2(n) / LOG_SIZE_DIVISORS[name] for name, n in sizes.items()]
     flags = [layer.kind == "conv", index == 0, index == num_layers - 1]
     return np.asarray([*flags, *logs, layer.extras.shape[0] / 4], np.float32)
 

@@ -345,6 +345,7 @@ class SNE(nn.Module):
 
     @nn.compact
     def __call__(self, batch) -> jax.Array:
+        self.s.check()  # a bad size or option combination, named, before any tracing fails
         if self.s.network_size and "size_norm" not in batch:
             raise ValueError(
                 "SNE(network_size=True) reads the training networks' sizes from the batch: add "
